@@ -1,0 +1,90 @@
+"""The scenario-runner wire protocol: kinds, header, bodies, codec, limits, reliable delivery.
+
+Imported by both the coordinator (`orchestrator`) and the agent process (`agent_worker`);
+imports neither.
+"""
+
+from protocol.bodies import (
+    BODY_MODELS,
+    Ack,
+    AgentConfig,
+    AgentStats,
+    Bye,
+    ChannelType,
+    Cmd,
+    CmdGetState,
+    CmdQueryMemory,
+    CmdSend,
+    CmdSetState,
+    Configure,
+    Err,
+    Event,
+    Hello,
+    Msg,
+    Origin,
+    Ping,
+    Pong,
+    Ready,
+    Result,
+    RoomConfig,
+    RuleConfig,
+    RulesModelConfig,
+    Stop,
+    WireModel,
+)
+from protocol.codec import decode_body, decode_body_as, decode_frames, encode_body, split_frames
+from protocol.constants import (
+    COORDINATOR_ID,
+    MAX_FRAME_BYTES,
+    MAX_ID_BYTES,
+    PROTOCOL_VERSION,
+    SOCKET_MAX_MSG_BYTES,
+)
+from protocol.errors import DecodeError, RejectReason
+from protocol.header import Header, decode_header
+from protocol.kinds import SEQUENCED_KINDS, Kind
+
+__all__ = [
+    "BODY_MODELS",
+    "COORDINATOR_ID",
+    "MAX_FRAME_BYTES",
+    "MAX_ID_BYTES",
+    "PROTOCOL_VERSION",
+    "SEQUENCED_KINDS",
+    "SOCKET_MAX_MSG_BYTES",
+    "Ack",
+    "AgentConfig",
+    "AgentStats",
+    "Bye",
+    "ChannelType",
+    "Cmd",
+    "CmdGetState",
+    "CmdQueryMemory",
+    "CmdSend",
+    "CmdSetState",
+    "Configure",
+    "DecodeError",
+    "Err",
+    "Event",
+    "Header",
+    "Hello",
+    "Kind",
+    "Msg",
+    "Origin",
+    "Ping",
+    "Pong",
+    "Ready",
+    "RejectReason",
+    "Result",
+    "RoomConfig",
+    "RuleConfig",
+    "RulesModelConfig",
+    "Stop",
+    "WireModel",
+    "decode_body",
+    "decode_body_as",
+    "decode_frames",
+    "decode_header",
+    "encode_body",
+    "split_frames",
+]

@@ -1,0 +1,201 @@
+"""Body models: one pydantic model per message kind, and the wire shapes they embed.
+
+Bodies travel as msgpack maps of these models (never pickle). Models are strict and forbid
+unknown fields, so a body that does not match its kind is a BAD_BODY rejection.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from protocol.constants import MAX_ID_BYTES
+from protocol.kinds import Kind
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_BYTES, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ChannelType(StrEnum):
+    DM = "DM"
+    GROUP = "GROUP"
+
+
+class Origin(StrEnum):
+    """Where a message came from: the scenario script (injected), or the agent's own model."""
+
+    SCRIPT = "script"
+    AGENT = "agent"
+
+
+# --- configuration shapes carried by CONFIGURE -------------------------------------------
+
+
+class RuleConfig(WireModel):
+    """One rule of the deterministic `rules` model: match, then reply with a template."""
+
+    contains: str | None = None
+    regex: str | None = None
+    reply: str
+
+
+class RulesModelConfig(WireModel):
+    kind: Literal["rules"] = "rules"
+    rules: list[RuleConfig] = Field(default_factory=list)
+
+
+class RoomConfig(WireModel):
+    id: Id
+    channel: ChannelType = Field(strict=False)  # enum values arrive as plain strings
+    members: list[Id]
+
+
+class AgentConfig(WireModel):
+    """Everything an agent needs to become itself; the body of CONFIGURE."""
+
+    agent_id: Id
+    agent_dir: str
+    model: RulesModelConfig = RulesModelConfig()
+    rooms: list[RoomConfig] = Field(default_factory=list)
+    inbox_capacity: int = Field(default=1024, ge=1)
+    heartbeat_interval_s: float = Field(default=0.5, gt=0)
+    coordinator_timeout_s: float = Field(default=10.0, gt=0)
+
+
+# --- bodies ------------------------------------------------------------------------------
+
+
+class Hello(WireModel):
+    agent_id: Id
+    pid: int
+    protocol_version: int
+    python: str
+    pyzmq: str
+
+
+class Configure(WireModel):
+    config: AgentConfig
+
+
+class Ready(WireModel):
+    pid: int
+    store_path: str
+
+
+class Msg(WireModel):
+    msg_id: str
+    sender: Id
+    room: Id
+    text: str
+    origin: Origin = Field(strict=False)  # enum values arrive as plain strings
+    in_reply_to: str | None = None
+
+
+class CmdSend(WireModel):
+    op: Literal["send"] = "send"
+    room: Id
+    text: str
+
+
+class CmdSetState(WireModel):
+    op: Literal["set_state"] = "set_state"
+    path: str
+    value: JsonValue
+
+
+class CmdGetState(WireModel):
+    op: Literal["get_state"] = "get_state"
+    path: str = ""
+
+
+class CmdQueryMemory(WireModel):
+    op: Literal["query_memory"] = "query_memory"
+    room: Id | None = None
+    limit: int = Field(default=100, ge=1, le=10_000)
+
+
+Command = Annotated[CmdSend | CmdSetState | CmdGetState | CmdQueryMemory, Field(discriminator="op")]
+
+
+class Cmd(WireModel):
+    command: Command
+
+
+class Result(WireModel):
+    ok: bool
+    value: JsonValue = None
+    error: str | None = None
+
+
+class Event(WireModel):
+    name: str
+    data: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class Ack(WireModel):
+    credit: int = Field(ge=0)
+    """How many more sequenced frames past the header's ack the receiver can take now."""
+
+
+class Ping(WireModel):
+    pass
+
+
+class Pong(WireModel):
+    echo_ns: int
+    """The PING's sent_ns, so the PING's sender gets a round trip on its own clock."""
+
+
+class Stop(WireModel):
+    deadline_ms: int = Field(ge=0)
+    reason: str = "scenario finished"
+
+
+class AgentStats(WireModel):
+    messages_in: int = 0
+    messages_out: int = 0
+    commands: int = 0
+    handler_errors: int = 0
+    duplicates_dropped: int = 0
+    retries: int = 0
+    dead_letters: int = 0
+    rejected_frames: int = 0
+    store_rows: int = 0
+    inbox_peak: int = 0
+    state: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class Bye(WireModel):
+    stats: AgentStats
+    undelivered: int = 0
+    """Sequenced frames the agent still held unacked when it gave up draining."""
+
+
+class Err(WireModel):
+    reason: str
+    detail: str
+
+
+Body = Hello | Configure | Ready | Msg | Cmd | Result | Event | Ack | Ping | Pong | Stop | Bye | Err
+
+BODY_MODELS: dict[Kind, type[WireModel]] = {
+    Kind.HELLO: Hello,
+    Kind.CONFIGURE: Configure,
+    Kind.READY: Ready,
+    Kind.MSG: Msg,
+    Kind.CMD: Cmd,
+    Kind.RESULT: Result,
+    Kind.EVENT: Event,
+    Kind.ACK: Ack,
+    Kind.PING: Ping,
+    Kind.PONG: Pong,
+    Kind.STOP: Stop,
+    Kind.BYE: Bye,
+    Kind.ERR: Err,
+}
+KIND_OF: dict[type[WireModel], Kind] = {model: kind for kind, model in BODY_MODELS.items()}

@@ -1,0 +1,29 @@
+"""Typed decode errors: the only exception decoding a frame may raise."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RejectReason(StrEnum):
+    """Why an incoming frame was rejected; counted per reason in the report."""
+
+    FRAME_COUNT = "frame_count"
+    OVERSIZE = "oversize"
+    MALFORMED = "malformed"
+    BAD_VERSION = "bad_version"
+    UNKNOWN_KIND = "unknown_kind"
+    BAD_HEADER = "bad_header"
+    BAD_BODY = "bad_body"
+    UNKNOWN_SENDER = "unknown_sender"
+    SRC_MISMATCH = "src_mismatch"
+    UNEXPECTED_KIND = "unexpected_kind"
+
+
+class DecodeError(Exception):
+    """A frame could not be decoded. `reason` is machine-readable, `detail` is for people."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,1 @@
+"""One agent process: transport thread, runtime, memory store, message handler."""

@@ -1,0 +1,66 @@
+"""`python -m agent_worker`: one agent process.
+
+Started by the coordinator's launcher with the bus endpoint and the agent id; everything else
+arrives in CONFIGURE. Exit codes: 0 after a clean STOP, 4 when the coordinator went away
+(silent past its deadline, or the death pipe closed), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from agent_worker.inbox import Abandon, Configured, Inbox
+from agent_worker.runtime import EXIT_ABANDONED, AgentRuntime
+from agent_worker.transport import Transport
+
+HANDSHAKE_INBOX = 1024
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m agent_worker", description=__doc__)
+    p.add_argument("--agent-id", required=True)
+    p.add_argument("--endpoint", required=True, help="the coordinator's ROUTER endpoint")
+    p.add_argument("--incarnation", type=int, default=1)
+    p.add_argument("--death-fd", type=int, default=None, help="read end of the death pipe")
+    p.add_argument("--heartbeat-interval", type=float, default=0.5, help="seconds")
+    p.add_argument("--coordinator-timeout", type=float, default=10.0, help="seconds")
+    p.add_argument("--inbox-capacity", type=int, default=HANDSHAKE_INBOX)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    inbox = Inbox(args.inbox_capacity)
+    transport = Transport(
+        args.agent_id,
+        args.endpoint,
+        args.incarnation,
+        inbox,
+        death_fd=args.death_fd,
+        heartbeat_interval_s=args.heartbeat_interval,
+        coordinator_timeout_s=args.coordinator_timeout,
+    )
+    transport.start()
+    try:
+        first = inbox.get()
+        if isinstance(first, Abandon):
+            print(
+                f"agent {args.agent_id}: leaving before configuration: {first.reason}",
+                file=sys.stderr,
+            )
+            return EXIT_ABANDONED
+        if not isinstance(first, Configured):
+            raise RuntimeError(f"expected CONFIGURE first, got {first!r}")
+        runtime = AgentRuntime(first.config, transport, inbox)
+        return runtime.serve()
+    finally:
+        transport.close()
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

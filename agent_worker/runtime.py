@@ -1,0 +1,186 @@
+"""AgentRuntime: everything one agent owns, driven on the agent process's main thread.
+
+The runtime owns the memory store, the state, the message handler and the stats; it takes
+items from the bounded inbox one at a time (so the handler runs once per delivered message,
+in order) and sends through the transport, which runs in its own thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from pydantic import JsonValue
+
+from agent_worker.handler import MessageHandler, RulesModel
+from agent_worker.inbox import Abandon, Command, Configured, Delivered, Inbox, Stopping
+from agent_worker.state import StatePathError, get_path, set_path
+from agent_worker.store import MemoryStore
+from agent_worker.transport import Transport
+from protocol import (
+    AgentConfig,
+    AgentStats,
+    Bye,
+    CmdGetState,
+    CmdQueryMemory,
+    CmdSend,
+    CmdSetState,
+    Event,
+    Msg,
+    Origin,
+    Ready,
+    Result,
+)
+
+EXIT_OK = 0
+EXIT_ABANDONED = 4
+"""Exit code when the agent leaves on its own because the coordinator is gone."""
+
+
+class AgentRuntime:
+    def __init__(self, config: AgentConfig, transport: Transport, inbox: Inbox) -> None:
+        self.config = config
+        self.agent_id = config.agent_id
+        self.transport = transport
+        self.inbox = inbox
+        self.store = MemoryStore(Path(config.agent_dir))
+        self.handler: MessageHandler = RulesModel(config.model)
+        self.state: dict[str, JsonValue] = {}
+        self.stats = AgentStats()
+        self._msg_counter = 0
+        self._rooms = {room.id: room for room in config.rooms}
+
+    # -- main loop ------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Announce READY, then handle inbox items until STOP (exit 0) or abandonment."""
+        self.transport.send(Ready(pid=os.getpid(), store_path=str(self.store.path)))
+        while True:
+            item = self.inbox.get()
+            if isinstance(item, Delivered):
+                self._on_message(item.msg)
+            elif isinstance(item, Command):
+                self._on_command(item)
+            elif isinstance(item, Stopping):
+                return self._shutdown(item.stop.deadline_ms / 1000.0)
+            elif isinstance(item, Abandon):
+                print(f"agent {self.agent_id}: leaving: {item.reason}", file=sys.stderr)
+                self.store.close()
+                return EXIT_ABANDONED
+            elif isinstance(item, Configured):
+                continue  # a duplicate CONFIGURE after a retransmit: already configured
+            self.transport.request_window_update()
+
+    def _on_message(self, msg: Msg) -> None:
+        self.stats = self.stats.model_copy(update={"messages_in": self.stats.messages_in + 1})
+        try:
+            self._remember(msg, "in")
+            replies = self.handler.handle(msg)
+        except Exception as exc:
+            self._handler_error("handling message " + msg.msg_id, exc)
+            return
+        for reply in replies:
+            self.post(reply.room, reply.text, Origin.AGENT, in_reply_to=msg.msg_id)
+
+    def _on_command(self, item: Command) -> None:
+        self.stats = self.stats.model_copy(update={"commands": self.stats.commands + 1})
+        command = item.cmd.command
+        try:
+            result = self._run_command(command)
+        except Exception as exc:
+            result = Result(ok=False, error=f"{type(exc).__name__}: {exc}")
+        self.transport.send(result, corr=item.corr)
+
+    def _run_command(self, command: CmdSend | CmdSetState | CmdGetState | CmdQueryMemory) -> Result:
+        if isinstance(command, CmdSend):
+            if command.room not in self._rooms:
+                return Result(
+                    ok=False, error=f"{self.agent_id} is not a member of room {command.room!r}"
+                )
+            msg = self.post(command.room, command.text, Origin.SCRIPT)
+            return Result(ok=True, value={"msg_id": msg.msg_id})
+        if isinstance(command, CmdSetState):
+            try:
+                previous = set_path(self.state, command.path, command.value)
+            except StatePathError as exc:
+                return Result(ok=False, error=str(exc))
+            self.transport.send(
+                Event(
+                    name="state.changed",
+                    data={"path": command.path, "value": command.value, "previous": previous},
+                )
+            )
+            return Result(ok=True, value=previous)
+        if isinstance(command, CmdGetState):
+            try:
+                return Result(ok=True, value=get_path(self.state, command.path))
+            except KeyError:
+                return Result(ok=False, error=f"no state at {command.path!r}")
+        memories = self.store.recent(command.room, command.limit)
+        return Result(
+            ok=True,
+            value=[
+                {
+                    "id": m.id,
+                    "room": m.room,
+                    "entity": m.entity,
+                    "direction": m.direction,
+                    "content": m.content,
+                    "created_at": m.created_at,
+                }
+                for m in memories
+            ],
+        )
+
+    # -- sending --------------------------------------------------------------------------
+    def post(self, room: str, text: str, origin: Origin, in_reply_to: str | None = None) -> Msg:
+        self._msg_counter += 1
+        msg = Msg(
+            msg_id=f"{self.agent_id}:{self.transport.incarnation}:{self._msg_counter}",
+            sender=self.agent_id,
+            room=room,
+            text=text,
+            origin=origin,
+            in_reply_to=in_reply_to,
+        )
+        self._remember(msg, "out")
+        self.transport.send(msg, dst=room)
+        self.stats = self.stats.model_copy(update={"messages_out": self.stats.messages_out + 1})
+        return msg
+
+    def _remember(self, msg: Msg, direction: str) -> None:
+        content: dict[str, JsonValue] = {"text": msg.text, "origin": msg.origin.value}
+        if msg.in_reply_to is not None:
+            content["in_reply_to"] = msg.in_reply_to
+        self.store.add(msg.msg_id, msg.room, msg.sender, direction, content)
+
+    def _handler_error(self, what: str, exc: BaseException) -> None:
+        self.stats = self.stats.model_copy(update={"handler_errors": self.stats.handler_errors + 1})
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        print(f"agent {self.agent_id}: error {what}:\n{traceback.format_exc()}", file=sys.stderr)
+        self.transport.send(Event(name="error", data={"where": what, "error": detail}))
+
+    # -- shutdown -------------------------------------------------------------------------
+    def _shutdown(self, deadline_s: float) -> int:
+        deadline = time.monotonic() + deadline_s
+        drained = self.transport.flush(deadline)
+        rows = self.store.rows
+        self.store.close()
+        t = self.transport
+        stats = self.stats.model_copy(
+            update={
+                "duplicates_dropped": t.inbound.duplicates,
+                "retries": t.outbox.retransmissions,
+                "dead_letters": t.stats.dead_letters,
+                "rejected_frames": t.stats.rejected,
+                "store_rows": rows,
+                "inbox_peak": self.inbox.peak,
+                "state": self.state,
+            }
+        )
+        undelivered = 0 if drained else t.outbox.in_flight + t.outbox.queued
+        self.transport.send(Bye(stats=stats, undelivered=undelivered))
+        self.transport.flush(deadline)
+        return EXIT_OK

@@ -1,0 +1,606 @@
+"""The coordinator's bus: one ROUTER socket that every agent's DEALER connects to.
+
+Every agent-to-agent message passes through here, so the bus is where delivery is made
+reliable and observable. Per agent it keeps a link: an `Outbox` of frames to that agent (window,
+peer credit, retries with backoff, dead letters) and an `Inbound` tracker of frames from it
+(in order, exactly once). It fans room messages out to members, correlates commands with
+results, answers heartbeats, notices hung agents, and records everything in the event log.
+
+The socket is a plain (non-asyncio) pyzmq socket whose file descriptor is registered with the
+event loop: on readiness the bus drains it without blocking. That is what zmq.asyncio does
+inside, minus a Future per frame, which matters at tens of thousands of frames per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import zmq
+from pydantic import JsonValue
+
+from orchestrator.events import EventKind, EventLog
+from orchestrator.metrics import LatencyHistogram
+from protocol import (
+    COORDINATOR_ID,
+    PROTOCOL_VERSION,
+    SEQUENCED_KINDS,
+    SOCKET_MAX_MSG_BYTES,
+    Ack,
+    AgentConfig,
+    Bye,
+    Cmd,
+    CmdGetState,
+    CmdQueryMemory,
+    CmdSend,
+    CmdSetState,
+    Configure,
+    DecodeError,
+    Err,
+    Event,
+    Header,
+    Hello,
+    Kind,
+    Msg,
+    Pong,
+    Ready,
+    RejectReason,
+    Result,
+    Stop,
+    WireModel,
+    decode_body,
+    encode_body,
+    split_frames,
+)
+from protocol.bodies import Ping
+from protocol.codec import kind_of
+from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
+from protocol.testhooks import DropHook
+
+HWM = 100_000
+BATCH = 512
+"""Frames drained per readiness callback before yielding to other tasks."""
+
+
+class AgentGone(Exception):
+    """The agent a command or stop was meant for has exited or was declared dead."""
+
+
+class LinkState(Enum):
+    EXPECTED = "expected"
+    CONFIGURED = "configured"
+    READY = "ready"
+    STOPPING = "stopping"
+    GONE = "gone"
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """A sequenced frame queued for one agent."""
+
+    kind: Kind
+    body: bytes
+    corr: int = 0
+    msg_id: str | None = None
+    sender: str | None = None
+    accepted_at: float = 0.0
+
+
+@dataclass(slots=True)
+class LinkStats:
+    messages_in: int = 0
+    """MSG frames this agent posted (accepted by the bus)."""
+    messages_out: int = 0
+    """MSG frames delivered to this agent (acknowledged by it)."""
+    retries: int = 0
+    duplicates_dropped: int = 0
+    dead_letters: int = 0
+    rejected: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+class Link:
+    def __init__(self, config: AgentConfig, incarnation: int, policy: RetryPolicy) -> None:
+        self.config = config
+        self.agent_id = config.agent_id
+        self.rid = config.agent_id.encode()
+        self.incarnation = incarnation
+        self.policy = policy
+        self.state = LinkState.EXPECTED
+        self.outbox: Outbox[Outgoing] = Outbox(policy, initial_credit=config.inbox_capacity)
+        self.inbound: Inbound[tuple[Header, WireModel]] = Inbound()
+        self.stats = LinkStats()
+        self.hello: Hello | None = None
+        self.ready_info: Ready | None = None
+        self.bye: Bye | None = None
+        self.last_heard = 0.0
+        self.last_sent = 0.0
+        self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
+        self.bye_future: asyncio.Future[Bye] = asyncio.get_running_loop().create_future()
+        self.gone_reason: str | None = None
+
+
+class Bus:
+    def __init__(
+        self,
+        endpoint: str,
+        events: EventLog,
+        *,
+        policy: RetryPolicy | None = None,
+        heartbeat_interval_s: float = 0.5,
+        hung_after_s: float = 3.0,
+        on_hung: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.events = events
+        self.policy = policy or RetryPolicy()
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.hung_after_s = hung_after_s
+        self.on_hung = on_hung
+        self.incarnation = time.time_ns() & ((1 << 62) - 1)
+        self.links: dict[str, Link] = {}
+        self._by_rid: dict[bytes, Link] = {}
+        self.rooms: dict[str, tuple[str, ...]] = {}
+        self.rejected: Counter[str] = Counter()
+        self.messages_routed = 0
+        self.dead_letters = 0
+        self._commands: dict[int, asyncio.Future[Result]] = {}
+        self._next_corr = 1
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._touched: set[Link] = set()
+        self._drain_scheduled = False
+        self.drop = DropHook.from_env("coordinator")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_MSG_BYTES)
+        sock.bind(self.endpoint)
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._arm_timer(time.monotonic() + self.heartbeat_interval_s)
+        self._on_readable()  # the FD is edge-triggered: take anything already queued
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sock is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close(0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+        for future in self._commands.values():
+            if not future.done():
+                future.set_exception(AgentGone("the bus closed"))
+        self._commands.clear()
+
+    # -- configuration --------------------------------------------------------------------
+    def add_agent(self, config: AgentConfig, incarnation: int = 1) -> Link:
+        if config.agent_id == COORDINATOR_ID:
+            raise ValueError(f"agent id {COORDINATOR_ID!r} is reserved")
+        link = Link(config, incarnation, self.policy)
+        link.last_heard = time.monotonic()
+        self.links[config.agent_id] = link
+        self._by_rid[link.rid] = link
+        return link
+
+    def set_rooms(self, rooms: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        self.rooms = dict(rooms)
+
+    # -- API used by the executor and the supervisor -------------------------------------
+    async def command(
+        self,
+        agent: str,
+        command: CmdSend | CmdSetState | CmdGetState | CmdQueryMemory,
+        timeout: float,
+    ) -> Result:
+        """Run a command in `agent` and return its RESULT; TimeoutError / AgentGone otherwise."""
+        link = self.links[agent]
+        if link.state is LinkState.GONE:
+            raise AgentGone(f"agent {agent} is gone: {link.gone_reason}")
+        corr = self._next_corr
+        self._next_corr += 1
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._commands[corr] = future
+        self.events.emit(
+            EventKind.COMMAND_SENT, agent, corr=corr, command=command.model_dump(mode="json")
+        )
+        self._enqueue(link, Outgoing(Kind.CMD, encode_body(Cmd(command=command)), corr=corr))
+        self._flush()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._commands.pop(corr, None)
+
+    async def stop_agent(self, agent: str, deadline_s: float) -> Bye | None:
+        """Ask `agent` to stop; its BYE, or None if it did not say goodbye in time."""
+        link = self.links[agent]
+        if link.state is LinkState.GONE:
+            return link.bye
+        link.state = LinkState.STOPPING
+        self.events.emit(EventKind.AGENT_STOPPING, agent, deadline_s=deadline_s)
+        stop = Stop(deadline_ms=int(deadline_s * 1000))
+        self._enqueue(link, Outgoing(Kind.STOP, encode_body(stop)))
+        self._flush()
+        try:
+            return await asyncio.wait_for(asyncio.shield(link.bye_future), deadline_s)
+        except (TimeoutError, AgentGone):
+            return link.bye
+
+    def agent_gone(self, agent: str, reason: str) -> None:
+        """The agent's process ended (or was declared dead): fail everything bound for it."""
+        link = self.links.get(agent)
+        if link is None or link.state is LinkState.GONE:
+            return
+        link.state = LinkState.GONE
+        link.gone_reason = reason
+        for pending in link.outbox.fail_all():
+            self._dead_letter(link, pending, f"recipient {agent} is gone: {reason}")
+        if not link.ready.done():
+            link.ready.set_exception(AgentGone(f"agent {agent} exited before READY: {reason}"))
+            link.ready.exception()  # retrieved here so an unawaited future is not reported
+        if not link.bye_future.done():
+            link.bye_future.set_exception(AgentGone(reason))
+            link.bye_future.exception()
+
+    # -- sending --------------------------------------------------------------------------
+    def _enqueue(self, link: Link, item: Outgoing) -> None:
+        link.outbox.push(item)
+        self._touched.add(link)
+
+    def _flush(self) -> None:
+        """Send what windows allow and the acks that are due, for every link touched."""
+        now = time.monotonic()
+        touched, self._touched = self._touched, set()
+        earliest = self._timer_at
+        for link in touched:
+            if link.state is LinkState.GONE:
+                continue
+            for pending in link.outbox.take_sendable(now):
+                self._send_pending(link, pending)
+                earliest = min(earliest, pending.deadline)
+            if link.inbound.ack_due:
+                self._send(link, Kind.ACK, encode_body(Ack(credit=self.policy.window)), 0, 0)
+                link.inbound.ack_due = False
+        if earliest < self._timer_at:
+            self._arm_timer(earliest)
+        if self._sock is not None and self._readable(self._sock):
+            self._schedule_drain()  # a send can consume the edge of the FD; look again
+
+    @staticmethod
+    def _readable(sock: zmq.Socket[bytes]) -> bool:
+        flags = sock.get(zmq.EVENTS)
+        return isinstance(flags, int) and bool(flags & zmq.POLLIN)
+
+    def _send_pending(self, link: Link, pending: Pending[Outgoing]) -> None:
+        item = pending.item
+        self._send(link, item.kind, item.body, pending.seq, item.corr)
+
+    def _send(self, link: Link, kind: Kind, body: bytes, seq: int, corr: int) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        now_ns = time.monotonic_ns()
+        header = Header(
+            PROTOCOL_VERSION,
+            kind,
+            COORDINATOR_ID,
+            link.agent_id,
+            self.incarnation,
+            seq,
+            link.inbound.contiguous,
+            corr,
+            now_ns,
+        ).encode()
+        try:
+            sock.send_multipart([link.rid, header, body], zmq.NOBLOCK)
+        except zmq.Again:
+            return False  # backpressure: sequenced frames stay in the outbox and are retried
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False  # not connected (yet, or any more): the outbox retries
+            raise
+        link.last_sent = now_ns / 1e9
+        return True
+
+    # -- receiving ------------------------------------------------------------------------
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        self._drain_scheduled = False
+        sock = self._sock
+        if sock is None:
+            return
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if self.drop is not None and self.drop.drop():
+                continue
+            self._on_frames(frames, now)
+        else:
+            self._schedule_drain()  # more may be waiting; let other callbacks run first
+        self._flush()
+
+    def _reject(self, reason: RejectReason, detail: str, link: Link | None) -> None:
+        self.rejected[reason.value] += 1
+        if link is not None:
+            link.stats.rejected += 1
+        self.events.emit(
+            EventKind.WIRE_REJECTED,
+            link.agent_id if link else None,
+            reason=reason.value,
+            detail=detail[:300],
+        )
+
+    def _on_frames(self, frames: list[bytes], now: float) -> None:
+        if not frames:
+            return
+        link = self._by_rid.get(frames[0])
+        if link is None:
+            self._reject(RejectReason.UNKNOWN_SENDER, f"routing id {frames[0][:64]!r}", None)
+            return
+        try:
+            header, body_frame = split_frames(frames[1:])
+            if header.src != link.agent_id:
+                raise DecodeError(RejectReason.SRC_MISMATCH, f"src {header.src!r}")
+            body = decode_body(header.kind, body_frame)
+        except DecodeError as exc:
+            self._reject(exc.reason, exc.detail, link)
+            return
+        if link.state is LinkState.GONE:
+            return
+        if header.incarnation < link.incarnation:
+            return  # a frame from a previous life of this agent id
+        link.last_heard = now
+        credit = body.credit if isinstance(body, Ack) else None
+        acked = link.outbox.on_ack(header.ack, credit, now)
+        for pending in acked.acked:
+            self._on_acked(link, pending, now)
+        if credit is not None or acked.acked:
+            self._touched.add(link)
+        kind = header.kind
+        if kind in SEQUENCED_KINDS:
+            acceptance = link.inbound.accept(header.incarnation, header.seq, (header, body))
+            if acceptance.duplicate:
+                link.stats.duplicates_dropped += 1
+            self._touched.add(link)
+            for h, b in acceptance.deliver:
+                self._dispatch(link, h, b, now)
+        elif isinstance(body, Hello):
+            self._on_hello(link, header, body)
+        elif isinstance(body, Ping):
+            self._send(link, Kind.PONG, encode_body(Pong(echo_ns=header.sent_ns)), 0, 0)
+        elif isinstance(body, Err):
+            self.events.emit(
+                EventKind.AGENT_ERROR, link.agent_id, reason=body.reason, detail=body.detail
+            )
+
+    def _on_hello(self, link: Link, header: Header, hello: Hello) -> None:
+        if hello.agent_id != link.agent_id:
+            self._reject(RejectReason.SRC_MISMATCH, f"HELLO names {hello.agent_id!r}", link)
+            return
+        if link.hello is not None:
+            return  # HELLO repeats until CONFIGURE arrives; CONFIGURE itself is retried
+        link.hello = hello
+        link.incarnation = header.incarnation
+        link.state = LinkState.CONFIGURED
+        self.events.emit(
+            EventKind.AGENT_HELLO,
+            link.agent_id,
+            pid=hello.pid,
+            python=hello.python,
+            pyzmq=hello.pyzmq,
+        )
+        self._enqueue(link, Outgoing(Kind.CONFIGURE, encode_body(Configure(config=link.config))))
+
+    def _dispatch(self, link: Link, header: Header, body: WireModel, now: float) -> None:
+        agent = link.agent_id
+        if isinstance(body, Msg):
+            self._route(link, body, now)
+        elif isinstance(body, Result):
+            future = self._commands.pop(header.corr, None)
+            self.events.emit(
+                EventKind.COMMAND_RESULT,
+                agent,
+                corr=header.corr,
+                ok=body.ok,
+                value=body.value,
+                error=body.error,
+            )
+            if future is not None and not future.done():
+                future.set_result(body)
+        elif isinstance(body, Event):
+            self._on_agent_event(agent, body)
+        elif isinstance(body, Ready):
+            link.state = LinkState.READY
+            link.ready_info = body
+            self.events.emit(EventKind.AGENT_READY, agent, pid=body.pid, store_path=body.store_path)
+            if not link.ready.done():
+                link.ready.set_result(body)
+        elif isinstance(body, Bye):
+            link.bye = body
+            self.events.emit(
+                EventKind.AGENT_BYE,
+                agent,
+                undelivered=body.undelivered,
+                **{k: v for k, v in body.stats.model_dump(mode="json").items() if k != "state"},
+            )
+            if not link.bye_future.done():
+                link.bye_future.set_result(body)
+        else:
+            self._reject(RejectReason.UNEXPECTED_KIND, f"{kind_of(body).name} from an agent", link)
+
+    def _on_agent_event(self, agent: str, event: Event) -> None:
+        if event.name == "state.changed":
+            self.events.emit(EventKind.STATE_CHANGED, agent, **event.data)
+        elif event.name == "error":
+            self.events.emit(EventKind.AGENT_ERROR, agent, **event.data)
+        else:
+            self.events.emit(EventKind.AGENT_EVENT, agent, name=event.name, **event.data)
+
+    def _route(self, link: Link, msg: Msg, now: float) -> None:
+        sender = link.agent_id
+        link.stats.messages_in += 1
+        data: dict[str, JsonValue] = {
+            "msg_id": msg.msg_id,
+            "room": msg.room,
+            "text": msg.text,
+            "origin": msg.origin.value,
+            "in_reply_to": msg.in_reply_to,
+        }
+        members = self.rooms.get(msg.room)
+        if msg.sender != sender:
+            self._reject(RejectReason.SRC_MISMATCH, f"MSG claims sender {msg.sender!r}", link)
+            return
+        self.events.emit(EventKind.MESSAGE_SENT, sender, **data)
+        self.messages_routed += 1
+        if members is None or sender not in members:
+            reason = (
+                f"unknown room {msg.room!r}"
+                if members is None
+                else f"{sender} is not a member of room {msg.room!r}"
+            )
+            self.dead_letters += 1
+            link.stats.dead_letters += 1
+            self.events.emit(
+                EventKind.MESSAGE_DEAD_LETTER,
+                sender,
+                msg_id=msg.msg_id,
+                recipient=None,
+                reason=reason,
+            )
+            return
+        body = encode_body(msg)
+        for member in members:
+            if member == sender:
+                continue
+            target = self.links.get(member)
+            item = Outgoing(Kind.MSG, body, msg_id=msg.msg_id, sender=sender, accepted_at=now)
+            if target is None or target.state is LinkState.GONE:
+                why = target.gone_reason if target is not None else "not an agent"
+                self._dead_letter_item(member, item, f"recipient {member} is gone: {why}")
+                continue
+            self._enqueue(target, item)
+
+    def _on_acked(self, link: Link, pending: Pending[Outgoing], now: float) -> None:
+        item = pending.item
+        if item.kind is not Kind.MSG:
+            return
+        latency = now - item.accepted_at
+        link.stats.messages_out += 1
+        link.stats.latency.add(latency)
+        self.events.emit(
+            EventKind.MESSAGE_DELIVERED,
+            link.agent_id,
+            msg_id=item.msg_id,
+            sender=item.sender,
+            attempts=pending.attempts,
+            latency_ms=round(latency * 1000.0, 4),
+        )
+
+    def _dead_letter(self, link: Link, pending: Pending[Outgoing], reason: str) -> None:
+        self._dead_letter_item(link.agent_id, pending.item, reason, pending.attempts)
+
+    def _dead_letter_item(
+        self, recipient: str, item: Outgoing, reason: str, attempts: int = 0
+    ) -> None:
+        self.dead_letters += 1
+        target = self.links.get(recipient)
+        if target is not None:
+            target.stats.dead_letters += 1
+        if item.kind is Kind.CMD:
+            future = self._commands.pop(item.corr, None)
+            if future is not None and not future.done():
+                future.set_exception(AgentGone(reason))
+        self.events.emit(
+            EventKind.MESSAGE_DEAD_LETTER,
+            item.sender,
+            msg_id=item.msg_id,
+            kind=item.kind.name,
+            recipient=recipient,
+            attempts=attempts,
+            reason=reason,
+        )
+
+    # -- timers ---------------------------------------------------------------------------
+    def _arm_timer(self, when: float) -> None:
+        if self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        # call_at takes the loop's clock; asyncio's default loop clock is time.monotonic().
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        now = time.monotonic()
+        next_at = now + self.heartbeat_interval_s
+        for link in list(self.links.values()):
+            if link.state is LinkState.GONE:
+                continue
+            due = link.outbox.due(now)
+            for pending in due.retransmit:
+                link.stats.retries += 1
+                if pending.item.kind is Kind.MSG:
+                    self.events.emit(
+                        EventKind.MESSAGE_RETRY,
+                        link.agent_id,
+                        msg_id=pending.item.msg_id,
+                        attempt=pending.attempts,
+                    )
+                self._send_pending(link, pending)
+            for pending in due.expired:
+                self._dead_letter(
+                    link,
+                    pending,
+                    f"not acknowledged by {link.agent_id} after {pending.attempts} attempts",
+                )
+            if link.state is not LinkState.EXPECTED:
+                if now - link.last_sent >= self.heartbeat_interval_s:
+                    self._send(link, Kind.PING, encode_body(Ping()), 0, 0)
+                silent = now - link.last_heard
+                if silent > self.hung_after_s and link.state in (
+                    LinkState.READY,
+                    LinkState.CONFIGURED,
+                ):
+                    self._declare_hung(link, silent)
+            deadline = link.outbox.next_deadline()
+            if deadline is not None:
+                next_at = min(next_at, deadline)
+        self._arm_timer(max(next_at, now + 0.001))
+        self._flush()
+
+    def _declare_hung(self, link: Link, silent: float) -> None:
+        reason = f"silent for {silent:.2f}s (hung after {self.hung_after_s:g}s)"
+        self.events.emit(EventKind.AGENT_HUNG, link.agent_id, silent_s=round(silent, 3))
+        if self.on_hung is not None:
+            self.on_hung(link.agent_id, reason)
+        self.agent_gone(link.agent_id, reason)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -93,9 +94,9 @@ class Outgoing:
 
 @dataclass(slots=True)
 class LinkStats:
-    messages_in: int = 0
+    posted: int = 0
     """MSG frames this agent posted (accepted by the bus)."""
-    messages_out: int = 0
+    delivered: int = 0
     """MSG frames delivered to this agent (acknowledged by it)."""
     retries: int = 0
     duplicates_dropped: int = 0
@@ -189,6 +190,10 @@ class Bus:
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
             self._ctx = None
+        if self.endpoint.startswith("ipc://"):
+            # libzmq leaves the socket file behind on close; the run must not.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.endpoint.removeprefix("ipc://"))
         for future in self._commands.values():
             if not future.done():
                 future.set_exception(AgentGone("the bus closed"))
@@ -466,7 +471,7 @@ class Bus:
 
     def _route(self, link: Link, msg: Msg, now: float) -> None:
         sender = link.agent_id
-        link.stats.messages_in += 1
+        link.stats.posted += 1
         data: dict[str, JsonValue] = {
             "msg_id": msg.msg_id,
             "room": msg.room,
@@ -513,7 +518,7 @@ class Bus:
         if item.kind is not Kind.MSG:
             return
         latency = now - item.accepted_at
-        link.stats.messages_out += 1
+        link.stats.delivered += 1
         link.stats.latency.add(latency)
         self.events.emit(
             EventKind.MESSAGE_DELIVERED,

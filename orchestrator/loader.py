@@ -1,0 +1,535 @@
+"""Reading scenario files: YAML text in, a validated `Scenario` out, or a `ScenarioError` listing
+every problem in the file, each at its line, column and field path.
+
+The YAML is composed into a node tree first (not loaded straight to Python data) because only the
+nodes know where each value was written; the data and a map from path to position are built from
+the same walk, so every pydantic error location can be traced back to a line in the file.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+from orchestrator.scenario import (
+    CHECK_REFERENCES,
+    UNION_TAGS,
+    AgentSpec,
+    Assertion,
+    Loc,
+    ReferenceIssue,
+    RoomSpec,
+    Scenario,
+    Step,
+    closest,
+    describe_value,
+    find_reference_issues,
+    format_loc,
+    quote,
+    suggest,
+)
+
+Position = tuple[int, int]
+"""1-based (line, column) in the file."""
+
+# Alias expansion can make a small file describe a huge tree (the "billion laughs"); no honest
+# scenario comes near this many nodes, so past it the file is refused rather than walked.
+MAX_NODES = 1_000_000
+
+# The same safe constructor either way; libyaml's parser composes about 5x faster than PyYAML's,
+# which matters for scenarios with thousands of steps.
+_SafeLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+# Location segments that pydantic adds for its own schema nodes ('function-after[...]',
+# 'list[...]'); they name no key in the file.
+_SCHEMA_SEGMENT = re.compile(r"[a-z][a-z-]*\[.*\]")
+
+_NO_REFERENCE_CHECK = {CHECK_REFERENCES: False}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one scenario file, where it is and what it is."""
+
+    file: str
+    line: int | None
+    column: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        # One problem, one line, whatever the user's text contained.
+        message = self.message.replace("\n", "\\n")
+        return f"{where}: {self.path}: {message}" if self.path else f"{where}: {message}"
+
+
+class ScenarioError(Exception):
+    """A scenario file (or several) could not be loaded; `problems` says why, all at once."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Load and validate one scenario file; raise `ScenarioError` with every problem in it."""
+    filename = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ScenarioError([Problem(filename, None, None, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise ScenarioError(
+            [Problem(filename, None, None, "", "is a directory, not a scenario file")]
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ScenarioError([Problem(filename, None, None, "", f"cannot read: {reason}")]) from None
+    try:
+        # utf-8-sig: editors on Windows like to start a file with a byte order mark.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ScenarioError(
+            [Problem(filename, line, None, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+        ) from None
+    return load_scenario_text(text, filename)
+
+
+def load_scenario_text(text: str, filename: str) -> Scenario:
+    """Validate scenario YAML `text`; `filename` is only used to label problems."""
+    document, problems = _parse(text, filename)
+    if document is None:
+        raise ScenarioError(problems)
+    if not isinstance(document.data, dict):
+        problems.append(
+            Problem(
+                filename,
+                *document.positions[()],
+                "",
+                "a scenario file must be a mapping (name, agents, rooms, script, assertions), "
+                f"got {describe_value(document.data)}",
+            )
+        )
+        raise ScenarioError(problems)
+    try:
+        scenario = Scenario.model_validate(document.data, context=_NO_REFERENCE_CHECK)
+    except ValidationError as exc:
+        problems.extend(_validation_problems(exc, document, filename))
+        issues = _references_of_valid_parts(document.data)
+    else:
+        issues = scenario.reference_issues()
+    problems.extend(_reference_problem(issue, document, filename) for issue in issues)
+    if problems:
+        raise ScenarioError(_in_file_order(problems))
+    return scenario
+
+
+def validate_files(paths: Sequence[Path]) -> tuple[list[Scenario], list[Problem]]:
+    """Load every file, collecting the scenarios that loaded and the problems of all the others."""
+    scenarios: list[Scenario] = []
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            scenarios.append(load_scenario(path))
+        except ScenarioError as exc:
+            problems.extend(exc.problems)
+    return scenarios, problems
+
+
+# --- YAML with positions ---------------------------------------------------------------------
+
+
+@dataclass
+class _Document:
+    data: object
+    # Where each value starts, and where the key of each mapping entry starts, by path.
+    positions: dict[Loc, Position]
+    key_positions: dict[Loc, Position]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _position(mark: yaml.Mark) -> Position:
+    return mark.line + 1, mark.column + 1
+
+
+def _parse(text: str, filename: str) -> tuple[_Document | None, list[Problem]]:
+    """The document, or None when there is none to validate, and the problems found so far."""
+    try:
+        return _compose(text, filename)
+    except yaml.MarkedYAMLError as exc:
+        return None, [_yaml_problem(exc, filename)]
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        message = f"invalid YAML: unacceptable character #x{exc.character:04x}: {exc.reason}"
+        return None, [Problem(filename, line, column, "", message)]
+    except yaml.YAMLError as exc:
+        return None, [Problem(filename, None, None, "", f"invalid YAML: {exc}")]
+    except _TooLarge:
+        message = f"the document expands to over {MAX_NODES} values (through aliases?)"
+        return None, [Problem(filename, None, None, "", message)]
+    except RecursionError:
+        return None, [Problem(filename, None, None, "", "the document is nested too deeply")]
+
+
+def _compose(text: str, filename: str) -> tuple[_Document | None, list[Problem]]:
+    loader = _SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, [Problem(filename, 1, 1, "", "empty file: expected a scenario mapping")]
+        builder = _Builder(loader, filename)
+        data = builder.value(node, ())
+        return _Document(data, builder.positions, builder.key_positions), builder.problems
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, filename: str) -> Problem:
+    # PyYAML says where it was ("while parsing a flow sequence", at the opening bracket) and what
+    # went wrong (at the offending character); the problem's mark is the one to jump to.
+    mark = exc.problem_mark or exc.context_mark
+    message = exc.problem or "syntax error"
+    if exc.context:
+        context = exc.context
+        if exc.context_mark is not None and (mark is None or exc.context_mark.line != mark.line):
+            context += f" at line {exc.context_mark.line + 1}"
+        message = f"{context}: {message}" if exc.problem else context
+    message = f"invalid YAML: {message}"
+    if mark is None:
+        return Problem(filename, None, None, "", message)
+    return Problem(filename, *_position(mark), "", message)
+
+
+class _Builder:
+    """Turns a composed node tree into plain data, recording where every value and key is."""
+
+    def __init__(self, loader: yaml.SafeLoader | yaml.CSafeLoader, filename: str) -> None:
+        self.loader = loader
+        self.filename = filename
+        self.positions: dict[Loc, Position] = {}
+        self.key_positions: dict[Loc, Position] = {}
+        self.problems: list[Problem] = []
+        self._budget = MAX_NODES
+        # Nodes being built right now: meeting one again means an alias refers to its ancestor.
+        self._open: set[int] = set()
+        self._cycles: set[int] = set()
+        self._scalars: dict[int, object] = {}
+        # Mappings whose merge keys were already expanded (an alias can visit a node twice).
+        self._flattened: set[int] = set()
+
+    def problem(self, loc: Loc, position: Position, message: str) -> None:
+        self.problems.append(Problem(self.filename, *position, format_loc(loc), message))
+
+    def value(self, node: yaml.Node, loc: Loc) -> object:
+        position = _position(node.start_mark)
+        self.positions[loc] = position
+        self._budget -= 1
+        if self._budget < 0:
+            raise _TooLarge
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, loc)
+        if id(node) in self._open:
+            # Once per anchored value, not once per path that reaches it through the cycle.
+            if id(node) not in self._cycles:
+                self._cycles.add(id(node))
+                self.problem(loc, position, "the value anchored here contains an alias to itself")
+            return None
+        if node.tag not in (_MAP_TAG, _SEQ_TAG):
+            self.problem(loc, position, f"unsupported YAML tag {quote(node.tag)}")
+            return None
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.value(item, (*loc, i)) for i, item in enumerate(node.value)]
+            assert isinstance(node, yaml.MappingNode)
+            return self.mapping(node, loc)
+        finally:
+            self._open.discard(id(node))
+
+    def scalar(self, node: yaml.ScalarNode, loc: Loc) -> object:
+        # Memoised because keys are read twice (duplicate check, then the mapping) and a failed
+        # read must be reported once; PyYAML also refuses to construct a node that failed before.
+        if id(node) in self._scalars:
+            return self._scalars[id(node)]
+        try:
+            value: object = self.loader.construct_object(node)
+        except (ValueError, OverflowError) as exc:
+            # PyYAML's resolvers trust their regexes: `2024-13-01` is resolved as a date and then
+            # fails in datetime, outside PyYAML's own error types. Keep the text and say why.
+            self.problem(loc, _position(node.start_mark), f"cannot read {quote(node.value)}: {exc}")
+            value = str(node.value)
+        self._scalars[id(node)] = value
+        return value
+
+    def mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, object]:
+        if id(node) not in self._flattened:
+            self._check_duplicates(node, loc)
+            # Expands `<<: *base` in place, merged keys first so that the mapping's own keys
+            # override them, as YAML's merge key specifies.
+            self.loader.flatten_mapping(node)
+            self._flattened.add(id(node))
+        result: dict[str, object] = {}
+        for key_node, value_node in node.value:
+            key_position = _position(key_node.start_mark)
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problem(loc, key_position, "a key must be a plain name, not a list or mapping")
+                continue
+            key = self.scalar(key_node, loc)
+            if not isinstance(key, str):
+                # `yes:`, `on:`, `1:` are not names to YAML; say so rather than "unknown key True".
+                self.problem(
+                    loc,
+                    key_position,
+                    f"key {quote(key_node.value)} is read as {describe_value(key)}; quote it",
+                )
+                continue
+            self.key_positions[(*loc, key)] = key_position
+            result[key] = self.value(value_node, (*loc, key))
+        return result
+
+    def _check_duplicates(self, node: yaml.MappingNode, loc: Loc) -> None:
+        # PyYAML silently keeps the last of two equal keys; in a scenario that is always a mistake.
+        first_line: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = self.scalar(key_node, loc)
+            position = _position(key_node.start_mark)
+            if key in first_line:
+                self.problem(
+                    (*loc, str(key)),
+                    position,
+                    f"duplicate key {quote(key)} (first at line {first_line[key]})",
+                )
+            else:
+                first_line[key] = position[0]
+
+
+# --- validation errors to problems -----------------------------------------------------------
+
+
+def _validation_problems(exc: ValidationError, document: _Document, filename: str) -> list[Problem]:
+    errors = [
+        (error, _data_loc(error["loc"], document.data)) for error in exc.errors(include_url=False)
+    ]
+    # A misspelt required key is reported twice by pydantic: as an unknown key and as the field
+    # it was meant to be, missing. The first, with its did-you-mean, says all there is to say.
+    meant: set[Loc] = set()
+    for error, loc in errors:
+        if error["type"] == "extra_forbidden" and loc:
+            guess = closest(str(loc[-1]), _keys_at(loc[:-1]))
+            if guess is not None:
+                meant.add((*loc[:-1], guess))
+    problems: list[Problem] = []
+    for error, loc in errors:
+        if error["type"] == "extra_forbidden" and loc:
+            key = str(loc[-1])
+            message = f"unknown key {quote(key)}{suggest(key, _keys_at(loc[:-1]))}"
+            position = document.key_positions.get(loc) or _nearest(loc, document)
+        elif error["type"] == "missing" and loc in meant:
+            continue
+        elif error["type"] == "missing" and loc:
+            message = f"missing required field {loc[-1]!r}"
+            loc = loc[:-1]
+            position = _nearest(loc, document)
+        else:
+            message = _message(error)
+            position = _nearest(loc, document)
+        problems.append(Problem(filename, *position, format_loc(loc), message))
+    return problems
+
+
+def _data_loc(loc: tuple[int | str, ...], data: object) -> Loc:
+    """The path in the file that a pydantic error location refers to.
+
+    pydantic puts a keyed union's tag ('SendStep') into the location, between the list index and
+    the step's key; a segment is dropped as a tag only when it is not a key of the data there.
+    """
+    path: list[str | int] = []
+    current: object = data
+    inside = True
+    for segment in loc:
+        child = _child(current, segment) if inside else _ABSENT
+        if child is not _ABSENT:
+            current = child
+        elif isinstance(segment, str) and (
+            segment in UNION_TAGS or _SCHEMA_SEGMENT.fullmatch(segment)
+        ):
+            continue
+        else:
+            # A key the data lacks (a missing field): nothing below it exists either.
+            inside = False
+        path.append(segment)
+    return tuple(path)
+
+
+_ABSENT = object()
+
+
+def _child(container: object, segment: int | str) -> object:
+    """container[segment] when the data has it, else _ABSENT (None is a value YAML can hold)."""
+    if isinstance(container, dict):
+        return container.get(segment, _ABSENT)
+    if isinstance(container, list) and isinstance(segment, int) and 0 <= segment < len(container):
+        return container[segment]
+    return _ABSENT
+
+
+def _nearest(loc: Loc, document: _Document) -> Position:
+    """The position of the deepest value on `loc` that exists in the file."""
+    for end in range(len(loc), -1, -1):
+        position = document.positions.get(loc[:end])
+        if position is not None:
+            return position
+    return 1, 1
+
+
+def _flatten(annotation: object) -> list[object]:
+    """The member types of an annotation, through Annotated[...] and unions."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _flatten(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [member for arg in get_args(annotation) for member in _flatten(arg)]
+    return [annotation]
+
+
+def _keys_at(loc: Loc) -> list[str]:
+    """The keys the schema allows in the mapping at `loc`, for did-you-mean suggestions."""
+    candidates: list[object] = [Scenario]
+    for segment in loc:
+        following: list[object] = []
+        for annotation in candidates:
+            for member in _flatten(annotation):
+                if isinstance(segment, int) and get_origin(member) is list:
+                    following.append(get_args(member)[0])
+                elif isinstance(segment, str) and (model := _is_model(member)) is not None:
+                    following.extend(
+                        field.annotation
+                        for name, field in model.model_fields.items()
+                        if segment in (name, field.alias)
+                    )
+        candidates = following
+    keys: list[str] = []
+    for annotation in candidates:
+        for member in _flatten(annotation):
+            if (model := _is_model(member)) is not None:
+                keys.extend(field.alias or name for name, field in model.model_fields.items())
+    return list(dict.fromkeys(keys))
+
+
+def _is_model(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+# What pydantic's type errors expect, in the file's terms.
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def _message(error: ErrorDetails) -> str:
+    kind = error["type"]
+    got = describe_value(error["input"])
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {got}"
+    ctx = error.get("ctx", {})
+    if kind == "literal_error":
+        return f"expected {ctx.get('expected')}, got {got}"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx.get('ge')}, got {got}"
+    message = error["msg"]
+    for prefix in _PYDANTIC_PREFIXES:
+        message = message.removeprefix(prefix)
+    return message
+
+
+# --- references ------------------------------------------------------------------------------
+
+
+_STEP: TypeAdapter[Step] = TypeAdapter(Step)
+_ASSERTION: TypeAdapter[Assertion] = TypeAdapter(Assertion)
+
+
+def _references_of_valid_parts(data: dict[str, object]) -> list[ReferenceIssue]:
+    """Reference problems among the parts of an invalid scenario that are valid on their own.
+
+    So that one file's structural errors and reference errors are reported in the same run. Only
+    done when every agent and room is valid: with one of them missing, references to it would be
+    reported as undefined when they are not.
+    """
+    raw_agents, raw_rooms = data.get("agents"), data.get("rooms", [])
+    if not isinstance(raw_agents, list) or not raw_agents or not isinstance(raw_rooms, list):
+        return []
+    try:
+        agents = {i: AgentSpec.model_validate(item) for i, item in enumerate(raw_agents)}
+        rooms = {i: RoomSpec.model_validate(item) for i, item in enumerate(raw_rooms)}
+    except ValidationError:
+        return []
+    script = {}
+    raw_script = data.get("script", [])
+    for i, item in enumerate(raw_script if isinstance(raw_script, list) else []):
+        try:
+            script[i] = _STEP.validate_python(item)
+        except ValidationError:
+            continue
+    assertions = {}
+    raw_assertions = data.get("assertions", [])
+    for i, item in enumerate(raw_assertions if isinstance(raw_assertions, list) else []):
+        try:
+            assertions[i] = _ASSERTION.validate_python(item)
+        except ValidationError:
+            continue
+    return find_reference_issues(agents, rooms, script, assertions)
+
+
+def _reference_problem(issue: ReferenceIssue, document: _Document, filename: str) -> Problem:
+    return Problem(filename, *_nearest(issue.loc, document), format_loc(issue.loc), issue.message)
+
+
+def _in_file_order(problems: list[Problem]) -> list[Problem]:
+    unique = list(dict.fromkeys(problems))
+    return sorted(
+        unique,
+        key=lambda p: (p.line is None, p.line or 0, p.column or 0, p.path),
+    )

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import JsonValue
@@ -40,6 +41,16 @@ EXIT_ABANDONED = 4
 """Exit code when the agent leaves on its own because the coordinator is gone."""
 
 
+@dataclass(slots=True)
+class Counters:
+    """Mutable per-message counters; turned into the wire's AgentStats once, at BYE."""
+
+    messages_in: int = 0
+    messages_out: int = 0
+    commands: int = 0
+    handler_errors: int = 0
+
+
 class AgentRuntime:
     def __init__(self, config: AgentConfig, transport: Transport, inbox: Inbox) -> None:
         self.config = config
@@ -49,7 +60,7 @@ class AgentRuntime:
         self.store = MemoryStore(Path(config.agent_dir))
         self.handler: MessageHandler = RulesModel(config.model)
         self.state: dict[str, JsonValue] = {}
-        self.stats = AgentStats()
+        self.counters = Counters()
         self._msg_counter = 0
         self._rooms = {room.id: room for room in config.rooms}
 
@@ -74,7 +85,7 @@ class AgentRuntime:
             self.transport.request_window_update()
 
     def _on_message(self, msg: Msg) -> None:
-        self.stats = self.stats.model_copy(update={"messages_in": self.stats.messages_in + 1})
+        self.counters.messages_in += 1
         try:
             self._remember(msg, "in")
             replies = self.handler.handle(msg)
@@ -85,7 +96,7 @@ class AgentRuntime:
             self.post(reply.room, reply.text, Origin.AGENT, in_reply_to=msg.msg_id)
 
     def _on_command(self, item: Command) -> None:
-        self.stats = self.stats.model_copy(update={"commands": self.stats.commands + 1})
+        self.counters.commands += 1
         command = item.cmd.command
         try:
             result = self._run_command(command)
@@ -147,7 +158,7 @@ class AgentRuntime:
         )
         self._remember(msg, "out")
         self.transport.send(msg, dst=room)
-        self.stats = self.stats.model_copy(update={"messages_out": self.stats.messages_out + 1})
+        self.counters.messages_out += 1
         return msg
 
     def _remember(self, msg: Msg, direction: str) -> None:
@@ -157,7 +168,7 @@ class AgentRuntime:
         self.store.add(msg.msg_id, msg.room, msg.sender, direction, content)
 
     def _handler_error(self, what: str, exc: BaseException) -> None:
-        self.stats = self.stats.model_copy(update={"handler_errors": self.stats.handler_errors + 1})
+        self.counters.handler_errors += 1
         detail = "".join(traceback.format_exception_only(exc)).strip()
         print(f"agent {self.agent_id}: error {what}:\n{traceback.format_exc()}", file=sys.stderr)
         self.transport.send(Event(name="error", data={"where": what, "error": detail}))
@@ -169,16 +180,19 @@ class AgentRuntime:
         rows = self.store.rows
         self.store.close()
         t = self.transport
-        stats = self.stats.model_copy(
-            update={
-                "duplicates_dropped": t.inbound.duplicates,
-                "retries": t.outbox.retransmissions,
-                "dead_letters": t.stats.dead_letters,
-                "rejected_frames": t.stats.rejected,
-                "store_rows": rows,
-                "inbox_peak": self.inbox.peak,
-                "state": self.state,
-            }
+        c = self.counters
+        stats = AgentStats(
+            messages_in=c.messages_in,
+            messages_out=c.messages_out,
+            commands=c.commands,
+            handler_errors=c.handler_errors,
+            duplicates_dropped=t.inbound.duplicates,
+            retries=t.outbox.retransmissions,
+            dead_letters=t.stats.dead_letters,
+            rejected_frames=t.stats.rejected,
+            store_rows=rows,
+            inbox_peak=self.inbox.peak,
+            state=self.state,
         )
         undelivered = 0 if drained else t.outbox.in_flight + t.outbox.queued
         self.transport.send(Bye(stats=stats, undelivered=undelivered))

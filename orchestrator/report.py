@@ -1,0 +1,146 @@
+"""The run report: pydantic models (the documented schema of report.json) and its writers.
+
+`schema_version` changes whenever a field changes meaning or disappears; new optional fields
+do not bump it. `scenario-runner` writes report.json next to events.jsonl in the report
+directory and prints a short summary on the console.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, JsonValue
+
+from orchestrator.metrics import LatencySummary
+
+SCHEMA_VERSION = 1
+
+
+class Verdict(StrEnum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    """An assertion did not hold."""
+    ERROR = "ERROR"
+    """The scenario could not be judged: a crash, a failed step, a runner failure."""
+
+
+EXIT_CODES: dict[Verdict, int] = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.ERROR: 3}
+EXIT_INVALID = 2
+
+
+class StepReport(BaseModel):
+    index: int
+    id: str | None
+    kind: str
+    description: str
+    status: str
+    started_s: float
+    duration_s: float
+    error: str | None = None
+
+
+class AssertionReport(BaseModel):
+    id: str
+    type: str
+    passed: bool
+    expected: str
+    actual: str
+    message: str
+    evidence: list[int]
+    """Event ids (in events.jsonl) that the result is based on."""
+
+
+class ErrorReport(BaseModel):
+    source: str
+    """'startup', 'agent', 'step' or 'runner'."""
+    agent: str | None = None
+    step: int | None = None
+    message: str
+    detail: str | None = None
+    """A traceback or the tail of the agent's log, where that helps."""
+
+
+class MemoryReport(BaseModel):
+    samples: int
+    rss_first_bytes: int | None
+    rss_last_bytes: int | None
+    rss_peak_sampled_bytes: int | None
+    peak_rss_bytes: int | None
+    """ru_maxrss of the reaped process: the true peak, sampled or not."""
+    num_fds: int | None
+    num_threads: int | None
+    rss_series: list[tuple[float, int]]
+    """(seconds since run start, RSS bytes), decimated to a bounded length keeping peaks."""
+
+
+class AgentReport(BaseModel):
+    id: str
+    pid: int | None
+    launcher: str
+    status: str
+    exit_code: int | None
+    signal: str | None
+    escalation: str | None
+    startup_s: float | None
+    cpu_user_s: float | None
+    cpu_system_s: float | None
+    memory: MemoryReport
+    messages_in: int
+    """Messages delivered to this agent (acknowledged by it)."""
+    messages_out: int
+    """Messages this agent posted."""
+    retries: int
+    duplicates_dropped: int
+    dead_letters: int
+    rejected_frames: int
+    handler_errors: int | None
+    store_rows: int | None
+    delivery_latency: LatencySummary
+    """From the bus accepting a message to this agent acknowledging it."""
+    final_state: dict[str, JsonValue] | None
+
+
+class BusReport(BaseModel):
+    endpoint: str
+    messages_routed: int
+    dead_letters: int
+    retries: int
+    rejected_frames: dict[str, int]
+    delivery_latency: LatencySummary
+
+
+class Timings(BaseModel):
+    launch_s: float
+    """Launch of the first agent to the last READY."""
+    script_s: float
+    teardown_s: float
+    total_s: float
+
+
+class ScenarioReport(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    scenario: str
+    description: str
+    file: str
+    verdict: Verdict
+    exit_code: int
+    started_at: str
+    """Wall-clock start, ISO 8601 UTC."""
+    duration_s: float
+    timings: Timings
+    steps: list[StepReport]
+    assertions: list[AssertionReport]
+    errors: list[ErrorReport]
+    agents: list[AgentReport]
+    bus: BusReport
+    events_file: str
+    events: int
+    report_dir: str
+    run_dir: str | None
+    """The private run directory, when kept with --keep-run-dir (removed otherwise)."""
+
+    def write(self, directory: Path) -> Path:
+        path = directory / "report.json"
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path

@@ -1,0 +1,116 @@
+"""Shared test fixtures: real agent processes on a real bus, and a no-leftovers check."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator.bus import Bus
+from orchestrator.events import Event, EventLog
+from orchestrator.launchers import LaunchSpec, SpawnLauncher
+from orchestrator.loader import load_scenario_text
+from orchestrator.report import ScenarioReport
+from orchestrator.runner import RunOptions, run_scenario
+from orchestrator.supervisor import Supervisor
+from protocol import AgentConfig, ChannelType, RoomConfig, RuleConfig, RulesModelConfig
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Every test must end with no child process of ours alive (agents included)."""
+    yield
+    children = psutil.Process().children(recursive=True)
+    _, alive = psutil.wait_procs(children, timeout=3)
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
+
+
+@pytest.fixture()
+def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run directories go here (short path: ipc socket paths are limited to ~107 bytes)."""
+    root = Path(tempfile.mkdtemp(prefix="srt-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run_yaml(
+    text: str,
+    report_dir: Path,
+    on_event: Callable[[Event], None] | None = None,
+    **options: object,
+) -> ScenarioReport:
+    scenario = load_scenario_text(text, "test.yaml")
+    opts = RunOptions(report_dir=report_dir, **options)  # type: ignore[arg-type]
+    return asyncio.run(run_scenario(scenario, Path("test.yaml"), opts, on_event))
+
+
+def room(room_id: str, members: list[str]) -> RoomConfig:
+    return RoomConfig(id=room_id, channel=ChannelType.GROUP, members=members)
+
+
+def agent(
+    agent_id: str, run_dir: Path, rooms: list[RoomConfig], rules: list[RuleConfig] | None = None
+) -> AgentConfig:
+    return AgentConfig(
+        agent_id=agent_id,
+        agent_dir=str(run_dir / agent_id),
+        model=RulesModelConfig(rules=rules or []),
+        rooms=rooms,
+    )
+
+
+class Cluster:
+    def __init__(self, run_dir: Path, bus: Bus, supervisor: Supervisor, events: EventLog) -> None:
+        self.run_dir = run_dir
+        self.bus = bus
+        self.supervisor = supervisor
+        self.events = events
+
+
+@asynccontextmanager
+async def cluster(
+    run_dir: Path,
+    configs: list[AgentConfig],
+    rooms: list[RoomConfig],
+    *,
+    coordinator_timeout_s: float = 10.0,
+    hung_after_s: float = 3.0,
+) -> AsyncIterator[Cluster]:
+    """Real agents on a real bus; torn down (and checked) on exit."""
+    events = EventLog(run_dir / "events.jsonl")
+    bus = Bus(f"ipc://{run_dir}/bus.sock", events, hung_after_s=hung_after_s)
+    bus.start()
+    bus.set_rooms((r.id, tuple(r.members)) for r in rooms)
+    supervisor = Supervisor(SpawnLauncher(), bus, events)
+    bus.on_hung = supervisor.on_hung
+    try:
+        for config in configs:
+            supervisor.launch(
+                LaunchSpec(
+                    config.agent_id,
+                    bus.endpoint,
+                    1,
+                    Path(config.agent_dir),
+                    -1,
+                    0.5,
+                    coordinator_timeout_s,
+                    1024,
+                ),
+                config,
+            )
+        await supervisor.wait_ready(20)
+        yield Cluster(run_dir, bus, supervisor, events)
+        await supervisor.stop_all(3.0)
+    finally:
+        supervisor.close()
+        bus.close()
+        events.close()

@@ -1,0 +1,165 @@
+"""The command line: exit codes, validation messages with locations, the report on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+GOOD = """\
+name: cli-good
+agents:
+  - id: bot
+    model:
+      rules:
+        - when: {contains: hi}
+          reply: "hi {sender}"
+  - id: user
+rooms:
+  - {id: lobby, members: [bot, user]}
+script:
+  - send: {agent: user, room: lobby, text: "hi there"}
+  - wait_for: {message: {from: bot, contains: "hi user"}, timeout: 2s}
+assertions:
+  - message: {from: bot, room: lobby, count: {min: 1}}
+"""
+
+# (name, text, line expected in the message, fragment expected in the message)
+INVALID = [
+    ("bad-yaml", GOOD.replace("rooms:\n", "rooms: [\n"), None, "yaml"),
+    (
+        "unknown-key",
+        GOOD.replace("name: cli-good\n", "name: cli-good\nasertions: []\n"),
+        2,
+        "asertions",
+    ),
+    ("wrong-type", GOOD.replace("agents:\n", "timeout: [1]\nagents:\n"), 2, "timeout"),
+    (
+        "undefined-agent",
+        GOOD.replace("from: bot, contains", "from: nobody, contains"),
+        13,
+        "nobody",
+    ),
+    ("bad-duration", GOOD.replace("timeout: 2s", "timeout: 2 parsecs"), 13, "duration"),
+    ("bad-regex", GOOD.replace("{contains: hi}", "{regex: '(unclosed'}"), 6, "regex"),
+]
+
+
+def _write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line", "fragment"), INVALID, ids=[case[0] for case in INVALID]
+)
+def test_invalid_scenarios_exit_2_with_location(
+    tmp_path: Path, name: str, text: str, line: int | None, fragment: str
+) -> None:
+    path = _write(tmp_path, name, text)
+    for command in ("validate", "run"):
+        args = [command, str(path)]
+        if command == "run":
+            args += ["--report-dir", str(tmp_path / "report")]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert str(path) in result.output
+        if line is not None:
+            assert f"{path}:{line}:" in result.output, result.output
+        assert fragment in result.output.lower(), result.output
+    assert not (tmp_path / "report").exists()  # nothing was started, nothing was written
+
+
+def test_validate_ok_and_missing_file(tmp_path: Path) -> None:
+    good = _write(tmp_path, "good", GOOD)
+    ok = CliRunner().invoke(main, ["validate", str(good)])
+    assert ok.exit_code == 0 and "ok" in ok.output
+    missing = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output
+
+
+def test_bad_command_line_is_exit_2(tmp_path: Path) -> None:
+    good = _write(tmp_path, "good", GOOD)
+    result = CliRunner().invoke(main, ["run", str(good), "--timeout", "soon"])
+    assert result.exit_code == 2 and "duration" in result.output
+
+
+def test_run_pass_writes_a_complete_report(tmp_path: Path, private_tmp: Path) -> None:
+    path = _write(tmp_path, "good", GOOD)
+    report_dir = tmp_path / "report"
+    result = CliRunner().invoke(main, ["run", str(path), "--report-dir", str(report_dir), "-v"])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["schema_version"] == 1 and report["verdict"] == "PASS"
+    assert (report_dir / "events.jsonl").stat().st_size > 0
+    assert [s["status"] for s in report["steps"]] == ["passed", "passed"]
+    by_id = {a["id"]: a for a in report["agents"]}
+    assert set(by_id) == {"bot", "user"}
+    for agent in by_id.values():
+        assert agent["pid"] > 0 and agent["exit_code"] == 0 and agent["startup_s"] > 0
+        assert agent["memory"]["peak_rss_bytes"] > 0 and agent["memory"]["samples"] >= 1
+        assert agent["cpu_user_s"] is not None
+    assert by_id["bot"]["messages_in"] == 1 and by_id["bot"]["messages_out"] == 1
+    assert by_id["user"]["delivery_latency"]["count"] == 1
+    assert by_id["user"]["delivery_latency"]["p99_ms"] > 0
+    assert report["assertions"][0]["passed"] and report["assertions"][0]["evidence"]
+    assert list(private_tmp.glob("sr-*")) == []  # the private run directory is gone
+
+
+def test_keep_run_dir_keeps_stores_and_logs(tmp_path: Path, private_tmp: Path) -> None:
+    path = _write(tmp_path, "good", GOOD)
+    result = CliRunner().invoke(
+        main, ["run", str(path), "--report-dir", str(tmp_path / "r"), "--keep-run-dir"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    run_dir = Path(report["run_dir"])
+    assert (run_dir / "agents" / "bot" / "memory.sqlite3").is_file()
+    assert (run_dir / "agents" / "bot" / "agent.log").is_file()
+    assert not (run_dir / "bus.sock").exists()  # the socket is closed and unlinked regardless
+
+
+def test_failed_assertion_exits_1(tmp_path: Path, private_tmp: Path) -> None:
+    text = GOOD.replace("count: {min: 1}", "count: {min: 2}")
+    result = CliRunner().invoke(
+        main, ["run", str(_write(tmp_path, "f", text)), "--report-dir", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "found 1" in result.output
+
+
+def test_timed_out_wait_is_an_error_exit_3(tmp_path: Path, private_tmp: Path) -> None:
+    text = GOOD.replace('contains: "hi user"}, timeout: 2s', 'contains: "never"}, timeout: 300ms')
+    result = CliRunner().invoke(
+        main, ["run", str(_write(tmp_path, "e", text)), "--report-dir", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 3, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["verdict"] == "ERROR"
+    assert report["steps"][1]["status"] == "failed" and "300ms" in report["steps"][1]["error"]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_pass_through_the_installed_command(
+    example: Path, tmp_path: Path, private_tmp: Path
+) -> None:
+    script = Path(sys.executable).parent / "scenario-runner"
+    done = subprocess.run(
+        [str(script), "run", str(example), "--report-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["verdict"] == "PASS"

@@ -1,0 +1,79 @@
+"""An agent killed mid-scenario: noticed with its signal, verdict ERROR, the script goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from conftest import run_yaml
+
+from orchestrator.events import Event, EventKind
+from orchestrator.report import Verdict
+
+SCENARIO = """
+name: crash
+timeout: 20s
+agents:
+  - id: greeter
+    model:
+      rules:
+        - when: {contains: hello}
+          reply: "hello {sender}"
+  - id: victim
+    model:
+      rules:
+        - when: {contains: ping}
+          reply: "pong"
+  - id: alice
+rooms:
+  - {id: lobby, type: group, members: [greeter, victim, alice]}
+script:
+  - send: {agent: alice, room: lobby, text: "hello"}
+  - wait_for: {message: {from: greeter, contains: "hello alice"}, timeout: 2s}
+  - send: {agent: alice, room: lobby, text: "ping"}
+  - wait_for: {message: {from: victim, contains: "pong"}, timeout: 3s}
+  - send: {agent: alice, room: lobby, text: "hello again"}
+  - wait_for: {message: {from: greeter, contains: "hello alice"}, timeout: 2s}
+assertions:
+  - message: {from: greeter, room: lobby, count: {min: 2}}
+"""
+
+
+def test_kill_9_mid_scenario_is_an_error_naming_the_agent(private_tmp: Path) -> None:
+    pids: dict[str, int] = {}
+
+    def probe(event: Event) -> None:
+        if event.kind is EventKind.AGENT_LAUNCHED and event.agent is not None:
+            pid = event.data["pid"]
+            assert isinstance(pid, int)
+            pids[event.agent] = pid
+        # kill the victim as soon as the bus has accepted alice's "ping", before it can answer
+        if (
+            event.kind is EventKind.MESSAGE_SENT
+            and event.agent == "alice"
+            and event.data.get("text") == "ping"
+        ):
+            os.kill(pids["victim"], signal.SIGKILL)
+
+    report = run_yaml(SCENARIO, private_tmp / "report", on_event=probe)
+
+    assert report.verdict is Verdict.ERROR
+    assert report.exit_code == 3
+    crash = [e for e in report.errors if e.source == "agent" and e.agent == "victim"]
+    assert len(crash) == 1 and "SIGKILL" in crash[0].message, report.errors
+    victim = next(a for a in report.agents if a.id == "victim")
+    assert victim.status == "crashed" and victim.signal == "SIGKILL"
+    # the remaining steps ran: the wait on the dead agent failed, the rest passed
+    statuses = [s.status for s in report.steps]
+    assert statuses == ["passed", "passed", "passed", "failed", "passed", "passed"]
+    assert report.assertions[0].passed  # judged anyway: the report says what did hold
+    # the crash is in the event log with its signal
+    lines = [json.loads(x) for x in (private_tmp / "report" / "events.jsonl").open()]
+    crashed = [e for e in lines if e["kind"] == "agent.crashed"]
+    assert [e["agent"] for e in crashed] == ["victim"] and crashed[0]["data"]["signal"] == "SIGKILL"
+    # nothing left behind: other agents exited cleanly, the run directory is gone
+    assert all(a.exit_code == 0 for a in report.agents if a.id != "victim")
+    assert report.run_dir is None
+    assert list(private_tmp.glob("sr-*")) == []

@@ -1,0 +1,103 @@
+"""Killing (or freezing) the coordinator: every agent leaves by itself within its deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COORDINATOR = r"""
+import asyncio, json, sys
+from pathlib import Path
+from orchestrator.events import EventKind
+from orchestrator.loader import load_scenario_text
+from orchestrator.runner import RunOptions, run_scenario
+
+TEXT = '''
+name: orphan
+timeout: 120s
+agents: [{id: a}, {id: b}, {id: c}]
+rooms: [{id: r, members: [a, b, c]}]
+script:
+  - wait_for: {message: {from: a, contains: never}, timeout: 100s}
+assertions:
+  - message: {from: a, count: {min: 1}}
+'''
+pids = {}
+def probe(event):
+    if event.kind is EventKind.AGENT_LAUNCHED:
+        pids[event.agent] = event.data["pid"]
+    if event.kind is EventKind.STEP_STARTED:
+        print(json.dumps(pids), flush=True)
+opts = RunOptions(report_dir=Path(sys.argv[1]), coordinator_timeout_s=float(sys.argv[2]),
+                  hung_after_s=60)
+asyncio.run(run_scenario(load_scenario_text(TEXT, "orphan.yaml"), Path("orphan.yaml"), opts, probe))
+"""
+
+
+def _start(tmp: Path, coordinator_timeout: float) -> tuple[subprocess.Popen[str], list[int]]:
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COORDINATOR, str(tmp / "report"), str(coordinator_timeout)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the script is running (or the process dies)
+    assert line, "coordinator exited before its agents were ready"
+    return proc, list(json.loads(line).values())
+
+
+def _agent_exits(pids: list[int], within: float) -> list[int]:
+    """Pids still running after `within` seconds (those are killed).
+
+    Waits on pidfds, which become readable when the process exits, zombie or not: the agents
+    are the coordinator's children, and a frozen coordinator cannot reap them.
+    """
+    fds: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            continue
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + within
+    running = set(fds)
+    try:
+        while running and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                running.discard(fd)
+                poller.unregister(fd)
+        for fd in running:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return sorted(fds[fd] for fd in running)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_agents_exit_when_the_coordinator_is_killed(private_tmp: Path) -> None:
+    coordinator, pids = _start(private_tmp, coordinator_timeout=30.0)
+    assert len(pids) == 3
+    coordinator.kill()  # SIGKILL: no teardown runs; only the death pipe tells the agents
+    coordinator.wait()
+    # Only the death pipe can tell the agents this fast: their silence deadline is 30 s.
+    assert _agent_exits(pids, within=5.0) == []
+
+
+def test_agents_exit_when_the_coordinator_goes_silent(private_tmp: Path) -> None:
+    coordinator, pids = _start(private_tmp, coordinator_timeout=1.5)
+    coordinator.send_signal(signal.SIGSTOP)  # alive (death pipe open) but silent
+    try:
+        assert _agent_exits(pids, within=6.0) == []
+    finally:
+        coordinator.kill()
+        coordinator.wait()

@@ -1,0 +1,275 @@
+"""`python -m benchmarks.startup`: launch N real agents, time launch -> all READY and teardown.
+
+For each count, in a fresh run directory: the real EventLog, Bus and Supervisor with the
+`spawn` launcher start that many `python -m agent_worker` processes (the rules model, one room
+with everyone in it), and the clock runs from just before the first launch until the last
+agent's READY has reached the coordinator. Teardown is `Supervisor.stop_all` (STOP with a
+deadline -> BYE -> exit -> reap, escalating to SIGTERM / SIGKILL on stragglers); afterwards
+psutil must find none of the agents' pids.
+
+It prints a table or, with --json, one JSON object. Targets (DESIGN.md, 2 cores) are for 64
+agents: all READY within 4 s with `spawn`, teardown within 2 s, zero processes left.
+
+The baseline, measured in the same run for each count, is the floor of the `spawn` approach:
+that many fresh interpreters started at once that only import the agent's modules and exit
+(no sockets, no handshake, no store). launch -> all READY divided by it is the cost of
+everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import JsonValue
+
+from benchmarks._common import Coordinator, print_table, processes_left, run_dir, verdict
+from benchmarks._common import Row as TableRow
+from orchestrator.launchers import LaunchSpec, SpawnLauncher
+from orchestrator.supervisor import ProcessStatus
+from protocol import AgentConfig, ChannelType, RoomConfig
+
+TARGET_COUNT = 64
+TARGET_READY_S = 4.0
+TARGET_TEARDOWN_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    counts: list[int]
+    ready_timeout: float
+    json: bool
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.startup",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--counts", default="1,8,32,64", help="comma-separated agent counts")
+    p.add_argument(
+        "--ready-timeout", type=float, default=60.0, help="seconds to wait for all READY"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    ns = p.parse_args(list(argv))
+    try:
+        counts = [int(c) for c in ns.counts.split(",") if c.strip()]
+    except ValueError:
+        p.error(f"--counts must be comma-separated integers, got {ns.counts!r}")
+    if not counts or min(counts) < 1:
+        p.error("--counts needs at least one count, each at least 1")
+    return Options(counts, ns.ready_timeout, ns.json)
+
+
+IMPORT_ONLY = "import os, agent_worker.runtime, agent_worker.transport; os._exit(0)"
+"""What the baseline interpreters run: the agent's imports, then the same abrupt exit."""
+
+
+def import_floor(count: int, timeout: float) -> float:
+    """Seconds for `count` interpreters, started at once, to import the agent and exit."""
+    procs: list[subprocess.Popen[bytes]] = []
+    t0 = time.monotonic()
+    try:
+        for _ in range(count):
+            procs.append(
+                subprocess.Popen([sys.executable, "-c", IMPORT_ONLY], stdin=subprocess.DEVNULL)
+            )
+        deadline = t0 + timeout
+        for proc in procs:
+            code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if code != 0:
+                raise RuntimeError(f"import-only interpreter exited with {code}")
+        return time.monotonic() - t0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class StartupRun:
+    count: int
+    import_floor_s: float
+    """Baseline: `count` interpreters that only import the agent's modules, started at once."""
+    launch_calls_s: float
+    """Time spent in the launcher's calls alone (fork + exec of every agent)."""
+    ready_s: float
+    """From just before the first launch until every agent is READY."""
+    startup_p50_s: float
+    startup_max_s: float
+    """Per agent: its own launch to its READY."""
+    teardown_s: float
+    processes_left: int
+    clean_exits: int
+    """Agents that said BYE and exited 0 without being signalled."""
+    escalations: int
+
+    @property
+    def ready_met(self) -> bool | None:
+        return self.ready_s <= TARGET_READY_S if self.count == TARGET_COUNT else None
+
+    @property
+    def teardown_met(self) -> bool | None:
+        return self.teardown_s <= TARGET_TEARDOWN_S if self.count == TARGET_COUNT else None
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "count": self.count,
+            "import_floor_s": round(self.import_floor_s, 4),
+            "ready_vs_floor": round(self.ready_s / self.import_floor_s, 3),
+            "launch_calls_s": round(self.launch_calls_s, 4),
+            "ready_s": round(self.ready_s, 4),
+            "startup_p50_s": round(self.startup_p50_s, 4),
+            "startup_max_s": round(self.startup_max_s, 4),
+            "teardown_s": round(self.teardown_s, 4),
+            "processes_left": self.processes_left,
+            "clean_exits": self.clean_exits,
+            "escalations": self.escalations,
+            "ready_target_s": TARGET_READY_S if self.count == TARGET_COUNT else None,
+            "ready_met": self.ready_met,
+            "teardown_target_s": TARGET_TEARDOWN_S if self.count == TARGET_COUNT else None,
+            "teardown_met": self.teardown_met,
+        }
+
+
+async def measure(count: int, ready_timeout: float) -> StartupRun:
+    floor = import_floor(count, ready_timeout)  # blocking, but nothing else runs yet
+    with run_dir("sr-bench-startup-") as directory:
+        async with Coordinator(directory, SpawnLauncher(), None) as c:
+            ids = [f"agent-{i:03d}" for i in range(count)]
+            room = RoomConfig(id="lobby", channel=ChannelType.GROUP, members=ids)
+            c.bus.set_rooms([("lobby", tuple(ids))])
+            configs = [
+                AgentConfig(agent_id=agent, agent_dir=str(directory / agent), rooms=[room])
+                for agent in ids
+            ]
+            t0 = time.monotonic()
+            for config in configs:
+                agent_dir = directory / config.agent_id
+                spec = LaunchSpec(
+                    config.agent_id, c.bus.endpoint, 1, agent_dir, -1, 0.5, 10.0, 1024
+                )
+                c.sup.launch(spec, config)
+            launched = time.monotonic()
+            await c.sup.wait_ready(ready_timeout)
+            ready = time.monotonic()
+
+            procs = list(c.sup.processes.values())
+            startups = [p.startup_s for p in procs if p.startup_s is not None]
+            t1 = time.monotonic()
+            await c.stop()
+            teardown = time.monotonic() - t1
+            left = processes_left([p.pid for p in procs])
+            clean = sum(
+                1
+                for p in procs
+                if p.status is ProcessStatus.EXITED
+                and p.exit is not None
+                and p.exit.returncode == 0
+                and p.escalation is None
+                and p.bye is not None
+            )
+            return StartupRun(
+                count=count,
+                import_floor_s=floor,
+                launch_calls_s=launched - t0,
+                ready_s=ready - t0,
+                startup_p50_s=statistics.median(startups),
+                startup_max_s=max(startups),
+                teardown_s=teardown,
+                processes_left=len(left),
+                clean_exits=clean,
+                escalations=sum(1 for p in procs if p.escalation is not None),
+            )
+
+
+async def measure_all(opts: Options) -> list[StartupRun]:
+    import_floor(1, opts.ready_timeout)  # warm the page cache, as any earlier run would have
+    return [await measure(count, opts.ready_timeout) for count in opts.counts]
+
+
+def missed(runs: Sequence[StartupRun]) -> list[str]:
+    out: list[str] = []
+    for r in runs:
+        if r.ready_met is False:
+            out.append(f"ready_{r.count}")
+        if r.teardown_met is False:
+            out.append(f"teardown_{r.count}")
+        if r.processes_left:
+            out.append(f"processes_left_{r.count}")
+    return out
+
+
+def figures_json(runs: Sequence[StartupRun]) -> dict[str, JsonValue]:
+    return {
+        "benchmark": "startup",
+        "launcher": SpawnLauncher.name,
+        "cpus": os.cpu_count(),
+        "counts": [r.count for r in runs],
+        "runs": [r.to_json() for r in runs],
+        "missed": list(missed(runs)),
+    }
+
+
+def print_report(runs: Sequence[StartupRun]) -> None:
+    rows: list[TableRow] = []
+    for r in runs:
+        at_target = r.count == TARGET_COUNT
+        rows += [
+            TableRow(
+                f"{r.count} agents: launch -> all READY",
+                f"{r.ready_s:.3f} s",
+                f"<= {TARGET_READY_S:g} s" if at_target else "-",
+                f"{r.ready_s / r.import_floor_s:.2f}x floor",
+                verdict(r.ready_met),
+            ),
+            TableRow(
+                f"  baseline: {r.count} import-only interpreters",
+                f"{r.import_floor_s:.3f} s",
+                ratio="floor",
+            ),
+            TableRow(
+                "  launch calls; per-agent READY p50 / max",
+                f"{r.launch_calls_s:.3f} s; {r.startup_p50_s:.3f} / {r.startup_max_s:.3f} s",
+            ),
+            TableRow(
+                f"{r.count} agents: teardown (stop_all)",
+                f"{r.teardown_s:.3f} s",
+                f"<= {TARGET_TEARDOWN_S:g} s" if at_target else "-",
+                f"{r.teardown_s / r.count * 1000:.1f} ms/agent",
+                verdict(r.teardown_met),
+            ),
+            TableRow(
+                "  clean exits (BYE, code 0) / escalations / left",
+                f"{r.clean_exits}/{r.count} / {r.escalations} / {r.processes_left}",
+                "0 left",
+                status=verdict(r.processes_left == 0),
+            ),
+        ]
+    print_table(f"startup benchmark: spawn launcher, {os.cpu_count()} CPUs", rows)
+    gone = missed(runs)
+    print("targets missed: " + (", ".join(gone) if gone else "none"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    runs = asyncio.run(measure_all(opts))
+    if opts.json:
+        print(json.dumps(figures_json(runs)))
+    else:
+        print_report(runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The benchmarks run end to end at tiny sizes and report every figure; no timing is asserted."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _benchmark(name: str) -> ModuleType:
+    # benchmarks/ is a top-level folder, not an installed package: make the checkout importable.
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def _run_json(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert _benchmark(name).main([*argv, "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1, out
+    result = json.loads(out[0])
+    assert isinstance(result, dict)
+    return result
+
+
+def _assert_latency(stats: dict[str, Any], count: int) -> None:
+    assert stats["count"] == count
+    assert 0 < stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    assert stats["mean_ms"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_bus_benchmark_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--messages", "200", "--repeat", "1", "--latency-samples", "50", "--warmup", "5"]
+    r = _run_json("bus", argv, capsys)
+
+    assert r["benchmark"] == "bus"
+    assert r["messages"] == 200
+    assert r["raw_throughput_msgs_per_s"] > 0
+    assert r["agent_throughput_msgs_per_s"] > 0
+    assert len(r["raw_throughput_runs"]) == len(r["agent_throughput_runs"]) == 1
+    assert r["throughput_ratio"] == pytest.approx(
+        r["agent_throughput_msgs_per_s"] / r["raw_throughput_msgs_per_s"], rel=1e-3
+    )
+    _assert_latency(r["agent_load_latency"], 200)
+    for key in ("raw_rtt", "raw_one_way", "agent_one_way", "agent_to_coordinator", "agent_rtt"):
+        _assert_latency(r[key], 50)
+    assert set(r["cpu_us_per_msg"]) == {"coordinator", "bench-tx", "bench-rx"}
+    # /proc counts agent CPU in 10 ms ticks: at 200 messages an agent may show none.
+    assert all(v >= 0 for v in r["cpu_us_per_msg"].values())
+    assert r["cpu_us_per_msg"]["coordinator"] > 0
+    assert r["dead_letters"] == 0
+    assert r["rejected_frames"] == 0
+    assert r["clean_exits"] is True
+    assert r["processes_left"] == 0
+    assert set(r["targets"]) == {"throughput_ratio", "idle_one_way_p50_ms", "idle_one_way_p99_ms"}
+    for check in r["targets"].values():
+        assert check["value"] > 0
+        assert isinstance(check["met"], bool)
+    assert r["missed"] == [name for name, c in r["targets"].items() if not c["met"]]
+
+
+@pytest.mark.timeout(60)
+def test_startup_benchmark_reports_every_count(capsys: pytest.CaptureFixture[str]) -> None:
+    r = _run_json("startup", ["--counts", "1,2"], capsys)
+
+    assert r["benchmark"] == "startup"
+    assert r["launcher"] == "spawn"
+    assert r["counts"] == [1, 2]
+    assert [run["count"] for run in r["runs"]] == [1, 2]
+    for run in r["runs"]:
+        for key in ("import_floor_s", "ready_s", "startup_p50_s", "startup_max_s", "teardown_s"):
+            assert run[key] > 0, key
+        assert run["startup_p50_s"] <= run["startup_max_s"] <= run["ready_s"]
+        assert run["processes_left"] == 0
+        assert run["clean_exits"] == run["count"]
+        assert run["escalations"] == 0
+        assert run["ready_met"] is None  # targets are set for 64 agents only
+        assert run["teardown_met"] is None
+    assert r["missed"] == []
+
+
+def test_bus_benchmark_rejects_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _benchmark("bus").main(["--messages", "0"])
+    assert exc.value.code == 2
+    assert "--messages" in capsys.readouterr().err
+
+
+def test_startup_benchmark_rejects_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _benchmark("startup").main(["--counts", "1,x"])
+    assert exc.value.code == 2
+    assert "--counts" in capsys.readouterr().err

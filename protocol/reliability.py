@@ -98,14 +98,21 @@ class Outbox(Generic[T]):
         self.credit = policy.window if initial_credit is None else initial_credit
         self._queued: deque[Pending[T]] = deque()
         self._inflight: dict[int, Pending[T]] = {}
+        self._dead: list[Pending[T]] = []
         self.retransmissions = 0
+        self.broken = False
+        """Set once a frame has expired: the receiver can never fill that hole, so every frame
+        pushed afterwards is a dead letter too, reported by the next `due` (never stuck)."""
 
     # -- producing --------------------------------------------------------------------
     def push(self, item: T) -> Pending[T]:
         """Number `item` and queue it; `take_sendable` says when it may go on the wire."""
         pending = Pending(self.next_seq, item)
         self.next_seq += 1
-        self._queued.append(pending)
+        if self.broken:
+            self._dead.append(pending)
+        else:
+            self._queued.append(pending)
         return pending
 
     def take_sendable(self, now: float) -> list[Pending[T]]:
@@ -134,7 +141,11 @@ class Outbox(Generic[T]):
             self.credit = credit
         if ack <= self.acked:
             return outcome
-        ack = min(ack, self.next_seq - 1)
+        # Never past the highest seq actually sent: a confused peer acking queued frames must
+        # not make them count as delivered.
+        ack = min(ack, self.next_seq - 1 - len(self._queued) - len(self._dead))
+        if ack <= self.acked:
+            return outcome
         for seq in range(self.acked + 1, ack + 1):
             pending = self._inflight.pop(seq, None)
             if pending is None:
@@ -148,25 +159,29 @@ class Outbox(Generic[T]):
 
     # -- timers -----------------------------------------------------------------------
     def due(self, now: float) -> DueOutcome[T]:
-        """Frames whose retry timer fired: to retransmit, or expired (dead letters)."""
+        """Frames whose retry timer fired: to retransmit, or expired (dead letters).
+
+        Decided before anything is mutated: if any fired frame is out of attempts, nothing is
+        retransmitted and every frame is given up, in seq order (a dead letter leaves a hole the
+        receiver can never fill, so the link is broken from here on)."""
         outcome: DueOutcome[T] = DueOutcome()
-        for pending in list(self._inflight.values()):
-            if pending.deadline > now:
-                continue
-            if pending.attempts >= self.policy.max_attempts:
-                del self._inflight[pending.seq]
-                outcome.expired.append(pending)
-            else:
-                self._mark_sent(pending, now)
-                self.retransmissions += 1
-                outcome.retransmit.append(pending)
-        if outcome.expired:
-            # A dead letter leaves a hole the receiver can never fill; the link is broken
-            # from here on, so everything after it is given up too, in order.
+        if self._dead:
+            outcome.expired, self._dead = self._dead, []
+        fired = [p for p in self._inflight.values() if p.deadline <= now]
+        if any(p.attempts >= self.policy.max_attempts for p in fired):
+            self.broken = True
             outcome.expired.extend(self.fail_all())
+            return outcome
+        fired.sort(key=lambda p: p.seq)
+        for pending in fired:
+            self._mark_sent(pending, now)
+            self.retransmissions += 1
+        outcome.retransmit = fired
         return outcome
 
     def next_deadline(self) -> float | None:
+        if self._dead:
+            return 0.0  # dead letters waiting to be reported: due now
         if not self._inflight:
             return None
         return min(p.deadline for p in self._inflight.values())
@@ -175,8 +190,10 @@ class Outbox(Generic[T]):
         """Give up every frame, in flight or queued (the peer is gone); returns them in order."""
         out = sorted(self._inflight.values(), key=lambda p: p.seq)
         out.extend(self._queued)
+        out.extend(self._dead)
         self._inflight.clear()
         self._queued.clear()
+        self._dead.clear()
         return out
 
     # -- inspection -------------------------------------------------------------------
@@ -190,7 +207,7 @@ class Outbox(Generic[T]):
 
     @property
     def idle(self) -> bool:
-        return not self._inflight and not self._queued
+        return not self._inflight and not self._queued and not self._dead
 
     def __iter__(self) -> Iterator[Pending[T]]:
         yield from sorted(self._inflight.values(), key=lambda p: p.seq)
@@ -235,9 +252,9 @@ class Inbound(Generic[T]):
             return Acceptance([], duplicate=False, stale=False)
         deliver = [item]
         self.contiguous = seq
-        while (nxt := self._ahead.pop(self.contiguous + 1, None)) is not None:
-            deliver.append(nxt)
+        while self.contiguous + 1 in self._ahead:
             self.contiguous += 1
+            deliver.append(self._ahead.pop(self.contiguous))
         return Acceptance(deliver, duplicate=False, stale=False)
 
     def reset(self, incarnation: int) -> None:

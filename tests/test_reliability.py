@@ -162,12 +162,6 @@ def test_ack_beyond_anything_pushed_is_clamped() -> None:
     assert _seqs(outbox.on_ack(3, None, 0.03).acked) == [3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Outbox.on_ack clamps the ack to next_seq - 1 (pushed) instead of the highest "
-    "seq actually sent, so an ack covering still-queued frames marks them acked; they are then "
-    "sent, can never be acked, and end as dead letters",
-)
 def test_ack_covering_unsent_frames_does_not_swallow_them() -> None:
     outbox = _outbox(4, credit=2)
     assert _seqs(outbox.take_sendable(0.0)) == [1, 2]
@@ -262,11 +256,6 @@ def _rtt_shrinks_under_an_old_frame(max_attempts: int) -> tuple[Outbox[str], lis
     return outbox, [0.013, 0.034, 0.075, 0.105, 0.126, 0.17]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Outbox.due appends fail_all() (sorted) after the first expired frame, so when "
-    "a later seq expires before an older one the dead letters come out of seq order",
-)
 def test_dead_letters_are_in_seq_order_even_when_a_later_frame_expires_first() -> None:
     outbox, times = _rtt_shrinks_under_an_old_frame(max_attempts=3)
     expired: list[int] = []
@@ -276,11 +265,6 @@ def test_dead_letters_are_in_seq_order_even_when_a_later_frame_expires_first() -
     assert expired == [2, 3, 4]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Outbox.due retransmits an older frame in the same pass in which a later frame "
-    "expires, then fail_all() expires the older frame too: it is both retransmitted and dead",
-)
 def test_a_frame_is_never_both_retransmitted_and_expired() -> None:
     outbox, times = _rtt_shrinks_under_an_old_frame(max_attempts=4)
     for now in times:
@@ -290,11 +274,6 @@ def test_a_frame_is_never_both_retransmitted_and_expired() -> None:
         assert _seqs(outcome.expired) == sorted(_seqs(outcome.expired))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a dead letter the Outbox keeps numbering; frames pushed later whose seq "
-    "is past acked + credit are never sent, have no deadline and never expire: stuck silently",
-)
 def test_frames_pushed_after_a_dead_letter_are_not_stuck_silently() -> None:
     policy = RetryPolicy(min_rto_s=0.05, max_rto_s=0.4, initial_rto_s=0.1, max_attempts=1,
                          window=2)
@@ -435,11 +414,6 @@ def test_falsy_items_are_released_from_the_buffer() -> None:
     assert inbound.accept(1, 1, False).deliver == [False, 0, ""]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Inbound.accept drains the buffer with `pop(..., None) is not None`, so a "
-    "buffered item that is None stops the drain and wedges the link",
-)
 def test_none_items_are_released_from_the_buffer() -> None:
     inbound: Inbound[str | None] = Inbound()
     inbound.accept(1, 2, None)

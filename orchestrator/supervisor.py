@@ -141,15 +141,8 @@ class Supervisor:
                 problems.append(f"{agent}: not READY within {timeout:g}s")
             elif task.exception() is not None:
                 problems.append(f"{agent}: {task.exception()}")
-        self._close_death_read_end()
         if problems:
             raise StartupError("agents failed to start: " + "; ".join(problems))
-
-    def _close_death_read_end(self) -> None:
-        # Children hold their own copies; ours only has to live until the launches are done.
-        if self._death_r >= 0:
-            os.close(self._death_r)
-            self._death_r = -1
 
     # -- watching -------------------------------------------------------------------------
     def _watch(self, proc: AgentProcess) -> None:

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _benchmark(name: str) -> ModuleType:
-    # benchmarks/ is a top-level folder, not an installed package: make the checkout importable.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    # benchmarks/ is a top-level folder, not an installed package; pytest's `pythonpath = ["."]`
+    # (pyproject.toml) puts the checkout on sys.path.
     return importlib.import_module(f"benchmarks.{name}")
 
 

@@ -29,6 +29,7 @@ from protocol import (
     CmdQueryMemory,
     CmdSend,
     CmdSetState,
+    EncodeError,
     Event,
     Msg,
     Origin,
@@ -93,7 +94,10 @@ class AgentRuntime:
             self._handler_error("handling message " + msg.msg_id, exc)
             return
         for reply in replies:
-            self.post(reply.room, reply.text, Origin.AGENT, in_reply_to=msg.msg_id)
+            try:
+                self.post(reply.room, reply.text, Origin.AGENT, in_reply_to=msg.msg_id)
+            except EncodeError as exc:  # e.g. a templated reply over the frame limit
+                self._handler_error("replying to " + msg.msg_id, exc)
 
     def _on_command(self, item: Command) -> None:
         self.counters.commands += 1
@@ -102,7 +106,10 @@ class AgentRuntime:
             result = self._run_command(command)
         except Exception as exc:
             result = Result(ok=False, error=f"{type(exc).__name__}: {exc}")
-        self.transport.send(result, corr=item.corr)
+        try:
+            self.transport.send(result, corr=item.corr)
+        except EncodeError as exc:  # e.g. a state read larger than a frame
+            self.transport.send(Result(ok=False, error=str(exc)), corr=item.corr)
 
     def _run_command(self, command: CmdSend | CmdSetState | CmdGetState | CmdQueryMemory) -> Result:
         if isinstance(command, CmdSend):
@@ -156,8 +163,8 @@ class AgentRuntime:
             origin=origin,
             in_reply_to=in_reply_to,
         )
+        self.transport.send(msg, dst=room)  # first: a message that cannot be sent is not kept
         self._remember(msg, "out")
-        self.transport.send(msg, dst=room)
         self.counters.messages_out += 1
         return msg
 
@@ -195,6 +202,10 @@ class AgentRuntime:
             state=self.state,
         )
         undelivered = 0 if drained else t.outbox.in_flight + t.outbox.queued
-        self.transport.send(Bye(stats=stats, undelivered=undelivered))
+        try:
+            self.transport.send(Bye(stats=stats, undelivered=undelivered))
+        except EncodeError as exc:  # the final state does not fit in a frame: say so instead
+            stats = stats.model_copy(update={"state": {"error": f"state not sent: {exc}"}})
+            self.transport.send(Bye(stats=stats, undelivered=undelivered))
         self.transport.flush(deadline)
         return EXIT_OK

@@ -43,7 +43,6 @@ from protocol import (
     encode_body,
     split_frames,
 )
-from protocol.bodies import Ping
 from protocol.codec import kind_of
 from protocol.reliability import Inbound, Outbox, RetryPolicy
 from protocol.testhooks import DropHook
@@ -116,6 +115,7 @@ class Transport:
         self.advertised_credit = inbox.capacity
         self._last_heard = time.monotonic()
         self._last_sent = 0.0
+        self._last_ack = 0.0
         self._hello_next = 0.0
         self._hello_backoff = HELLO_RETRY_S
         self._idle = threading.Condition()
@@ -133,8 +133,9 @@ class Transport:
         self._wake()
 
     def request_window_update(self) -> None:
-        """The runtime freed inbox slots; tell the coordinator if our credit had run low."""
-        if self.advertised_credit * 4 < self.inbox.capacity:
+        """The runtime freed inbox slots; wake the transport if the credit it last announced
+        was low (it decides, and re-checks after announcing, so no update is lost)."""
+        if self.advertised_credit * 4 < self.inbox.capacity and not self._window_update:
             self._window_update = True
             self._wake()
 
@@ -203,7 +204,7 @@ class Transport:
         if not self.configured:
             deadlines.append(self._hello_next)
         else:
-            deadlines.append(self._last_sent + self.heartbeat_interval_s)
+            deadlines.append(self._last_ack + self.heartbeat_interval_s)
         retry = self.outbox.next_deadline()
         if retry is not None:
             deadlines.append(retry)
@@ -290,14 +291,23 @@ class Transport:
             )
         for pending in self.outbox.take_sendable(now):
             self._put_pending(pending.item, pending.seq)
-        credit = self._credit()
-        if self.inbound.ack_due or (self._window_update and credit > self.advertised_credit):
+        # The heartbeat is an ACK carrying the current credit, sent every interval whatever
+        # else goes out: an ACK that reopened the window can be lost, and only a repeat of the
+        # credit unblocks a coordinator that saw the window at zero.
+        heartbeat = self.configured and now - self._last_ack >= self.heartbeat_interval_s
+        self._window_update = False
+        while True:
+            credit = self._credit()
+            low = self.advertised_credit * 4 < self.inbox.capacity
+            if not (self.inbound.ack_due or heartbeat or (low and credit > self.advertised_credit)):
+                break
             self._put(Kind.ACK, COORDINATOR_ID, encode_body(Ack(credit=credit)), 0)
             self.inbound.ack_due = False
-            self._window_update = False
+            heartbeat = False
+            self._last_ack = now
             self.advertised_credit = credit
-        if self.configured and now - self._last_sent >= self.heartbeat_interval_s:
-            self._put(Kind.PING, COORDINATOR_ID, encode_body(Ping()), 0)
+            # Loop once more: slots the runtime freed between reading the credit and storing
+            # it would otherwise go unannounced (its request_window_update read the old value).
         if self.outbox.idle and not self._requests:
             with self._idle:
                 self._idle.notify_all()
@@ -312,6 +322,7 @@ class Transport:
             protocol_version=PROTOCOL_VERSION,
             python=sys.version.split()[0],
             pyzmq=zmq.__version__,
+            inbox_capacity=self.inbox.capacity,
         )
         self._put(Kind.HELLO, COORDINATOR_ID, encode_body(hello), 0)
 

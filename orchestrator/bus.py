@@ -113,8 +113,9 @@ class Link:
         self.incarnation = incarnation
         self.policy = policy
         self.state = LinkState.EXPECTED
-        self.outbox: Outbox[Outgoing] = Outbox(policy, initial_credit=config.inbox_capacity)
-        self.inbound: Inbound[tuple[Header, WireModel]] = Inbound()
+        self.outbox: Outbox[Outgoing] = Outbox(policy, initial_credit=1)
+        """Credit 1 covers CONFIGURE; HELLO then says the agent's real inbox size."""
+        self.inbound: Inbound[tuple[Header, WireModel, bytes]] = Inbound()
         self.stats = LinkStats()
         self.hello: Hello | None = None
         self.ready_info: Ready | None = None
@@ -391,12 +392,14 @@ class Bus:
             self._touched.add(link)
         kind = header.kind
         if kind in SEQUENCED_KINDS:
-            acceptance = link.inbound.accept(header.incarnation, header.seq, (header, body))
+            acceptance = link.inbound.accept(
+                header.incarnation, header.seq, (header, body, body_frame)
+            )
             if acceptance.duplicate:
                 link.stats.duplicates_dropped += 1
             self._touched.add(link)
-            for h, b in acceptance.deliver:
-                self._dispatch(link, h, b, now)
+            for h, b, raw in acceptance.deliver:
+                self._dispatch(link, h, b, raw, now)
         elif isinstance(body, Hello):
             self._on_hello(link, header, body)
         elif isinstance(body, Ping):
@@ -413,6 +416,7 @@ class Bus:
         if link.hello is not None:
             return  # HELLO repeats until CONFIGURE arrives; CONFIGURE itself is retried
         link.hello = hello
+        link.outbox.credit = hello.inbox_capacity
         link.incarnation = header.incarnation
         link.state = LinkState.CONFIGURED
         self.events.emit(
@@ -424,10 +428,12 @@ class Bus:
         )
         self._enqueue(link, Outgoing(Kind.CONFIGURE, encode_body(Configure(config=link.config))))
 
-    def _dispatch(self, link: Link, header: Header, body: WireModel, now: float) -> None:
+    def _dispatch(
+        self, link: Link, header: Header, body: WireModel, raw: bytes, now: float
+    ) -> None:
         agent = link.agent_id
         if isinstance(body, Msg):
-            self._route(link, body, now)
+            self._route(link, body, raw, now)
         elif isinstance(body, Result):
             future = self._commands.pop(header.corr, None)
             self.events.emit(
@@ -469,7 +475,8 @@ class Bus:
         else:
             self.events.emit(EventKind.AGENT_EVENT, agent, name=event.name, **event.data)
 
-    def _route(self, link: Link, msg: Msg, now: float) -> None:
+    def _route(self, link: Link, msg: Msg, raw: bytes, now: float) -> None:
+        """Fan `msg` out to the room; `raw` is its validated body frame, forwarded as is."""
         sender = link.agent_id
         link.stats.posted += 1
         data: dict[str, JsonValue] = {
@@ -501,7 +508,7 @@ class Bus:
                 reason=reason,
             )
             return
-        body = encode_body(msg)
+        body = raw
         for member in members:
             if member == sender:
                 continue

@@ -40,7 +40,7 @@ from protocol.constants import (
     PROTOCOL_VERSION,
     SOCKET_MAX_MSG_BYTES,
 )
-from protocol.errors import DecodeError, RejectReason
+from protocol.errors import DecodeError, EncodeError, RejectReason
 from protocol.header import Header, decode_header
 from protocol.kinds import SEQUENCED_KINDS, Kind
 
@@ -64,6 +64,7 @@ __all__ = [
     "CmdSetState",
     "Configure",
     "DecodeError",
+    "EncodeError",
     "Err",
     "Event",
     "Header",

@@ -7,9 +7,9 @@ unknown fields, so a body that does not match its kind is a BAD_BODY rejection.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 from protocol.constants import MAX_ID_BYTES
 from protocol.kinds import Kind
@@ -33,6 +33,27 @@ class Origin(StrEnum):
     AGENT = "agent"
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+def _from_wire_str(enum: type[E]) -> BeforeValidator:
+    """Enum values travel as msgpack str; strict mode would refuse the str, lax mode would also
+    take bytes (msgpack bin), so convert exactly a str (or a member) and nothing else."""
+
+    def convert(value: object) -> object:
+        if isinstance(value, enum):
+            return value
+        if type(value) is not str:
+            raise ValueError(f"expected a {enum.__name__} value as a string")
+        return enum(value)
+
+    return BeforeValidator(convert)
+
+
+WireChannelType = Annotated[ChannelType, _from_wire_str(ChannelType)]
+WireOrigin = Annotated[Origin, _from_wire_str(Origin)]
+
+
 # --- configuration shapes carried by CONFIGURE -------------------------------------------
 
 
@@ -51,7 +72,7 @@ class RulesModelConfig(WireModel):
 
 class RoomConfig(WireModel):
     id: Id
-    channel: ChannelType = Field(strict=False)  # enum values arrive as plain strings
+    channel: WireChannelType
     members: list[Id]
 
 
@@ -62,9 +83,9 @@ class AgentConfig(WireModel):
     agent_dir: str
     model: RulesModelConfig = RulesModelConfig()
     rooms: list[RoomConfig] = Field(default_factory=list)
-    inbox_capacity: int = Field(default=1024, ge=1)
-    heartbeat_interval_s: float = Field(default=0.5, gt=0)
-    coordinator_timeout_s: float = Field(default=10.0, gt=0)
+    # Transport settings (heartbeat, coordinator deadline, inbox size) are not here: the
+    # transport runs from launch, before CONFIGURE, so they come on the command line, and the
+    # inbox size reaches the coordinator in HELLO.
 
 
 # --- bodies ------------------------------------------------------------------------------
@@ -76,6 +97,8 @@ class Hello(WireModel):
     protocol_version: int
     python: str
     pyzmq: str
+    inbox_capacity: int = Field(ge=1, le=1 << 20)
+    """The agent's inbox size: the coordinator's credit for it until its first ACK."""
 
 
 class Configure(WireModel):
@@ -92,7 +115,7 @@ class Msg(WireModel):
     sender: Id
     room: Id
     text: str
-    origin: Origin = Field(strict=False)  # enum values arrive as plain strings
+    origin: WireOrigin
     in_reply_to: str | None = None
 
 

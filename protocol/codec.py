@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from protocol.bodies import BODY_MODELS, KIND_OF, WireModel
 from protocol.constants import MAX_FRAME_BYTES
-from protocol.errors import DecodeError, RejectReason
+from protocol.errors import DecodeError, EncodeError, RejectReason
 from protocol.header import Header, decode_header
 from protocol.kinds import Kind
 from protocol.packing import pack, unpack
@@ -22,7 +22,17 @@ M = TypeVar("M", bound=WireModel)
 
 
 def encode_body(body: WireModel) -> bytes:
-    return pack(body.model_dump(mode="json"))
+    """The body's msgpack bytes; EncodeError if it cannot be carried (see EncodeError)."""
+    try:
+        raw = pack(body.model_dump(mode="json"))
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise EncodeError(f"{type(body).__name__} cannot be encoded: {exc}") from exc
+    if len(raw) > MAX_FRAME_BYTES:
+        raise EncodeError(
+            f"{type(body).__name__} is {len(raw)} bytes encoded, over the frame limit of "
+            f"{MAX_FRAME_BYTES} bytes"
+        )
+    return raw
 
 
 def kind_of(body: WireModel) -> Kind:

@@ -27,3 +27,9 @@ class DecodeError(Exception):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class EncodeError(ValueError):
+    """A body cannot go on the wire: a value msgpack cannot carry (an int outside 64 bits) or a
+    body larger than the frame size limit. Raised to the caller, which reports it where the body
+    came from (a step, an agent's reply) instead of crashing a transport."""

@@ -84,6 +84,7 @@ async def cluster(
     *,
     coordinator_timeout_s: float = 10.0,
     hung_after_s: float = 3.0,
+    inbox_capacity: int = 1024,
 ) -> AsyncIterator[Cluster]:
     """Real agents on a real bus; torn down (and checked) on exit."""
     events = EventLog(run_dir / "events.jsonl")
@@ -103,7 +104,7 @@ async def cluster(
                     -1,
                     0.5,
                     coordinator_timeout_s,
-                    1024,
+                    inbox_capacity,
                 ),
                 config,
             )

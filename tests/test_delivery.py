@@ -23,11 +23,13 @@ MESSAGES = 150
 MEMBERS = ["sender", "m1", "m2", "m3"]
 
 
-async def _burst(run_dir: Path) -> tuple[dict[str, list[str]], Counter[tuple[str, str]], int]:
+async def _burst(
+    run_dir: Path, inbox_capacity: int = 1024
+) -> tuple[dict[str, list[str]], Counter[tuple[str, str]], int]:
     rooms = [room("hall", MEMBERS)]
     configs = [agent(i, run_dir, rooms) for i in MEMBERS]
     stores: dict[str, str] = {}
-    async with cluster(run_dir, configs, rooms) as c:
+    async with cluster(run_dir, configs, rooms, inbox_capacity=inbox_capacity) as c:
         stores = {i: c.bus.links[i].ready_info.store_path for i in MEMBERS}  # type: ignore[union-attr]
         # Commands are pipelined; the agent runs them in order, so msg n is posted n-th.
         results = await asyncio.gather(
@@ -83,3 +85,15 @@ def test_exactly_once_with_frames_dropped_on_every_hop(
     received, delivered, retries = asyncio.run(_burst(private_tmp))
     _check(received, delivered)
     assert retries > 0  # the loss was real and recovered by retransmission
+
+
+@pytest.mark.parametrize("drop_rate", ["0", "0.2"])
+def test_exactly_once_with_a_tiny_inbox(
+    private_tmp: Path, monkeypatch: pytest.MonkeyPatch, drop_rate: str
+) -> None:
+    """Credit runs out again and again: neither a window update raced by the runtime nor a
+    lost one may stall the link."""
+    monkeypatch.setenv(DROP_RATE_ENV, drop_rate)
+    monkeypatch.setenv(DROP_SEED_ENV, "11")
+    received, delivered, _ = asyncio.run(_burst(private_tmp, inbox_capacity=4))
+    _check(received, delivered)

@@ -44,6 +44,7 @@ from protocol import (
     split_frames,
 )
 from protocol.codec import kind_of
+from protocol.frames_io import recv_frames, send_frames
 from protocol.reliability import Inbound, Outbox, RetryPolicy
 from protocol.testhooks import DropHook
 
@@ -226,7 +227,7 @@ class Transport:
     def _drain_socket(self, now: float) -> None:
         for _ in range(4096):
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = recv_frames(self._sock)
             except zmq.Again:
                 return
             if self.drop is not None and self.drop.drop():
@@ -343,7 +344,7 @@ class Transport:
             now_ns,
         ).encode()
         try:
-            self._sock.send_multipart([header, body], zmq.NOBLOCK)
+            send_frames(self._sock, (header, body))
         except zmq.Again:
             return  # backpressure: sequenced frames are retried by the outbox, the rest re-sent
         self.stats.sent_frames += 1

@@ -60,6 +60,7 @@ from protocol import (
 )
 from protocol.bodies import Ping
 from protocol.codec import kind_of
+from protocol.frames_io import recv_frames, send_frames
 from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
 from protocol.testhooks import DropHook
 
@@ -319,7 +320,7 @@ class Bus:
             now_ns,
         ).encode()
         try:
-            sock.send_multipart([link.rid, header, body], zmq.NOBLOCK)
+            send_frames(sock, (link.rid, header, body))
         except zmq.Again:
             return False  # backpressure: sequenced frames stay in the outbox and are retried
         except zmq.ZMQError as exc:
@@ -343,7 +344,7 @@ class Bus:
         now = time.monotonic()
         for _ in range(BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
                 break
             if self.drop is not None and self.drop.drop():

@@ -87,6 +87,19 @@ class Event:
 
 Predicate = Callable[[Event], bool]
 
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+"""One encoder for every line: `json.dumps` with options builds a new encoder per call, and the
+spill is on the path of every message (two events each)."""
+
+
+def _line(event: Event) -> str:
+    """`event.to_json()` as one JSON line, without building the intermediate dict."""
+    agent = "null" if event.agent is None else _encode(event.agent)
+    return (
+        f'{{"id":{event.id},"t":{round(event.t, 6)!r},"kind":"{event.kind.value}",'
+        f'"agent":{agent},"data":{_encode(event.data)}}}\n'
+    )
+
 
 class _Waiter:
     __slots__ = ("future", "predicate")
@@ -121,7 +134,7 @@ class EventLog:
         self._ring.append(event)
         self.counts[kind] += 1
         if self._spill is not None:
-            self._spill.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
+            self._spill.write(_line(event))
         for listener in self._listeners:
             listener(event)
         if self._waiters:

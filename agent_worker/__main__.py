@@ -10,28 +10,34 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from agent_worker.inbox import Abandon, Configured, Inbox
 from agent_worker.runtime import EXIT_ABANDONED, AgentRuntime
 from agent_worker.transport import Transport
+from protocol import AgentConfig
+from protocol.reliability import RetryPolicy
 
-HANDSHAKE_INBOX = 1024
+DEFAULT_INBOX = 1024
+
+Serve = Callable[[AgentConfig, Transport, Inbox], int]
+"""What runs the agent once configured; returns the process's exit code."""
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m agent_worker", description=__doc__)
+def build_parser(prog: str = "python -m agent_worker") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--agent-id", required=True)
     p.add_argument("--endpoint", required=True, help="the coordinator's ROUTER endpoint")
     p.add_argument("--incarnation", type=int, default=1)
     p.add_argument("--death-fd", type=int, default=None, help="read end of the death pipe")
     p.add_argument("--heartbeat-interval", type=float, default=0.5, help="seconds")
     p.add_argument("--coordinator-timeout", type=float, default=10.0, help="seconds")
-    p.add_argument("--inbox-capacity", type=int, default=HANDSHAKE_INBOX)
-    return p.parse_args(argv)
+    p.add_argument("--inbox-capacity", type=int, default=DEFAULT_INBOX)
+    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def run_agent(args: argparse.Namespace, serve: Serve, policy: RetryPolicy | None = None) -> int:
+    """Connect, wait for CONFIGURE, then hand over to `serve`; the transport is always closed."""
     inbox = Inbox(args.inbox_capacity)
     transport = Transport(
         args.agent_id,
@@ -41,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         death_fd=args.death_fd,
         heartbeat_interval_s=args.heartbeat_interval,
         coordinator_timeout_s=args.coordinator_timeout,
+        policy=policy,
     )
     transport.start()
     try:
@@ -53,10 +60,18 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_ABANDONED
         if not isinstance(first, Configured):
             raise RuntimeError(f"expected CONFIGURE first, got {first!r}")
-        runtime = AgentRuntime(first.config, transport, inbox)
-        return runtime.serve()
+        return serve(first.config, transport, inbox)
     finally:
         transport.close()
+
+
+def _serve_runtime(config: AgentConfig, transport: Transport, inbox: Inbox) -> int:
+    return AgentRuntime(config, transport, inbox).serve()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run_agent(args, _serve_runtime)
 
 
 if __name__ == "__main__":

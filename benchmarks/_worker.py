@@ -36,15 +36,15 @@ from array import array
 
 from pydantic import JsonValue
 
-from agent_worker.inbox import Abandon, Command, Configured, Delivered, Inbox, Stopping
+from agent_worker.__main__ import build_parser, run_agent
+from agent_worker.inbox import Abandon, Command, Delivered, Inbox, Stopping
+from agent_worker.runtime import EXIT_ABANDONED
 from agent_worker.transport import Transport
 from benchmarks._stats import LatencyStats
-from protocol import AgentStats, Bye, CmdSetState, Msg, Origin, Ready, Result
+from protocol import AgentConfig, AgentStats, Bye, CmdSetState, Msg, Origin, Ready, Result
 from protocol.reliability import RetryPolicy
 
 EXIT_OK = 0
-EXIT_ABANDONED = 4
-EXIT_FAILED = 1
 
 THROUGHPUT, PING, PONG = "t", "p", "r"
 
@@ -54,14 +54,7 @@ class BenchFailure(Exception):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks._worker", description=__doc__)
-    p.add_argument("--agent-id", required=True)
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--incarnation", type=int, default=1)
-    p.add_argument("--death-fd", type=int, default=None)
-    p.add_argument("--heartbeat-interval", type=float, default=0.5)
-    p.add_argument("--coordinator-timeout", type=float, default=10.0)
-    p.add_argument("--inbox-capacity", type=int, default=1024)
+    p = build_parser("python -m benchmarks._worker")
     p.add_argument("--window", type=int, default=RetryPolicy().window)
     p.add_argument("--op-timeout", type=float, default=120.0, help="seconds per operation")
     return p.parse_args(argv)
@@ -244,36 +237,12 @@ def _str(params: dict[str, JsonValue], key: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    inbox = Inbox(args.inbox_capacity)
-    transport = Transport(
-        args.agent_id,
-        args.endpoint,
-        args.incarnation,
-        inbox,
-        death_fd=args.death_fd,
-        heartbeat_interval_s=args.heartbeat_interval,
-        coordinator_timeout_s=args.coordinator_timeout,
-        policy=RetryPolicy(window=args.window),
-    )
-    transport.start()
-    try:
-        first = inbox.get()
-        if isinstance(first, Abandon):
-            print(
-                f"agent {args.agent_id}: leaving before configuration: {first.reason}",
-                file=sys.stderr,
-            )
-            return EXIT_ABANDONED
-        if not isinstance(first, Configured):
-            print(
-                f"agent {args.agent_id}: expected CONFIGURE first, got {first!r}", file=sys.stderr
-            )
-            return EXIT_FAILED
-        transport.send(Ready(pid=os.getpid(), store_path=first.config.agent_dir))
-        agent = BenchAgent(first.config.agent_id, transport, inbox, args.op_timeout)
-        return agent.serve()
-    finally:
-        transport.close()
+
+    def serve(config: AgentConfig, transport: Transport, inbox: Inbox) -> int:
+        transport.send(Ready(pid=os.getpid(), store_path=config.agent_dir))
+        return BenchAgent(config.agent_id, transport, inbox, args.op_timeout).serve()
+
+    return run_agent(args, serve, RetryPolicy(window=args.window))
 
 
 if __name__ == "__main__":

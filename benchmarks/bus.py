@@ -24,12 +24,10 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO
 
 import psutil
 from pydantic import JsonValue
@@ -46,7 +44,7 @@ from benchmarks._common import (
 from benchmarks._raw import RawPeer
 from benchmarks._stats import LatencyStats
 from orchestrator.events import EventKind
-from orchestrator.launchers import LaunchSpec
+from orchestrator.launchers import LaunchSpec, SpawnLauncher
 from orchestrator.supervisor import ProcessStatus
 from protocol import AgentConfig, ChannelType, CmdSetState, Msg, Origin, RoomConfig, encode_body
 from protocol.reliability import RetryPolicy
@@ -135,49 +133,13 @@ def sample_msg(payload: int) -> Msg:
 # -- the benchmark agent's launcher ----------------------------------------------------------
 
 
-class _Spawned:
-    def __init__(self, popen: subprocess.Popen[bytes], log: IO[bytes]) -> None:
-        self._popen = popen
-        self._log = log
-
-    @property
-    def pid(self) -> int:
-        return self._popen.pid
-
-    def mark_reaped(self, returncode: int) -> None:
-        self._popen.returncode = returncode  # reaped by the supervisor; Popen must not wait
-        self._log.close()
-
-
-class WorkerLauncher:
+def worker_launcher(window: int, op_timeout: float) -> SpawnLauncher:
     """SpawnLauncher's process setup (own session, death pipe), running benchmarks._worker."""
-
-    name = "bench-worker"
-
-    def __init__(self, window: int, op_timeout: float) -> None:
-        self.window = window
-        self.op_timeout = op_timeout
-
-    def launch(self, spec: LaunchSpec) -> _Spawned:
-        argv = spec.argv()
-        argv[argv.index("agent_worker")] = "benchmarks._worker"
-        argv += ["--window", str(self.window), "--op-timeout", repr(self.op_timeout)]
-        spec.agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        log = spec.log_path.open("ab")
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=(spec.death_fd,),
-                start_new_session=True,
-                env={**os.environ, **spec.env},
-            )
-        except BaseException:
-            log.close()
-            raise
-        return _Spawned(popen, log)
+    return SpawnLauncher(
+        "benchmarks._worker",
+        ("--window", str(window), "--op-timeout", repr(op_timeout)),
+        name="bench-worker",
+    )
 
 
 # -- measurements ----------------------------------------------------------------------------
@@ -232,7 +194,7 @@ def measure_raw(opts: Options) -> RawFigures:
 
 
 async def measure_agents(opts: Options) -> AgentFigures:
-    launcher = WorkerLauncher(opts.window, opts.op_timeout)
+    launcher = worker_launcher(opts.window, opts.op_timeout)
     with run_dir("sr-bench-bus-") as directory:
         async with Coordinator(directory, launcher, RetryPolicy(window=opts.window)) as c:
             room = RoomConfig(id=ROOM, channel=ChannelType.GROUP, members=[SENDER, RECEIVER])

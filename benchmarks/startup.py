@@ -213,7 +213,7 @@ def missed(runs: Sequence[StartupRun]) -> list[str]:
 def figures_json(runs: Sequence[StartupRun]) -> dict[str, JsonValue]:
     return {
         "benchmark": "startup",
-        "launcher": SpawnLauncher.name,
+        "launcher": SpawnLauncher().name,
         "cpus": os.cpu_count(),
         "counts": [r.count for r in runs],
         "runs": [r.to_json() for r in runs],

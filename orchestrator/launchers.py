@@ -31,9 +31,9 @@ class LaunchSpec:
     def log_path(self) -> Path:
         return self.agent_dir / "agent.log"
 
-    def argv(self) -> list[str]:
+    def argv(self, module: str = "agent_worker") -> list[str]:
         return [
-            sys.executable, "-m", "agent_worker",
+            sys.executable, "-m", module,
             "--agent-id", self.agent_id,
             "--endpoint", self.endpoint,
             "--incarnation", str(self.incarnation),
@@ -76,9 +76,16 @@ class _SpawnedProcess:
 
 
 class SpawnLauncher:
-    """A fresh interpreter per agent: `python -m agent_worker ...`."""
+    """A fresh interpreter per agent: `python -m agent_worker ...`, in its own session, with
+    the death pipe's read end and its output in the agent's log. `module` and `extra_args`
+    let a benchmark run its own worker the same way."""
 
-    name = "spawn"
+    def __init__(
+        self, module: str = "agent_worker", extra_args: tuple[str, ...] = (), name: str = "spawn"
+    ) -> None:
+        self.module = module
+        self.extra_args = extra_args
+        self.name = name
 
     def launch(self, spec: LaunchSpec) -> Launched:
         spec.agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -86,7 +93,7 @@ class SpawnLauncher:
         env = {**os.environ, **spec.env}
         try:
             popen = subprocess.Popen(
-                spec.argv(),
+                [*spec.argv(self.module), *self.extra_args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -57,17 +57,70 @@ WireOrigin = Annotated[Origin, _from_wire_str(Origin)]
 # --- configuration shapes carried by CONFIGURE -------------------------------------------
 
 
+class ActionCallConfig(WireModel):
+    """An action a model selects, with parameters; strings in `params` are templates that
+    see {sender}, {text}, {room} and the regex's named groups."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+
+
 class RuleConfig(WireModel):
-    """One rule of the deterministic `rules` model: match, then reply with a template."""
+    """One rule of the deterministic `rules` model: match, then reply and/or select actions."""
 
     contains: str | None = None
     regex: str | None = None
-    reply: str
+    reply: str | None = None
+    actions: list[ActionCallConfig] = Field(default_factory=list)
 
 
 class RulesModelConfig(WireModel):
     kind: Literal["rules"] = "rules"
     rules: list[RuleConfig] = Field(default_factory=list)
+
+
+class FixtureConfig(WireModel):
+    """One recorded model response. Matched by position (the n-th call, from 1) or by the
+    prompt (`prompt_contains` / `prompt_regex`); with neither, it matches the next call."""
+
+    position: int | None = Field(default=None, ge=1)
+    prompt_contains: str | None = None
+    prompt_regex: str | None = None
+    reply: str | None = None
+    actions: list[ActionCallConfig] = Field(default_factory=list)
+    label: str = ""
+    """How errors name this fixture (the scenario's path to it)."""
+
+
+class FixturesModelConfig(WireModel):
+    kind: Literal["fixtures"] = "fixtures"
+    fixtures: list[FixtureConfig] = Field(default_factory=list)
+
+
+class OpenAIModelConfig(WireModel):
+    """Any OpenAI-compatible chat-completions endpoint."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (read in the agent process)."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    temperature: float | None = None
+    system_prompt: str | None = None
+
+
+ModelConfig = Annotated[
+    RulesModelConfig | FixturesModelConfig | OpenAIModelConfig, Field(discriminator="kind")
+]
+
+
+class RetentionConfig(WireModel):
+    """Bounds on the memory store, so a soak run's store does not grow without bound."""
+
+    max_per_room: int | None = Field(default=None, ge=1)
+    max_age_s: float | None = Field(default=None, gt=0)
 
 
 class RoomConfig(WireModel):
@@ -81,8 +134,18 @@ class AgentConfig(WireModel):
 
     agent_id: Id
     agent_dir: str
-    model: RulesModelConfig = RulesModelConfig()
+    name: str | None = None
+    """The character's display name (defaults to the id)."""
+    bio: str = ""
+    """The character's description, given to the model as its system text."""
+    model: ModelConfig = RulesModelConfig()
     rooms: list[RoomConfig] = Field(default_factory=list)
+    plugins: list[str] = Field(default_factory=list)
+    """Import paths `package.module:attribute`, imported in the agent's process only."""
+    settings: dict[str, JsonValue] = Field(default_factory=dict)
+    """Free-form settings plugins read with `runtime.get_setting`."""
+    retention: RetentionConfig = RetentionConfig()
+    action_timeout_s: float = Field(default=10.0, gt=0)
     # Transport settings (heartbeat, coordinator deadline, inbox size) are not here: the
     # transport runs from launch, before CONFIGURE, so they come on the command line, and the
     # inbox size reaches the coordinator in HELLO.
@@ -105,9 +168,23 @@ class Configure(WireModel):
     config: AgentConfig
 
 
+class ActionInfo(WireModel):
+    name: str
+    description: str = ""
+    similes: list[str] = Field(default_factory=list)
+    parameters: dict[str, JsonValue] | None = None
+    """The JSON Schema of the action's parameters model, if it has one."""
+
+
 class Ready(WireModel):
     pid: int
     store_path: str
+    actions: list[ActionInfo] = Field(default_factory=list)
+    services: list[str] = Field(default_factory=list)
+    """Started, in order."""
+    error: str | None = None
+    """Set when the agent could not initialise (a plugin failed to import, init raised, a
+    service failed to start): the agent serves nothing and waits for STOP."""
 
 
 class Msg(WireModel):
@@ -142,7 +219,19 @@ class CmdQueryMemory(WireModel):
     limit: int = Field(default=100, ge=1, le=10_000)
 
 
-Command = Annotated[CmdSend | CmdSetState | CmdGetState | CmdQueryMemory, Field(discriminator="op")]
+class CmdAction(WireModel):
+    """Run an action in the agent's runtime: validate, then the handler."""
+
+    op: Literal["action"] = "action"
+    name: str = Field(min_length=1)
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    room: Id | None = None
+    """The room the action runs for (its callback posts there); the agent's first if unset."""
+
+
+Command = Annotated[
+    CmdSend | CmdSetState | CmdGetState | CmdQueryMemory | CmdAction, Field(discriminator="op")
+]
 
 
 class Cmd(WireModel):
@@ -189,7 +278,11 @@ class AgentStats(WireModel):
     dead_letters: int = 0
     rejected_frames: int = 0
     store_rows: int = 0
+    store_evicted: int = 0
     inbox_peak: int = 0
+    actions_run: int = 0
+    actions_failed: int = 0
+    model_calls: int = 0
     state: dict[str, JsonValue] = Field(default_factory=dict)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from protocol import AgentConfig, Cmd, Msg, Stop
@@ -57,17 +58,52 @@ class Inbox:
         self._control: deque[InboxItem] = deque()
         self._cond = threading.Condition()
         self.peak = 0
+        self._waker: Callable[[], None] | None = None
+        self._armed = False
 
     def put(self, item: InboxItem) -> None:
         with self._cond:
             self._data.append(item)
             self.peak = max(self.peak, len(self._data))
             self._cond.notify()
+            wake = self._disarm()
+        if wake is not None:
+            wake()
 
     def put_control(self, item: InboxItem) -> None:
         with self._cond:
             self._control.append(item)
             self._cond.notify()
+            wake = self._disarm()
+        if wake is not None:
+            wake()
+
+    # -- for a consumer on an event loop ----------------------------------------------------
+    def set_waker(self, wake: Callable[[], None]) -> None:
+        """`wake` is called (from the putting thread) when an item arrives after `arm`."""
+        self._waker = wake
+
+    def arm(self) -> bool:
+        """Ask for one wake-up at the next put; False (and no wake-up) if items are waiting."""
+        with self._cond:
+            if self._control or self._data:
+                return False
+            self._armed = True
+            return True
+
+    def _disarm(self) -> Callable[[], None] | None:
+        if not self._armed:
+            return None
+        self._armed = False
+        return self._waker
+
+    def get_nowait(self) -> InboxItem | None:
+        with self._cond:
+            if self._control:
+                return self._control.popleft()
+            if self._data:
+                return self._data.popleft()
+            return None
 
     def get(self, timeout: float | None = None) -> InboxItem | None:
         """Next item, control first; None only when `timeout` passes with nothing."""

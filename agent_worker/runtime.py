@@ -1,30 +1,64 @@
-"""AgentRuntime: everything one agent owns, driven on the agent process's main thread.
+"""AgentRuntime: everything one agent owns, driven by an event loop on the agent's main thread.
 
-The runtime owns the memory store, the state, the message handler and the stats; it takes
-items from the bounded inbox one at a time (so the handler runs once per delivered message,
-in order) and sends through the transport, which runs in its own thread.
+The runtime owns the memory store, the state, the model, the plugins' actions, providers,
+evaluators and services, and the stats. It takes items from the bounded inbox one at a time
+(so each delivered message goes through the pipeline once, in order) and sends through the
+transport, which runs in its own thread: nothing the runtime does, not even a handler that
+blocks, delays an ack or a heartbeat.
+
+Message pipeline: store it -> compose State from the providers -> the model decides the reply
+and the actions -> for each action: validate, run the handler (with a timeout), record the
+result -> send the reply -> run the evaluators. Every action emits `action.started` and then
+`action.completed` or `action.failed` to the coordinator.
+
+Sync plugin functions run in a small thread pool so their timeout can be enforced (a sync
+handler that overruns is reported as timed out; its thread is left to finish on its own, since
+Python cannot kill a thread); the runtime methods they call (`send`, `set_state`, `memory`) are
+thread-safe for that reason.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import functools
+import inspect
 import os
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import JsonValue
+from pydantic import BaseModel, JsonValue, ValidationError
 
-from agent_worker.handler import MessageHandler, RulesModel
+from agent_worker.builtins import BUILTIN_ACTIONS, IGNORE
 from agent_worker.inbox import Abandon, Command, Configured, Delivered, Inbox, Stopping
+from agent_worker.models import ModelError, ModelProvider, ModelRequest, make_model
+from agent_worker.plugins import (
+    Action,
+    ActionResult,
+    Message,
+    Plugin,
+    PluginLoadError,
+    ProviderResult,
+    Service,
+    State,
+    load_plugin,
+)
 from agent_worker.state import StatePathError, get_path, set_path
 from agent_worker.store import MemoryStore
 from agent_worker.transport import Transport
 from protocol import (
+    ActionInfo,
     AgentConfig,
     AgentStats,
     Bye,
+    CmdAction,
     CmdGetState,
     CmdQueryMemory,
     CmdSend,
@@ -41,6 +75,11 @@ EXIT_OK = 0
 EXIT_ABANDONED = 4
 """Exit code when the agent leaves on its own because the coordinator is gone."""
 
+SERVICE_TIMEOUT_S = 10.0
+"""How long one service may take to start or to stop."""
+
+T = TypeVar("T")
+
 
 @dataclass(slots=True)
 class Counters:
@@ -50,66 +89,391 @@ class Counters:
     messages_out: int = 0
     commands: int = 0
     handler_errors: int = 0
+    actions_run: int = 0
+    actions_failed: int = 0
+    model_calls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ActionOutcome:
+    """How one action run ended. `status` is succeeded, failed (the handler said so), invalid
+    (unknown name, parameters that do not fit, or validate said no), error (it raised) or
+    timeout."""
+
+    call_id: str
+    status: str
+    result: ActionResult | None
+    error: str | None
+    duration_s: float
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "call_id": self.call_id,
+            "status": self.status,
+            "error": self.error,
+            "duration_ms": round(self.duration_s * 1000.0, 3),
+            "result": None if self.result is None else self.result.model_dump(mode="json"),
+        }
 
 
 class AgentRuntime:
     def __init__(self, config: AgentConfig, transport: Transport, inbox: Inbox) -> None:
         self.config = config
         self.agent_id = config.agent_id
+        self.name = config.name or config.agent_id
         self.transport = transport
         self.inbox = inbox
-        self.store = MemoryStore(Path(config.agent_dir))
-        self.handler: MessageHandler = RulesModel(config.model)
+        self.memory = MemoryStore(Path(config.agent_dir), config.retention)
+        for room in config.rooms:
+            self.memory.ensure_room(room.id, room.channel.value, room.members)
         self.state: dict[str, JsonValue] = {}
         self.counters = Counters()
-        self._msg_counter = 0
+        self.plugins: list[Plugin] = []
+        self.actions: dict[str, Action] = {a.name: a for a in BUILTIN_ACTIONS}
+        self.providers: list[tuple[str, Plugin]] = []
+        self.services: dict[str, Service] = {}
+        self.model: ModelProvider | None = None
+        self.init_error: str | None = None
         self._rooms = {room.id: room for room in config.rooms}
+        self._lock = threading.RLock()  # state, message ids and the store, for sync plugin code
+        self._msg_counter = 0
+        self._call_counter = 0
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plugin")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- the API plugins use ------------------------------------------------------------
+    @property
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    def get_service(self, name: str) -> Service:
+        try:
+            return self.services[name]
+        except KeyError:
+            known = ", ".join(self.services) or "none"
+            raise KeyError(
+                f"agent {self.agent_id} has no service {name!r} (has: {known})"
+            ) from None
+
+    def get_setting(self, key: str, default: JsonValue = None) -> JsonValue:
+        return self.config.settings.get(key, default)
+
+    def get_state(self, path: str = "") -> JsonValue:
+        """A copy of the state at dotted `path` ('' for all of it); KeyError when absent."""
+        with self._lock:
+            return copy.deepcopy(get_path(self.state, path))
+
+    def set_state(self, path: str, value: JsonValue) -> JsonValue:
+        """Set dotted `path`; emits `state.changed`. Returns the previous value (or None)."""
+        with self._lock:
+            previous = set_path(self.state, path, copy.deepcopy(value))
+            self.transport.send(
+                Event(
+                    name="state.changed",
+                    data={"path": path, "value": value, "previous": previous},
+                )
+            )
+            return previous
+
+    def send(self, room: str, text: str, in_reply_to: str | None = None) -> Msg:
+        """Post `text` to `room` as this agent (the model's or a plugin's own words)."""
+        return self.post(room, text, Origin.AGENT, in_reply_to)
+
+    def emit(self, name: str, data: dict[str, JsonValue]) -> None:
+        """Send an event of the plugin's own to the coordinator's event log."""
+        self.transport.send(Event(name=name, data=data))
 
     # -- main loop ------------------------------------------------------------------------
     def serve(self) -> int:
-        """Announce READY, then handle inbox items until STOP (exit 0) or abandonment."""
-        self.transport.send(Ready(pid=os.getpid(), store_path=str(self.store.path)))
+        """Start plugins and services, announce READY, then handle inbox items until STOP
+        (exit 0) or abandonment."""
+        try:
+            return asyncio.run(self._serve())
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        arrived = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(arrived.set)
+
+        self.inbox.set_waker(wake)
+        await self._start()
+        self.transport.send(
+            Ready(
+                pid=os.getpid(),
+                store_path=str(self.memory.path),
+                actions=[self._action_info(a) for a in self.actions.values()],
+                services=list(self.services),
+                error=self.init_error,
+            )
+        )
         while True:
-            item = self.inbox.get()
+            item = self.inbox.get_nowait()
+            if item is None:
+                arrived.clear()
+                if self.inbox.arm():
+                    await arrived.wait()
+                continue
             if isinstance(item, Delivered):
-                self._on_message(item.msg)
+                await self._on_message(item.msg)
             elif isinstance(item, Command):
-                self._on_command(item)
+                await self._on_command(item)
             elif isinstance(item, Stopping):
-                return self._shutdown(item.stop.deadline_ms / 1000.0)
+                return await self._shutdown(item.stop.deadline_ms / 1000.0)
             elif isinstance(item, Abandon):
                 print(f"agent {self.agent_id}: leaving: {item.reason}", file=sys.stderr)
-                self.store.close()
+                await self._stop_services()
+                self.memory.close()
                 return EXIT_ABANDONED
             elif isinstance(item, Configured):
                 continue  # a duplicate CONFIGURE after a retransmit: already configured
             self.transport.request_window_update()
 
-    def _on_message(self, msg: Msg) -> None:
-        self.counters.messages_in += 1
+    # -- start-up -------------------------------------------------------------------------
+    async def _start(self) -> None:
+        """Load plugins, make the model, run plugin inits, start services. The first failure
+        is kept in `init_error` (READY carries it; the coordinator stops the run with exit 2)
+        and whatever had started is stopped again."""
+        where = "model"
         try:
-            self._remember(msg, "in")
-            replies = self.handler.handle(msg)
+            for path in self.config.plugins:
+                self._register(load_plugin(path), path)
+            self.model = make_model(self.config.model)
+            for plugin, path in zip(self.plugins, self.config.plugins, strict=True):
+                where = f"plugin {path!r}"
+                if plugin.init is not None:
+                    await self._call(plugin.init, (self,), SERVICE_TIMEOUT_S)
+            for plugin, path in zip(self.plugins, self.config.plugins, strict=True):
+                where = f"plugin {path!r}"
+                for factory in plugin.services:
+                    service = factory()
+                    await asyncio.wait_for(service.start(self), SERVICE_TIMEOUT_S)
+                    self.services[service.name] = service
+        except (PluginLoadError, ModelError) as exc:
+            self.init_error = f"agent {self.agent_id}: {exc}"
+        except Exception as exc:
+            self.init_error = f"agent {self.agent_id}: {where} failed to start: {_describe(exc)}"
+        if self.init_error is not None:
+            print(self.init_error, file=sys.stderr)
+            await self._stop_services()
+
+    def _register(self, plugin: Plugin, path: str) -> None:
+        for action in plugin.actions:
+            if action.name in self.actions:
+                raise PluginLoadError(
+                    f"plugin {path!r}: action {action.name!r} is already defined"
+                    " (by a built-in or an earlier plugin)"
+                )
+            self.actions[action.name] = action
+        self.plugins.append(plugin)
+
+    @staticmethod
+    def _action_info(action: Action) -> ActionInfo:
+        schema = action.parameters.model_json_schema() if action.parameters else None
+        return ActionInfo(
+            name=action.name,
+            description=action.description,
+            similes=list(action.similes),
+            parameters=schema,
+        )
+
+    # -- the message pipeline -------------------------------------------------------------
+    async def _on_message(self, msg: Msg) -> None:
+        self.counters.messages_in += 1
+        self._remember(msg, "in")
+        if self.init_error is not None or self.model is None:
+            return
+        try:
+            state = await self.compose_state(msg)
+            self.counters.model_calls += 1
+            decision = await self.model.decide(
+                ModelRequest(
+                    agent_id=self.agent_id,
+                    agent_name=self.name,
+                    system=self._system_text(state),
+                    message=msg,
+                    actions=tuple(self._action_info(a) for a in self.actions.values()),
+                )
+            )
+        except ModelError as exc:
+            self._report_error("model", f"answering {msg.msg_id}: {exc}")
+            return
         except Exception as exc:
             self._handler_error("handling message " + msg.msg_id, exc)
             return
-        for reply in replies:
+        ignore = False
+        for call in decision.actions:
+            ignore = ignore or call.name == IGNORE
+            outcome = await self.run_action(call.name, call.params, msg, state, "model")
+            if outcome.result is not None:
+                state.values.update(outcome.result.values)
+        if decision.reply is not None and not ignore:
             try:
-                self.post(reply.room, reply.text, Origin.AGENT, in_reply_to=msg.msg_id)
+                self.send(msg.room, decision.reply, in_reply_to=msg.msg_id)
             except EncodeError as exc:  # e.g. a templated reply over the frame limit
                 self._handler_error("replying to " + msg.msg_id, exc)
+        await self._evaluate(msg, state)
 
-    def _on_command(self, item: Command) -> None:
+    def _system_text(self, state: State) -> str:
+        parts = [f"# {self.name}"]
+        if self.config.bio:
+            parts.append(self.config.bio)
+        if state.text:
+            parts.append(state.text)
+        return "\n\n".join(parts)
+
+    async def compose_state(self, msg: Message) -> State:
+        """State for `msg` from every provider, in plugin order (later values win)."""
+        state = State()
+        texts: list[str] = []
+        for plugin in self.plugins:
+            for provider in plugin.providers:
+                try:
+                    result = await self._call(
+                        provider.get, (self, msg, state), self.config.action_timeout_s
+                    )
+                except Exception as exc:
+                    self._handler_error(f"provider {provider.name}", exc)
+                    continue
+                if not isinstance(result, ProviderResult):
+                    self._report_error(
+                        f"provider {provider.name}",
+                        f"returned {type(result).__name__}, not ProviderResult",
+                    )
+                    continue
+                if result.text:
+                    texts.append(result.text)
+                state.values.update(result.values)
+                state.data[provider.name] = result.data
+        state.text = "\n".join(texts)
+        return state
+
+    async def _evaluate(self, msg: Message, state: State) -> None:
+        timeout = self.config.action_timeout_s
+        for plugin in self.plugins:
+            for evaluator in plugin.evaluators:
+                try:
+                    if await self._call(evaluator.validate, (self, msg, state), timeout):
+                        await self._call(evaluator.handler, (self, msg, state), timeout)
+                except Exception as exc:
+                    self._handler_error(f"evaluator {evaluator.name}", exc)
+
+    async def run_action(
+        self,
+        name: str,
+        params: dict[str, JsonValue],
+        msg: Message,
+        state: State,
+        origin: str,
+    ) -> ActionOutcome:
+        """Validate and run one action, recording it with `action.*` events."""
+        self._call_counter += 1
+        call_id = f"{self.agent_id}:{self._call_counter}"
+        base: dict[str, JsonValue] = {
+            "action": name,
+            "call_id": call_id,
+            "params": params,
+            "origin": origin,
+            "msg_id": msg.msg_id,
+            "room": msg.room,
+        }
+        self.emit("action.started", base)
+        started = time.perf_counter()
+        status, result, error = await self._execute(name, params, msg, state)
+        outcome = ActionOutcome(call_id, status, result, error, time.perf_counter() - started)
+        self.counters.actions_run += 1
+        if not outcome.succeeded:
+            self.counters.actions_failed += 1
+        data = {**base, **outcome.to_json()}
+        self.emit("action.completed" if outcome.succeeded else "action.failed", data)
+        return outcome
+
+    async def _execute(
+        self, name: str, params: dict[str, JsonValue], msg: Message, state: State
+    ) -> tuple[str, ActionResult | None, str | None]:
+        action = self.actions.get(name)
+        if action is None:
+            known = ", ".join(sorted(self.actions))
+            return "invalid", None, f"unknown action {name!r}; {self.agent_id} has: {known}"
+        parsed: BaseModel | None = None
+        if action.parameters is not None:
+            try:
+                parsed = action.parameters.model_validate(params)
+            except ValidationError as exc:
+                return "invalid", None, f"parameters do not fit {name}: {_validation_text(exc)}"
+        timeout = self.config.action_timeout_s
+
+        def callback(text: str) -> None:
+            self.send(msg.room, text, in_reply_to=msg.msg_id)
+
+        try:
+            if not await self._call(action.validate, (self, msg, state), timeout):
+                return "invalid", None, f"{name}: validate returned false"
+            result = await self._call(
+                action.handler, (self, msg, state, parsed, callback), timeout
+            )
+        except TimeoutError:
+            return "timeout", None, f"{name} timed out after {timeout:g}s"
+        except Exception as exc:
+            return "error", None, _describe(exc)
+        if result is None:
+            result = ActionResult()
+        if not isinstance(result, ActionResult):
+            return "error", None, f"{name} returned {type(result).__name__}, not ActionResult"
+        if not result.success:
+            return "failed", result, result.error or f"{name} reported failure"
+        return "succeeded", result, None
+
+    async def _call(self, fn: Callable[..., T | Awaitable[T]], args: tuple[object, ...],
+                    timeout: float) -> T:
+        """Call a plugin function, sync or async, within `timeout` seconds."""
+        if inspect.iscoroutinefunction(fn):
+            coro: Awaitable[T] = fn(*args)
+            return await asyncio.wait_for(coro, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        value = await asyncio.wait_for(
+            loop.run_in_executor(self._executor, functools.partial(fn, *args)), timeout
+        )
+        if inspect.isawaitable(value):  # a sync function that returned a coroutine
+            return await asyncio.wait_for(value, max(deadline - loop.time(), 0.0))
+        return value
+
+    # -- commands from the coordinator ----------------------------------------------------
+    async def _on_command(self, item: Command) -> None:
         self.counters.commands += 1
         command = item.cmd.command
         try:
-            result = self._run_command(command)
+            if isinstance(command, CmdAction):
+                result = await self._run_action_command(command)
+            else:
+                result = self._run_command(command)
         except Exception as exc:
-            result = Result(ok=False, error=f"{type(exc).__name__}: {exc}")
+            result = Result(ok=False, error=_describe(exc))
         try:
             self.transport.send(result, corr=item.corr)
         except EncodeError as exc:  # e.g. a state read larger than a frame
             self.transport.send(Result(ok=False, error=str(exc)), corr=item.corr)
+
+    async def _run_action_command(self, command: CmdAction) -> Result:
+        if self.init_error is not None:
+            return Result(ok=False, error=self.init_error)
+        room = command.room or next(iter(self._rooms), self.agent_id)
+        with self._lock:
+            self._msg_counter += 1
+            msg_id = f"{self.agent_id}:{self.transport.incarnation}:script-{self._msg_counter}"
+        msg = Msg(msg_id=msg_id, sender=self.agent_id, room=room, text="", origin=Origin.SCRIPT)
+        state = await self.compose_state(msg)
+        outcome = await self.run_action(command.name, command.params, msg, state, "script")
+        return Result(ok=outcome.succeeded, value=outcome.to_json(), error=outcome.error)
 
     def _run_command(self, command: CmdSend | CmdSetState | CmdGetState | CmdQueryMemory) -> Result:
         if isinstance(command, CmdSend):
@@ -121,22 +485,15 @@ class AgentRuntime:
             return Result(ok=True, value={"msg_id": msg.msg_id})
         if isinstance(command, CmdSetState):
             try:
-                previous = set_path(self.state, command.path, command.value)
+                return Result(ok=True, value=self.set_state(command.path, command.value))
             except StatePathError as exc:
                 return Result(ok=False, error=str(exc))
-            self.transport.send(
-                Event(
-                    name="state.changed",
-                    data={"path": command.path, "value": command.value, "previous": previous},
-                )
-            )
-            return Result(ok=True, value=previous)
         if isinstance(command, CmdGetState):
             try:
-                return Result(ok=True, value=get_path(self.state, command.path))
+                return Result(ok=True, value=self.get_state(command.path))
             except KeyError:
                 return Result(ok=False, error=f"no state at {command.path!r}")
-        memories = self.store.recent(command.room, command.limit)
+        memories = self.memory.recent(command.room, command.limit)
         return Result(
             ok=True,
             value=[
@@ -154,38 +511,59 @@ class AgentRuntime:
 
     # -- sending --------------------------------------------------------------------------
     def post(self, room: str, text: str, origin: Origin, in_reply_to: str | None = None) -> Msg:
-        self._msg_counter += 1
-        msg = Msg(
-            msg_id=f"{self.agent_id}:{self.transport.incarnation}:{self._msg_counter}",
-            sender=self.agent_id,
-            room=room,
-            text=text,
-            origin=origin,
-            in_reply_to=in_reply_to,
-        )
-        self.transport.send(msg, dst=room)  # first: a message that cannot be sent is not kept
-        self._remember(msg, "out")
-        self.counters.messages_out += 1
+        with self._lock:
+            self._msg_counter += 1
+            msg = Msg(
+                msg_id=f"{self.agent_id}:{self.transport.incarnation}:{self._msg_counter}",
+                sender=self.agent_id,
+                room=room,
+                text=text,
+                origin=origin,
+                in_reply_to=in_reply_to,
+            )
+            self.transport.send(msg, dst=room)  # first: a message that cannot be sent is not kept
+            self._remember(msg, "out")
+            self.counters.messages_out += 1
         return msg
 
     def _remember(self, msg: Msg, direction: str) -> None:
         content: dict[str, JsonValue] = {"text": msg.text, "origin": msg.origin.value}
         if msg.in_reply_to is not None:
             content["in_reply_to"] = msg.in_reply_to
-        self.store.add(msg.msg_id, msg.room, msg.sender, direction, content)
+        with self._lock:
+            self.memory.add(msg.msg_id, msg.room, msg.sender, direction, content)
 
     def _handler_error(self, what: str, exc: BaseException) -> None:
-        self.counters.handler_errors += 1
-        detail = "".join(traceback.format_exception_only(exc)).strip()
         print(f"agent {self.agent_id}: error {what}:\n{traceback.format_exc()}", file=sys.stderr)
-        self.transport.send(Event(name="error", data={"where": what, "error": detail}))
+        self._report_error(what, _describe(exc))
+
+    def _report_error(self, where: str, error: str) -> None:
+        self.counters.handler_errors += 1
+        self.transport.send(Event(name="error", data={"where": where, "error": error}))
 
     # -- shutdown -------------------------------------------------------------------------
-    def _shutdown(self, deadline_s: float) -> int:
+    async def _stop_services(self) -> None:
+        """Stop every started service, newest first; a failure is reported, not fatal."""
+        for name in reversed(list(self.services)):
+            service = self.services.pop(name)
+            try:
+                await asyncio.wait_for(service.stop(), SERVICE_TIMEOUT_S)
+            except Exception as exc:
+                self._report_error(f"stopping service {name}", _describe(exc))
+
+    async def _shutdown(self, deadline_s: float) -> int:
         deadline = time.monotonic() + deadline_s
+        await self._stop_services()
+        if self.model is not None:
+            for problem in self.model.problems_at_end():
+                self._report_error("model", problem)
+            try:
+                await self.model.close()
+            except Exception as exc:
+                self._report_error("closing the model", _describe(exc))
         drained = self.transport.flush(deadline)
-        rows = self.store.rows
-        self.store.close()
+        rows, evicted = self.memory.rows, self.memory.evicted
+        self.memory.close()
         t = self.transport
         c = self.counters
         stats = AgentStats(
@@ -198,7 +576,11 @@ class AgentRuntime:
             dead_letters=t.stats.dead_letters,
             rejected_frames=t.stats.rejected,
             store_rows=rows,
+            store_evicted=evicted,
             inbox_peak=self.inbox.peak,
+            actions_run=c.actions_run,
+            actions_failed=c.actions_failed,
+            model_calls=c.model_calls,
             state=self.state,
         )
         undelivered = 0 if drained else t.outbox.in_flight + t.outbox.queued
@@ -209,3 +591,13 @@ class AgentRuntime:
             self.transport.send(Bye(stats=stats, undelivered=undelivered))
         self.transport.flush(deadline)
         return EXIT_OK
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()
+
+
+def _validation_text(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+    )

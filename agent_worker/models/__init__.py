@@ -1,0 +1,36 @@
+"""Model providers behind one interface (`base.ModelProvider`), chosen per agent."""
+
+from __future__ import annotations
+
+from agent_worker.models.base import (
+    ActionCall,
+    ModelDecision,
+    ModelError,
+    ModelProvider,
+    ModelRequest,
+)
+from agent_worker.models.fixtures import FixturesModel
+from agent_worker.models.rules import RulesModel
+from protocol import FixturesModelConfig, ModelConfig, RulesModelConfig
+
+__all__ = [
+    "ActionCall",
+    "FixturesModel",
+    "ModelDecision",
+    "ModelError",
+    "ModelProvider",
+    "ModelRequest",
+    "RulesModel",
+    "make_model",
+]
+
+
+def make_model(config: ModelConfig) -> ModelProvider:
+    """The provider `config` names; ModelError if it cannot be set up (e.g. a missing key)."""
+    if isinstance(config, RulesModelConfig):
+        return RulesModel(config)
+    if isinstance(config, FixturesModelConfig):
+        return FixturesModel(config)
+    from agent_worker.models.openai_compat import OpenAIModel  # only agents that use it
+
+    return OpenAIModel(config)

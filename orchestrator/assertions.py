@@ -8,12 +8,22 @@ pass without looking: a `message` assertion counts real `message.sent` events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from orchestrator.events import Event
+from pydantic import JsonValue
+
+from orchestrator.events import Event, EventKind
 from orchestrator.matching import MessageFilter
-from orchestrator.scenario import Assertion, MessageAssertion
+from orchestrator.scenario import (
+    ActionAssertion,
+    Assertion,
+    CountRange,
+    MessageAssertion,
+    StateAssertion,
+)
 
 EVIDENCE_LIMIT = 20
 
@@ -82,14 +92,126 @@ class _MessageJudge:
         )
 
 
+def _bounds(count: CountRange) -> str:
+    parts = []
+    if count.min is not None:
+        parts.append(f">= {count.min}")
+    if count.max is not None:
+        parts.append(f"<= {count.max}")
+    return " and ".join(parts) or "any number of"
+
+
+def _in_range(n: int, count: CountRange) -> bool:
+    return (count.min is None or n >= count.min) and (count.max is None or n <= count.max)
+
+
+def params_include(params: object, wanted: dict[str, JsonValue]) -> bool:
+    """Every key of `wanted` is in `params` with an equal value."""
+    return isinstance(params, dict) and all(
+        k in params and params[k] == v for k, v in wanted.items()
+    )
+
+
+def action_status(event: Event) -> str | None:
+    """The status of an action run from its completion event; None for other events."""
+    if event.kind is EventKind.ACTION_COMPLETED:
+        return "succeeded"
+    if event.kind is EventKind.ACTION_FAILED:
+        status = event.data.get("status")
+        return status if isinstance(status, str) else "failed"
+    return None
+
+
+class _ActionJudge:
+    def __init__(self, ident: str, assertion: ActionAssertion) -> None:
+        self.id = ident
+        self.args = assertion.action
+        self.matched: list[int] = []
+        self.other: Counter[str] = Counter()
+
+    def observe(self, event: Event) -> None:
+        a = self.args
+        status = action_status(event)
+        if status is None or event.agent != a.agent or event.data.get("action") != a.name:
+            return
+        if not params_include(event.data.get("params"), a.params):
+            self.other["other parameters"] += 1
+        elif a.status is not None and status != a.status:
+            self.other[status] += 1
+        else:
+            self.matched.append(event.id)
+
+    def result(self) -> AssertionResult:
+        a = self.args
+        what = f"{a.name} run by {a.agent}"
+        if a.status is not None:
+            what += f" that {a.status}"
+        if a.params:
+            what += f" with params including {json.dumps(a.params, sort_keys=True)}"
+        n = len(self.matched)
+        others = ", ".join(f"{k}: {v}" for k, v in sorted(self.other.items()))
+        actual = f"{n} found" + (f" (other runs: {others})" if others else "")
+        ok = _in_range(n, a.count)
+        expected = f"{_bounds(a.count)} x {what}"
+        message = f"{n} x {what}" if ok else f"expected {expected}, found {actual}"
+        return AssertionResult(
+            self.id, "action", ok, expected, actual, message, self.matched[:EVIDENCE_LIMIT]
+        )
+
+
+def _state_result(
+    ident: str, assertion: StateAssertion, final_states: Mapping[str, dict[str, JsonValue]]
+) -> AssertionResult:
+    a = assertion.state
+    where = f"{a.agent}'s final state at {a.path!r}"
+    if a.exists is not None:
+        expected = f"{where} {'exists' if a.exists else 'is absent'}"
+    else:
+        expected = f"{where} == {json.dumps(a.equals, sort_keys=True)}"
+    state = final_states.get(a.agent)
+    if state is None:
+        return AssertionResult(
+            ident, "state", False, expected, "no final state",
+            f"{a.agent} sent no final state (it did not stop cleanly)",
+        )  # fmt: skip
+    node: JsonValue = state
+    found = True
+    for part in a.path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            found = False
+            break
+    actual = json.dumps(node, sort_keys=True)[:200] if found else "absent"
+    ok = found == a.exists if a.exists is not None else found and node == a.equals
+    message = f"{expected}: {'yes' if ok else 'no'}, found {actual}"
+    return AssertionResult(ident, "state", ok, expected, actual, message)
+
+
 def assertion_id(index: int, assertion: Assertion) -> str:
     return assertion.id if assertion.id is not None else f"assertions[{index}]"
 
 
-def evaluate(assertions: list[Assertion], events: Iterable[Event]) -> list[AssertionResult]:
-    """Judge every assertion in one pass over the events."""
-    judges = [_MessageJudge(assertion_id(i, a), a) for i, a in enumerate(assertions)]
+def evaluate(
+    assertions: list[Assertion],
+    events: Iterable[Event],
+    final_states: Mapping[str, dict[str, JsonValue]] | None = None,
+) -> list[AssertionResult]:
+    """Judge every assertion: event-based ones in one pass over the events, state ones on the
+    agents' final states (sent with BYE)."""
+    judges: dict[int, _MessageJudge | _ActionJudge] = {}
+    for i, a in enumerate(assertions):
+        if isinstance(a, MessageAssertion):
+            judges[i] = _MessageJudge(assertion_id(i, a), a)
+        elif isinstance(a, ActionAssertion):
+            judges[i] = _ActionJudge(assertion_id(i, a), a)
     for event in events:
-        for judge in judges:
+        for judge in judges.values():
             judge.observe(event)
-    return [judge.result() for judge in judges]
+    results = []
+    for i, a in enumerate(assertions):
+        if isinstance(a, StateAssertion):
+            results.append(_state_result(assertion_id(i, a), a, final_states or {}))
+        else:
+            results.append(judges[i].result())
+    return results

@@ -36,10 +36,6 @@ from protocol import (
     AgentConfig,
     Bye,
     Cmd,
-    CmdGetState,
-    CmdQueryMemory,
-    CmdSend,
-    CmdSetState,
     Configure,
     DecodeError,
     Err,
@@ -58,7 +54,7 @@ from protocol import (
     encode_body,
     split_frames,
 )
-from protocol.bodies import Ping
+from protocol.bodies import Command, Ping
 from protocol.codec import kind_of
 from protocol.frames_io import recv_frames, send_frames
 from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
@@ -104,6 +100,16 @@ class LinkStats:
     dead_letters: int = 0
     rejected: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+_AGENT_EVENT_KINDS: dict[str, EventKind] = {
+    "state.changed": EventKind.STATE_CHANGED,
+    "error": EventKind.AGENT_ERROR,
+    "action.started": EventKind.ACTION_STARTED,
+    "action.completed": EventKind.ACTION_COMPLETED,
+    "action.failed": EventKind.ACTION_FAILED,
+}
+"""EVENT bodies from agents that are events of the coordinator's own kinds."""
 
 
 class Link:
@@ -218,7 +224,7 @@ class Bus:
     async def command(
         self,
         agent: str,
-        command: CmdSend | CmdSetState | CmdGetState | CmdQueryMemory,
+        command: Command,
         timeout: float,
     ) -> Result:
         """Run a command in `agent` and return its RESULT; TimeoutError / AgentGone otherwise."""
@@ -469,12 +475,11 @@ class Bus:
             self._reject(RejectReason.UNEXPECTED_KIND, f"{kind_of(body).name} from an agent", link)
 
     def _on_agent_event(self, agent: str, event: Event) -> None:
-        if event.name == "state.changed":
-            self.events.emit(EventKind.STATE_CHANGED, agent, **event.data)
-        elif event.name == "error":
-            self.events.emit(EventKind.AGENT_ERROR, agent, **event.data)
-        else:
-            self.events.emit(EventKind.AGENT_EVENT, agent, name=event.name, **event.data)
+        kind = _AGENT_EVENT_KINDS.get(event.name)
+        if kind is not None:
+            self.events.emit(kind, agent, **event.data)
+        else:  # a plugin's own event: kept under its name
+            self.events.emit(EventKind.AGENT_EVENT, agent, name=event.name, data=event.data)
 
     def _route(self, link: Link, msg: Msg, raw: bytes, now: float) -> None:
         """Fan `msg` out to the room; `raw` is its validated body frame, forwarded as is."""

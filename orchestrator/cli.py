@@ -91,6 +91,7 @@ def run(
         sys.exit(EXIT_INVALID)
     console = Console(stderr=False)
     verdicts: list[Verdict] = []
+    invalid = False
     for path, scenario in zip(files, scenarios, strict=True):
         target = report_dir
         if report_dir is not None and len(files) > 1:
@@ -99,6 +100,13 @@ def run(
         report = asyncio.run(run_scenario(scenario, path, options))
         print_summary(console, report, verbose)
         verdicts.append(report.verdict)
+        if report.exit_code == EXIT_INVALID:  # an agent's plugins could not be loaded
+            invalid = True
+            for error in report.errors:
+                if error.source == "init":
+                    click.echo(f"{path}: {error.message}", err=True)
+    if invalid:
+        sys.exit(EXIT_INVALID)
     if Verdict.ERROR in verdicts:
         sys.exit(3)
     if Verdict.FAIL in verdicts:

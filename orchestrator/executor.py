@@ -9,17 +9,30 @@ waits for similar replies do not both match the first one.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from orchestrator.assertions import action_status
 from orchestrator.bus import AgentGone, Bus
 from orchestrator.durations import Duration
-from orchestrator.events import EventKind, EventLog
+from orchestrator.events import Event, EventKind, EventLog
 from orchestrator.matching import MessageFilter
-from orchestrator.scenario import SendStep, Step, WaitForStep
-from protocol import CmdSend
+from orchestrator.scenario import (
+    ActionMatch,
+    ActionStep,
+    MessageMatch,
+    SendStep,
+    SetStateStep,
+    Step,
+    WaitForArgs,
+    WaitForStep,
+)
+from protocol import CmdAction, CmdSend, CmdSetState, Result
+from protocol.bodies import Command
 
 SEND_TIMEOUT_S = 5.0
 """How long a `send` waits for the agent to confirm it posted the message."""
@@ -50,15 +63,50 @@ class StepResult:
 
 
 def step_kind(step: Step) -> str:
-    return "send" if isinstance(step, SendStep) else "wait_for"
+    match step:
+        case SendStep():
+            return "send"
+        case WaitForStep():
+            return "wait_for"
+        case ActionStep():
+            return "action"
+        case SetStateStep():
+            return "set_state"
 
 
 def describe(step: Step) -> str:
-    if isinstance(step, SendStep):
-        a = step.send
-        return f"{a.agent} says {a.text!r} in {a.room}"
-    m = step.wait_for.message
-    return "wait for " + _filter(m.from_, m.room, m.contains, m.regex).describe()
+    match step:
+        case SendStep(send=a):
+            return f"{a.agent} says {a.text!r} in {a.room}"
+        case WaitForStep(wait_for=WaitForArgs(message=MessageMatch() as m)):
+            return "wait for " + _filter(m.from_, m.room, m.contains, m.regex).describe()
+        case WaitForStep(wait_for=WaitForArgs(action=ActionMatch() as am)):
+            return "wait for " + _describe_action_match(am)
+        case ActionStep(action=a):
+            return f"{a.agent} runs {a.name} {json.dumps(a.params, sort_keys=True)}"
+        case SetStateStep(set_state=a):
+            return f"set {a.agent}'s state {a.path} = {json.dumps(a.value, sort_keys=True)}"
+    raise AssertionError(f"unknown step {step!r}")
+
+
+def _describe_action_match(m: ActionMatch) -> str:
+    text = f"an action of {m.agent}"
+    if m.name is not None:
+        text = f"{m.name} run by {m.agent}"
+    return text + (f" that {m.status}" if m.status is not None else " to finish")
+
+
+def _action_predicate(m: ActionMatch) -> Callable[[Event], bool]:
+    def matches(event: Event) -> bool:
+        status = action_status(event)
+        return (
+            status is not None
+            and event.agent == m.agent
+            and (m.name is None or event.data.get("action") == m.name)
+            and (m.status is None or status == m.status)
+        )
+
+    return matches
 
 
 def _filter(
@@ -69,11 +117,16 @@ def _filter(
 
 class Executor:
     def __init__(
-        self, bus: Bus, events: EventLog, send_timeout_s: float = SEND_TIMEOUT_S
+        self,
+        bus: Bus,
+        events: EventLog,
+        send_timeout_s: float = SEND_TIMEOUT_S,
+        action_timeout_s: float = 30.0,
     ) -> None:
         self.bus = bus
         self.events = events
         self.send_timeout_s = send_timeout_s
+        self.action_timeout_s = action_timeout_s
         self.cursor = events.last_id
 
     async def run(self, script: list[Step], deadline: float) -> list[StepResult]:
@@ -107,10 +160,15 @@ class Executor:
         )
         status, error, tb = StepStatus.PASSED, None, None
         try:
-            if isinstance(step, SendStep):
-                await self._send(step, remaining)
-            else:
-                await self._wait_for(step, remaining)
+            match step:
+                case SendStep():
+                    await self._send(step, remaining)
+                case WaitForStep():
+                    await self._wait_for(step, remaining)
+                case ActionStep():
+                    await self._action(step, remaining)
+                case SetStateStep():
+                    await self._set_state(step, remaining)
         except StepFailure as exc:
             status, error = StepStatus.FAILED, str(exc)
         except AgentGone as exc:
@@ -152,13 +210,55 @@ class Executor:
             raise StepFailure(f"{args.agent} could not send: {result.error}")
 
     async def _wait_for(self, step: WaitForStep, remaining: float) -> None:
-        m = step.wait_for.message
-        own = step.wait_for.timeout.seconds if step.wait_for.timeout is not None else None
+        args = step.wait_for
+        own = args.timeout.seconds if args.timeout is not None else None
         # Without a timeout of its own, a wait may use whatever the scenario's deadline leaves.
         timeout = remaining if own is None else min(own, remaining)
-        match = _filter(m.from_, m.room, m.contains, m.regex)
+        predicate: Callable[[Event], bool]
+        if args.message is not None:
+            m = args.message
+            match = _filter(m.from_, m.room, m.contains, m.regex)
+            predicate, what = match, match.describe()[2:]
+        else:
+            assert args.action is not None  # WaitForArgs holds exactly one
+            predicate, what = _action_predicate(args.action), _describe_action_match(args.action)
         try:
-            event = await self.events.wait_for(match, timeout, after=self.cursor)
+            event = await self.events.wait_for(predicate, timeout, after=self.cursor)
         except TimeoutError:
-            raise StepFailure(f"no {match.describe()[2:]} within {Duration(timeout)}") from None
+            raise StepFailure(f"no {what} within {Duration(timeout)}") from None
         self.cursor = event.id
+
+    async def _command(self, agent: str, command: Command, timeout: float, what: str) -> Result:
+        try:
+            return await self.bus.command(agent, command, timeout)
+        except TimeoutError:
+            raise StepFailure(
+                f"{agent} did not answer ({what}) within {Duration(timeout)}"
+            ) from None
+
+    async def _action(self, step: ActionStep, remaining: float) -> None:
+        a = step.action
+        # The agent bounds the handler by its action timeout; allow that plus the round trip.
+        own = a.timeout.seconds if a.timeout is not None else self.action_timeout_s
+        timeout = min(own, remaining)
+        result = await self._command(
+            a.agent, CmdAction(name=a.name, params=dict(a.params), room=a.room), timeout, a.name
+        )
+        value = result.value
+        status = value.get("status") if isinstance(value, dict) else None
+        if status is None:  # the agent could not even try (e.g. it failed to initialise)
+            raise StepFailure(f"{a.agent} could not run {a.name}: {result.error}")
+        if status != a.expect:
+            why = f": {result.error}" if result.error else ""
+            raise StepFailure(f"{a.name} in {a.agent} {status} (expected {a.expect}){why}")
+
+    async def _set_state(self, step: SetStateStep, remaining: float) -> None:
+        a = step.set_state
+        result = await self._command(
+            a.agent,
+            CmdSetState(path=a.path, value=a.value),
+            min(self.send_timeout_s, remaining),
+            "set_state",
+        )
+        if not result.ok:
+            raise StepFailure(f"{a.agent} could not set {a.path!r}: {result.error}")

@@ -9,6 +9,7 @@ when the run is cancelled or the runner itself breaks.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -27,6 +28,7 @@ from orchestrator.launchers import LAUNCHERS, LaunchSpec
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.report import (
     EXIT_CODES,
+    EXIT_INVALID,
     AgentReport,
     AssertionReport,
     BusReport,
@@ -38,9 +40,21 @@ from orchestrator.report import (
     Verdict,
 )
 from orchestrator.sampler import Sampler
-from orchestrator.scenario import Scenario, channel_type
-from orchestrator.supervisor import AgentProcess, StartupError, Supervisor
-from protocol import AgentConfig, ChannelType, RoomConfig, RuleConfig, RulesModelConfig
+from orchestrator.scenario import ActionCallSpec, ModelSpec, Scenario, channel_type
+from orchestrator.supervisor import AgentInitError, AgentProcess, StartupError, Supervisor
+from protocol import (
+    ActionCallConfig,
+    AgentConfig,
+    ChannelType,
+    FixtureConfig,
+    FixturesModelConfig,
+    ModelConfig,
+    OpenAIModelConfig,
+    RetentionConfig,
+    RoomConfig,
+    RuleConfig,
+    RulesModelConfig,
+)
 
 LOG_TAIL_LINES = 20
 
@@ -75,22 +89,79 @@ def agent_configs(scenario: Scenario, run_dir: Path) -> list[AgentConfig]:
             for r in scenario.rooms
             if agent.id in r.members
         ]
-        rules = agent.model.rules if agent.model is not None else []
-        model = RulesModelConfig(
-            rules=[
-                RuleConfig(contains=r.when.contains, regex=r.when.regex, reply=r.reply)
-                for r in rules
-            ]
-        )
         configs.append(
             AgentConfig(
                 agent_id=agent.id,
                 agent_dir=str(run_dir / "agents" / agent.id),
-                model=model,
+                name=agent.name,
+                bio=agent.bio,
+                model=model_config(agent.model),
                 rooms=rooms,
+                plugins=list(agent.plugins),
+                settings=dict(agent.settings),
+                retention=RetentionConfig(
+                    max_per_room=agent.memory.max_per_room,
+                    max_age_s=agent.memory.max_age.seconds if agent.memory.max_age else None,
+                ),
+                action_timeout_s=agent.action_timeout.seconds,
             )
         )
     return configs
+
+
+def plugin_env(source: Path) -> dict[str, str]:
+    """Plugins are imported by path relative to the scenario file's folder (as well as from
+    wherever Python finds them), so `plugins.todo:plugin` next to the file works from any
+    working directory."""
+    folder = str(source.resolve().parent)
+    existing = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": folder if not existing else f"{folder}{os.pathsep}{existing}"}
+
+
+def _calls(calls: list[ActionCallSpec]) -> list[ActionCallConfig]:
+    return [ActionCallConfig(name=c.name, params=dict(c.params)) for c in calls]
+
+
+def model_config(spec: ModelSpec | None) -> ModelConfig:
+    """The wire form of an agent's model; no model means rules that never answer."""
+    if spec is None or spec.rules is not None:
+        rules = spec.rules if spec is not None and spec.rules is not None else []
+        return RulesModelConfig(
+            rules=[
+                RuleConfig(
+                    contains=r.when.contains,
+                    regex=r.when.regex,
+                    reply=r.reply,
+                    actions=_calls(r.actions),
+                )
+                for r in rules
+            ]
+        )
+    if spec.fixtures is not None:
+        return FixturesModelConfig(
+            fixtures=[
+                FixtureConfig(
+                    position=f.match.position if f.match else None,
+                    prompt_contains=f.match.prompt_contains if f.match else None,
+                    prompt_regex=f.match.prompt_regex if f.match else None,
+                    reply=f.reply,
+                    actions=_calls(f.actions),
+                    label=f"model.fixtures[{i}]",
+                )
+                for i, f in enumerate(spec.fixtures)
+            ]
+        )
+    assert spec.openai is not None  # ModelSpec holds exactly one provider
+    o = spec.openai
+    return OpenAIModelConfig(
+        base_url=o.base_url,
+        model=o.model,
+        api_key_env=o.api_key_env,
+        timeout_s=o.timeout.seconds,
+        max_retries=o.max_retries,
+        temperature=o.temperature,
+        system_prompt=o.system_prompt,
+    )
 
 
 class ScenarioRun:
@@ -111,6 +182,8 @@ class ScenarioRun:
         self.errors: list[ErrorReport] = []
         self.steps: list[StepResult] = []
         self.assertions: list[AssertionResult] = []
+        self.init_errors: list[str] = []
+        """Agents that could not initialise (plugins): invalid input, exit code 2."""
 
     async def execute(self) -> ScenarioReport:
         opts = self.options
@@ -146,13 +219,19 @@ class ScenarioRun:
             supervisor.on_crash = self._on_crash
             try:
                 await self._launch(supervisor, sampler, run_dir)
+            except AgentInitError as exc:
+                self.init_errors = exc.lines
+                for line in exc.lines:
+                    self.errors.append(ErrorReport(source="init", message=line))
             except StartupError as exc:
                 self.errors.append(ErrorReport(source="startup", message=str(exc)))
             t_ready = time.monotonic()
             if not self.errors:
                 sampler.start()
                 timeout = (opts.timeout or self.scenario.timeout).seconds
-                executor = Executor(bus, events)
+                # An action step waits for the agent's own action timeout plus a round trip.
+                action_timeout = max(a.action_timeout.seconds for a in self.scenario.agents)
+                executor = Executor(bus, events, action_timeout_s=action_timeout + 5.0)
                 self.steps = await executor.run(self.scenario.script, t_ready + timeout)
             t_script_end = time.monotonic()
             sampler.sample_all("before-stop")
@@ -173,7 +252,12 @@ class ScenarioRun:
             bus.close()
         t_end = time.monotonic()
         try:
-            self.assertions = evaluate(self.scenario.assertions, events.replay())
+            final_states = {
+                agent: link.bye.stats.state
+                for agent, link in bus.links.items()
+                if link.bye is not None
+            }
+            self.assertions = evaluate(self.scenario.assertions, events.replay(), final_states)
         except Exception as exc:
             self.errors.append(
                 ErrorReport(
@@ -214,6 +298,7 @@ class ScenarioRun:
                 heartbeat_interval_s=opts.heartbeat_interval_s,
                 coordinator_timeout_s=opts.coordinator_timeout_s,
                 inbox_capacity=opts.inbox_capacity,
+                env=plugin_env(self.source),
             )
             supervisor.launch(spec, config)
         await supervisor.wait_ready(opts.startup_timeout_s)
@@ -281,7 +366,7 @@ class ScenarioRun:
             description=self.scenario.description,
             file=str(self.source),
             verdict=verdict,
-            exit_code=EXIT_CODES[verdict],
+            exit_code=EXIT_INVALID if self.init_errors else EXIT_CODES[verdict],
             started_at=started_at,
             duration_s=round(timings.total_s, 6),
             timings=timings,

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     Tag,
     ValidationInfo,
     WithJsonSchema,
@@ -133,6 +134,11 @@ def _check_regex(value: str) -> str:
 
 
 def _check_reply(template: str) -> str:
+    return _check_template(template, REPLY_PLACEHOLDERS)
+
+
+def _check_template(template: str, placeholders: Iterable[str], what: str = "reply") -> str:
+    allowed_names = tuple(placeholders)
     try:
         fields = [
             (name, spec, conversion)
@@ -144,18 +150,20 @@ def _check_reply(template: str) -> str:
             "reply_template",
             f"bad reply template {quote(template)}: {exc} (write {{{{ or }}}} for a literal brace)",
         ) from None
-    allowed = ", ".join(f"{{{name}}}" for name in REPLY_PLACEHOLDERS)
-    unknown = [name for name, _, _ in fields if name not in REPLY_PLACEHOLDERS]
+    allowed = ", ".join(f"{{{name}}}" for name in allowed_names)
+    unknown = [name for name, _, _ in fields if name not in allowed_names]
     if unknown:
         names = ", ".join(f"{{{name}}}" for name in unknown)
-        raise _error("reply_template", f"unknown placeholder {names} in reply; allowed: {allowed}")
+        raise _error(
+            "reply_template", f"unknown placeholder {names} in {what}; allowed: {allowed}"
+        )
     # The agent substitutes plain text; a format spec or conversion would be a second template
     # language that nobody documents.
     fancy = [name for name, spec, conversion in fields if spec or conversion]
     if fancy:
         raise _error(
             "reply_template",
-            f"placeholder {{{fancy[0]}}} in reply takes no '!' conversion or ':' format spec",
+            f"placeholder {{{fancy[0]}}} in {what} takes no '!' conversion or ':' format spec",
         )
     return template
 
@@ -194,22 +202,148 @@ class MatchRule(_Model):
         return self
 
 
+class ActionCallSpec(_Model):
+    """An action a model selects. String parameters are templates over {sender}, {text},
+    {room} and, in a rule with a regex, its named groups."""
+
+    name: Annotated[str, Field(min_length=1)]
+    params: dict[str, JsonValue] = {}
+
+
+def _rule_placeholders(when: object) -> tuple[str, ...]:
+    """What a rule's templates may use: the message's fields and its regex's named groups."""
+    groups = (
+        sorted(re.compile(when.regex).groupindex)
+        if isinstance(when, MatchRule) and when.regex
+        else []
+    )
+    return (*REPLY_PLACEHOLDERS, *groups)
+
+
 class Rule(_Model):
-    """When a message matches, answer with `reply`, a template over {sender}, {text}, {room}."""
+    """When a message matches, answer with `reply` (a template over {sender}, {text}, {room})
+    and/or run `actions`."""
 
     when: MatchRule
-    reply: Template
+    reply: str | None = None
+    actions: list[ActionCallSpec] = []
+
+    @field_validator("reply")
+    @classmethod
+    def _reply_template(cls, reply: str | None, info: ValidationInfo) -> str | None:
+        # `when` is declared first, so it is in info.data when it was valid.
+        when = info.data.get("when")
+        if reply is not None:
+            _check_template(reply, _rule_placeholders(when))
+        return reply
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Self:
+        if self.reply is None and not self.actions:
+            raise _error("rule", "a rule needs a 'reply', 'actions', or both")
+        allowed = _rule_placeholders(self.when)
+        for call in self.actions:
+            for text in _strings(call.params):
+                _check_template(text, allowed, f"the parameters of {call.name}")
+        return self
 
 
-class RulesModel(_Model):
-    """A scripted model: the first matching rule answers; no rule matching means no reply."""
+def _strings(value: JsonValue) -> Iterable[str]:
+    """Every string in a JSON value, recursively."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
 
-    rules: list[Rule] = []
+
+class FixtureMatch(_Model):
+    """Which model call a fixture answers: the n-th (`position`, from 1) and/or one whose
+    prompt contains a text or matches a regex."""
+
+    position: Annotated[int, Field(strict=True, ge=1)] | None = None
+    prompt_contains: str | None = None
+    prompt_regex: Regex | None = None
+
+
+class Fixture(_Model):
+    """A recorded model response: the reply and the actions (with parameters)."""
+
+    match: FixtureMatch | None = None
+    reply: Template | None = None
+    actions: list[ActionCallSpec] = []
+
+    @model_validator(mode="after")
+    def _templates(self) -> Self:
+        for call in self.actions:
+            for text in _strings(call.params):
+                _check_template(text, REPLY_PLACEHOLDERS, f"the parameters of {call.name}")
+        return self
+
+
+class OpenAISpec(_Model):
+    base_url: Annotated[str, Field(min_length=1)]
+    model: Annotated[str, Field(min_length=1)]
+    api_key_env: str | None = None
+    timeout: Duration = Duration(30.0)
+    max_retries: Annotated[int, Field(strict=True, ge=0, le=10)] = 2
+    temperature: float | None = None
+    system_prompt: str | None = None
+
+
+class ModelSpec(_Model):
+    """Exactly one model provider: `rules`, `fixtures` or `openai`."""
+
+    rules: list[Rule] | None = None
+    fixtures: list[Fixture] | None = None
+    openai: OpenAISpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        chosen = [k for k in ("rules", "fixtures", "openai") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise _error(
+                "model",
+                "a model is exactly one of rules, fixtures, openai"
+                + (f"; this one has {' and '.join(chosen)}" if chosen else ""),
+            )
+        return self
+
+
+def _check_plugin_path(value: str) -> str:
+    module, sep, attribute = value.partition(":")
+    if (
+        not sep
+        or not all(part.isidentifier() for part in module.split("."))
+        or not attribute.isidentifier()
+    ):
+        raise _error("plugin_path", f"{quote(value)} is not an import path 'package.module:name'")
+    return value
+
+
+PluginPath = Annotated[str, AfterValidator(_check_plugin_path)]
+
+
+class MemorySpec(_Model):
+    """Retention of the agent's memory store: at most `max_per_room` memories per room (the
+    oldest go first) and none older than `max_age`."""
+
+    max_per_room: Annotated[int, Field(strict=True, ge=1)] | None = None
+    max_age: Duration | None = None
 
 
 class AgentSpec(_Model):
     id: Id
-    model: RulesModel | None = None
+    name: str | None = None
+    bio: str = ""
+    model: ModelSpec | None = None
+    plugins: list[PluginPath] = []
+    settings: dict[str, JsonValue] = {}
+    memory: MemorySpec = MemorySpec()
+    action_timeout: Duration = Duration(10.0)
 
 
 class RoomSpec(_Model):
@@ -333,10 +467,48 @@ class MessageMatch(_Model):
         return self
 
 
+ActionStatus = Literal["succeeded", "failed", "invalid", "error", "timeout"]
+
+
+class ActionMatch(_Model):
+    """An action run (`action.completed` or `action.failed`), matched on every field set."""
+
+    agent: str
+    name: str | None = None
+    status: ActionStatus | None = None
+
+
 class WaitForArgs(_Model):
-    message: MessageMatch
+    """Exactly one of `message` or `action`."""
+
+    message: MessageMatch | None = None
+    action: ActionMatch | None = None
     # None: the step waits as long as the scenario's own timeout allows.
     timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.message is None) == (self.action is None):
+            raise _error("wait_for", "wait_for needs exactly one of 'message' or 'action'")
+        return self
+
+
+class ActionArgs(_Model):
+    """Run action `name` in `agent`'s runtime (validate, then its handler); the step passes
+    when the action ends with status `expect`."""
+
+    agent: str
+    name: Annotated[str, Field(min_length=1)]
+    params: dict[str, JsonValue] = {}
+    room: str | None = None
+    expect: ActionStatus = "succeeded"
+    timeout: Duration | None = None
+
+
+class SetStateArgs(_Model):
+    agent: str
+    path: Annotated[str, Field(min_length=1)]
+    value: JsonValue
 
 
 class SendStep(_Model):
@@ -349,12 +521,30 @@ class WaitForStep(_Model):
     id: str | None = None
 
 
+class ActionStep(_Model):
+    action: ActionArgs
+    id: str | None = None
+
+
+class SetStateStep(_Model):
+    set_state: SetStateArgs
+    id: str | None = None
+
+
 # To add a step type: write its model (its one kind key as a field, plus `id`), add it here and to
 # the `Step` union below with its Tag.
-STEP_TYPES: dict[str, type[_Model]] = {"send": SendStep, "wait_for": WaitForStep}
+STEP_TYPES: dict[str, type[_Model]] = {
+    "send": SendStep,
+    "wait_for": WaitForStep,
+    "action": ActionStep,
+    "set_state": SetStateStep,
+}
 
 Step = Annotated[
-    Annotated[SendStep, Tag("SendStep")] | Annotated[WaitForStep, Tag("WaitForStep")],
+    Annotated[SendStep, Tag("SendStep")]
+    | Annotated[WaitForStep, Tag("WaitForStep")]
+    | Annotated[ActionStep, Tag("ActionStep")]
+    | Annotated[SetStateStep, Tag("SetStateStep")],
     Discriminator(_kind_tag(STEP_TYPES)),
     _kind_key_check("step", STEP_TYPES, frozenset({"id"})),
 ]
@@ -392,12 +582,56 @@ class MessageAssertion(_Model):
     id: str | None = None
 
 
-# To add an assertion type: write its model, add it here, and turn `Assertion` into a union
-# shaped exactly like `Step` (Tag per member, Discriminator(_kind_tag(ASSERTION_TYPES))).
-ASSERTION_TYPES: dict[str, type[_Model]] = {"message": MessageAssertion}
+class ActionAssertionArgs(_Model):
+    """Holds when the number of `agent`'s runs of action `name` that ended with `status` and
+    whose parameters include every key/value of `params` is in `count`."""
+
+    agent: str
+    name: Annotated[str, Field(min_length=1)]
+    status: ActionStatus | None = "succeeded"
+    params: dict[str, JsonValue] = {}
+    count: CountRange = CountRange(min=1)
+
+
+class ActionAssertion(_Model):
+    action: ActionAssertionArgs
+    id: str | None = None
+
+
+class StateAssertionArgs(_Model):
+    """On `agent`'s final state (sent with BYE): the value at dotted `path` `equals` a value,
+    or `exists` (true: is there; false: is absent). Exactly one of the two."""
+
+    agent: str
+    path: Annotated[str, Field(min_length=1)]
+    equals: JsonValue = None
+    exists: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if ("equals" in self.model_fields_set) == (self.exists is not None):
+            raise _error("state_assertion", "a state assertion needs exactly one of equals, exists")
+        return self
+
+
+class StateAssertion(_Model):
+    state: StateAssertionArgs
+    id: str | None = None
+
+
+# To add an assertion type: write its model, add it here and to the `Assertion` union.
+ASSERTION_TYPES: dict[str, type[_Model]] = {
+    "message": MessageAssertion,
+    "action": ActionAssertion,
+    "state": StateAssertion,
+}
 
 Assertion = Annotated[
-    MessageAssertion, _kind_key_check("assertion", ASSERTION_TYPES, frozenset({"id"}))
+    Annotated[MessageAssertion, Tag("MessageAssertion")]
+    | Annotated[ActionAssertion, Tag("ActionAssertion")]
+    | Annotated[StateAssertion, Tag("StateAssertion")],
+    Discriminator(_kind_tag(ASSERTION_TYPES)),
+    _kind_key_check("assertion", ASSERTION_TYPES, frozenset({"id"})),
 ]
 
 # The tags pydantic puts into an error's location for a keyed union member; they are not part of
@@ -540,9 +774,22 @@ def find_reference_issues(
                         ("script", i, "send", "agent"),
                         f"agent {quote(send.agent)} is not a member of room {quote(send.room)}",
                     )
-            case WaitForStep(wait_for=wait_for):
+            case ActionStep(action=action):
+                if action.agent not in agent_at:
+                    issue(("script", i, "action", "agent"), undefined_agent(action.agent))
+                if action.room is not None and action.room not in room_at:
+                    issue(("script", i, "action", "room"), undefined_room(action.room))
+            case SetStateStep(set_state=set_state):
+                if set_state.agent not in agent_at:
+                    issue(("script", i, "set_state", "agent"), undefined_agent(set_state.agent))
+            case WaitForStep(wait_for=WaitForArgs(action=ActionMatch() as wanted_action)):
+                if wanted_action.agent not in agent_at:
+                    issue(
+                        ("script", i, "wait_for", "action", "agent"),
+                        undefined_agent(wanted_action.agent),
+                    )
+            case WaitForStep(wait_for=WaitForArgs(message=MessageMatch() as wanted)):
                 loc: Loc = ("script", i, "wait_for", "message")
-                wanted = wait_for.message
                 if wanted.from_ is not None and wanted.from_ not in agent_at:
                     issue((*loc, "from"), undefined_agent(wanted.from_))
                 if wanted.room is not None and wanted.room not in room_at:
@@ -570,10 +817,15 @@ def find_reference_issues(
                 )
             else:
                 assertion_at[assertion.id] = i
-        args = assertion.message
-        if args.from_ not in agent_at:
-            issue(("assertions", i, "message", "from"), undefined_agent(args.from_))
-        if args.room is not None and args.room not in room_at:
-            issue(("assertions", i, "message", "room"), undefined_room(args.room))
+        match assertion:
+            case MessageAssertion(message=args):
+                if args.from_ not in agent_at:
+                    issue(("assertions", i, "message", "from"), undefined_agent(args.from_))
+                if args.room is not None and args.room not in room_at:
+                    issue(("assertions", i, "message", "room"), undefined_room(args.room))
+            case ActionAssertion(action=a) | StateAssertion(state=a):
+                key = "action" if isinstance(assertion, ActionAssertion) else "state"
+                if a.agent not in agent_at:
+                    issue(("assertions", i, key, "agent"), undefined_agent(a.agent))
 
     return issues

@@ -81,6 +81,15 @@ class AgentProcess:
         return None if self.ready_at is None else self.ready_at - self.launched_at
 
 
+class AgentInitError(Exception):
+    """Agents started but could not initialise (a plugin failed to import, its init raised, a
+    service failed to start): invalid input, not a crash. One line per agent in `lines`."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
 class StartupError(Exception):
     """Some agents did not reach READY; the message names them and why."""
 
@@ -117,9 +126,11 @@ class Supervisor:
         return proc
 
     async def wait_ready(self, timeout: float) -> None:
-        """Wait until every launched agent is READY; StartupError names any that are not."""
+        """Wait until every launched agent is READY; StartupError names any that are not,
+        AgentInitError any that are but could not initialise."""
 
-        async def one(proc: AgentProcess) -> None:
+        async def one(proc: AgentProcess) -> str | None:
+            """Waits for READY; returns the agent's init error, if it had one."""
             ready = await self.bus.links[proc.agent_id].ready
             proc.ready_at = time.monotonic()
             proc.status = ProcessStatus.READY
@@ -130,19 +141,25 @@ class Supervisor:
                 startup_s=round(proc.ready_at - proc.launched_at, 6),
                 pid=ready.pid,
             )
+            return ready.error
 
         tasks = {p.agent_id: asyncio.ensure_future(one(p)) for p in self.processes.values()}
         _, pending = await asyncio.wait(tasks.values(), timeout=timeout)
         for task in pending:
             task.cancel()
         problems: list[str] = []
+        init_errors: list[str] = []
         for agent, task in tasks.items():
             if task in pending:
                 problems.append(f"{agent}: not READY within {timeout:g}s")
             elif task.exception() is not None:
                 problems.append(f"{agent}: {task.exception()}")
+            elif (error := task.result()) is not None:
+                init_errors.append(error)
         if problems:
             raise StartupError("agents failed to start: " + "; ".join(problems))
+        if init_errors:
+            raise AgentInitError(init_errors)
 
     # -- watching -------------------------------------------------------------------------
     def _watch(self, proc: AgentProcess) -> None:

@@ -50,7 +50,12 @@ def run_yaml(
 ) -> ScenarioReport:
     scenario = load_scenario_text(text, "test.yaml")
     opts = RunOptions(report_dir=report_dir, **options)  # type: ignore[arg-type]
-    return asyncio.run(run_scenario(scenario, Path("test.yaml"), opts, on_event))
+    # As if the file were in tests/: its plugins (`plugins.x:plugin`) come from tests/plugins/.
+    source = TESTS_DIR / "test.yaml"
+    return asyncio.run(run_scenario(scenario, source, opts, on_event))
+
+
+TESTS_DIR = Path(__file__).resolve().parent
 
 
 def room(room_id: str, members: list[str]) -> RoomConfig:

@@ -163,3 +163,28 @@ def test_examples_pass_through_the_installed_command(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads((tmp_path / "report.json").read_text())["verdict"] == "PASS"
+
+
+def test_plugin_that_fails_to_import_exits_2_with_one_line(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    path = _write(
+        tmp_path,
+        "bad-plugin",
+        """\
+name: bad-plugin
+agents:
+  - {id: fine}
+  - {id: broken, plugins: ["plugins.missing:plugin"]}
+assertions:
+  - state: {agent: fine, path: x, exists: false}
+""",
+    )
+    result = CliRunner().invoke(main, ["run", str(path), "--report-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if "failed to import" in line]
+    assert lines == [
+        f"{path}: agent broken: plugin 'plugins.missing:plugin' failed to import: "
+        "ModuleNotFoundError: No module named 'plugins'"
+    ]
+    assert list(private_tmp.glob("sr-*")) == []  # stopped and cleaned up

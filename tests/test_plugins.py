@@ -1,0 +1,200 @@
+"""The agent runtime with real plugins, in real agent processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import run_yaml
+
+from orchestrator.events import Event, EventKind
+from orchestrator.report import Verdict
+
+
+def _collect(kinds: set[EventKind]) -> tuple[list[Event], object]:
+    seen: list[Event] = []
+
+    def probe(event: Event) -> None:
+        if event.kind in kinds:
+            seen.append(event)
+
+    return seen, probe
+
+
+def test_two_agents_with_the_same_plugin_share_nothing(private_tmp: Path) -> None:
+    log = private_tmp / "services.log"
+    report = run_yaml(
+        f"""
+name: isolation
+agents:
+  - {{id: a, plugins: [plugins.lifecycle:plugin], settings: {{log_path: "{log}"}}}}
+  - {{id: b, plugins: [plugins.lifecycle:plugin], settings: {{log_path: "{log}"}}}}
+script:
+  - action: {{agent: a, name: BUMP}}
+  - action: {{agent: a, name: BUMP}}
+  - action: {{agent: a, name: BUMP}}
+  - action: {{agent: b, name: BUMP}}
+assertions:
+  - state: {{agent: a, path: counter, equals: 3}}
+  - state: {{agent: b, path: counter, equals: 1}}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.PASS, report.model_dump_json(indent=1)
+    lines = log.read_text().splitlines()
+    # one service instance per agent, each started once and stopped once, newest first
+    for agent in ("a", "b"):
+        mine = [line.split(" ", 1)[1] for line in lines if line.startswith(agent + " ")]
+        assert mine == ["start first", "start second", "stop second", "stop first"], lines
+
+
+ACTIONS = """
+name: actions
+agents:
+  - id: worker
+    plugins: [examples.plugins.faults:plugin]
+    action_timeout: 300ms
+    model:
+      rules:
+        - when: {regex: "^divide (?P<a>\\\\d+) by (?P<b>\\\\d+)$"}
+          actions: [{name: DIVIDE, params: {a: "{a}", b: "{b}"}}]
+          reply: "dividing"
+        - when: {contains: ping}
+          reply: pong
+  - id: admin
+rooms:
+  - {id: ops, members: [worker, admin]}
+script:
+  - send: {agent: admin, room: ops, text: "divide 6 by 3"}
+  - wait_for: {action: {agent: worker, name: DIVIDE, status: succeeded}, timeout: 3s}
+  - action: {agent: worker, name: DIVIDE, params: {a: 1, b: 0}, expect: failed}
+  - action: {agent: worker, name: DIVIDE, params: {a: one}, expect: invalid}
+  - action: {agent: worker, name: ONLY_ADMIN, expect: invalid}
+  - action: {agent: worker, name: EXPLODE, expect: error}
+  - action: {agent: worker, name: STALL, params: {seconds: 5}, expect: timeout}
+  - action: {agent: worker, name: NO_SUCH_THING, expect: invalid}
+  - send: {agent: admin, room: ops, text: "ping"}
+  - wait_for: {message: {from: worker, contains: pong}, timeout: 3s}
+assertions:
+  - action: {agent: worker, name: DIVIDE, params: {a: "6", b: "3"}, count: {min: 1, max: 1}}
+  - state: {agent: worker, path: last_quotient, equals: 2.0}
+"""
+
+
+def test_actions_from_messages_and_steps_are_recorded_with_their_outcome(
+    private_tmp: Path,
+) -> None:
+    seen, probe = _collect({EventKind.ACTION_COMPLETED, EventKind.ACTION_FAILED})
+    report = run_yaml(ACTIONS, private_tmp / "report", on_event=probe)  # type: ignore[arg-type]
+    assert report.verdict is Verdict.PASS, report.model_dump_json(indent=1)
+    by_status = {(e.data["action"], e.data["status"]): e for e in seen}
+    assert set(by_status) == {
+        ("DIVIDE", "succeeded"),
+        ("DIVIDE", "failed"),
+        ("DIVIDE", "invalid"),
+        ("ONLY_ADMIN", "invalid"),
+        ("EXPLODE", "error"),
+        ("STALL", "timeout"),
+        ("NO_SUCH_THING", "invalid"),
+    }
+    ok = by_status[("DIVIDE", "succeeded")].data
+    assert ok["origin"] == "model" and ok["params"] == {"a": "6", "b": "3"}
+    assert isinstance(ok["duration_ms"], float) and ok["duration_ms"] >= 0
+    assert ok["result"] == {
+        "success": True, "text": "2.0", "values": {"quotient": 2.0}, "data": {}, "error": None
+    }  # fmt: skip
+    assert by_status[("DIVIDE", "failed")].data["error"] == "division by zero"
+    assert "RuntimeError: EXPLODE always raises" in str(by_status[("EXPLODE", "error")].data)
+    assert "timed out after 0.3s" in str(by_status[("STALL", "timeout")].data["error"])
+    unknown = str(by_status[("NO_SUCH_THING", "invalid")].data["error"])
+    assert "DIVIDE" in unknown and "EXPLODE" in unknown and "REPLY" in unknown
+    invalid = str(by_status[("DIVIDE", "invalid")].data["error"])
+    assert "a:" in invalid and "b:" in invalid
+
+
+def test_a_failing_action_step_fails_the_run_with_its_reason(private_tmp: Path) -> None:
+    report = run_yaml(
+        """
+name: failing-step
+agents:
+  - {id: worker, plugins: [examples.plugins.faults:plugin]}
+script:
+  - action: {agent: worker, name: DIVIDE, params: {a: 1, b: 0}}
+assertions:
+  - action: {agent: worker, name: DIVIDE, status: failed}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.ERROR
+    assert report.steps[0].error == "DIVIDE in worker failed (expected succeeded): division by zero"
+
+
+def test_services_stop_in_reverse_order_when_the_scenario_fails(private_tmp: Path) -> None:
+    log = private_tmp / "services.log"
+    report = run_yaml(
+        f"""
+name: failing
+agents:
+  - {{id: a, plugins: [plugins.lifecycle:plugin], settings: {{log_path: "{log}"}}}}
+assertions:
+  - state: {{agent: a, path: counter, equals: 99}}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.FAIL
+    assert log.read_text().splitlines() == [
+        "a start first", "a start second", "a stop second", "a stop first"
+    ]  # fmt: skip
+
+
+def test_fixtures_unmatched_call_and_unused_fixture_are_errors(private_tmp: Path) -> None:
+    report = run_yaml(
+        """
+name: fixtures
+agents:
+  - id: bot
+    model:
+      fixtures:
+        - match: {prompt_contains: "hello"}
+          reply: "hi there"
+        - match: {prompt_contains: "never said"}
+          reply: "unused"
+  - id: user
+rooms:
+  - {id: chat, members: [bot, user]}
+script:
+  - send: {agent: user, room: chat, text: "hello"}
+  - wait_for: {message: {from: bot, contains: "hi there"}, timeout: 3s}
+  - send: {agent: user, room: chat, text: "something else"}
+assertions:
+  - message: {from: bot, contains: "hi there"}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.ERROR
+    messages = " | ".join(e.message for e in report.errors)
+    assert "no fixture matches model call #2" in messages
+    assert "'something else'" in messages
+    assert "fixture model.fixtures[1] was never used" in messages
+
+
+def test_plugin_that_fails_to_import_is_invalid_input(private_tmp: Path) -> None:
+    report = run_yaml(
+        """
+name: bad-plugin
+agents:
+  - {id: good}
+  - {id: broken, plugins: ["plugins.does_not_exist:plugin"]}
+script:
+  - action: {agent: good, name: NONE}
+assertions:
+  - action: {agent: good, name: NONE}
+""",
+        private_tmp / "report",
+    )
+    assert report.exit_code == 2
+    assert report.steps == []  # stopped before any step
+    init = [e.message for e in report.errors if e.source == "init"]
+    assert init == [
+        "agent broken: plugin 'plugins.does_not_exist:plugin' failed to import: "
+        "ModuleNotFoundError: No module named 'plugins.does_not_exist'"
+    ]

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS memories (
     id          TEXT PRIMARY KEY,
     room        TEXT NOT NULL,
     entity      TEXT NOT NULL,
-    direction   TEXT NOT NULL CHECK (direction IN ('in', 'out', 'note')),
+    direction   TEXT NOT NULL CHECK (direction = 'in' OR direction = 'out' OR direction = 'note'),
     content     TEXT NOT NULL,
     created_at  REAL NOT NULL
 );

@@ -288,10 +288,10 @@ class AgentRuntime:
     # -- the message pipeline -------------------------------------------------------------
     async def _on_message(self, msg: Msg) -> None:
         self.counters.messages_in += 1
-        self._remember(msg, "in")
-        if self.init_error is not None or self.model is None:
-            return
         try:
+            self._remember(msg, "in")
+            if self.init_error is not None or self.model is None:
+                return
             state = await self.compose_state(msg)
             self.counters.model_calls += 1
             decision = await self.model.decide(

@@ -1,34 +1,20 @@
-"""The agent's state: a JSON-serialisable nested dict read and written by dotted path."""
+"""The agent's state: a JSON-serialisable nested dict read and written by dotted path.
+
+Reading and the path syntax are shared with the coordinator (`protocol.statepath`).
+"""
 
 from __future__ import annotations
 
 from pydantic import JsonValue
 
+from protocol.statepath import StatePathError, get_path, path_parts
 
-class StatePathError(ValueError):
-    pass
-
-
-def _parts(path: str) -> list[str]:
-    parts = path.split(".") if path else []
-    if any(not p for p in parts):
-        raise StatePathError(f"bad state path {path!r}: empty segment")
-    return parts
-
-
-def get_path(state: dict[str, JsonValue], path: str) -> JsonValue:
-    """The value at `path` ('' is the whole state); raises KeyError when absent."""
-    node: JsonValue = state
-    for part in _parts(path):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(path)
-        node = node[part]
-    return node
+__all__ = ["StatePathError", "get_path", "set_path"]
 
 
 def set_path(state: dict[str, JsonValue], path: str, value: JsonValue) -> JsonValue:
     """Set `path` to `value`, creating intermediate dicts; returns the previous value or None."""
-    parts = _parts(path)
+    parts = path_parts(path)
     if not parts:
         raise StatePathError("cannot replace the whole state; name a path")
     node: dict[str, JsonValue] = state

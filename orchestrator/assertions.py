@@ -24,6 +24,7 @@ from orchestrator.scenario import (
     MessageAssertion,
     StateAssertion,
 )
+from protocol.statepath import StatePathError, get_path
 
 EVIDENCE_LIMIT = 20
 
@@ -174,14 +175,11 @@ def _state_result(
             ident, "state", False, expected, "no final state",
             f"{a.agent} sent no final state (it did not stop cleanly)",
         )  # fmt: skip
-    node: JsonValue = state
-    found = True
-    for part in a.path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            found = False
-            break
+    node: JsonValue = None
+    try:
+        node, found = get_path(state, a.path), True
+    except (KeyError, StatePathError):
+        found = False
     actual = json.dumps(node, sort_keys=True)[:200] if found else "absent"
     ok = found == a.exists if a.exists is not None else found and node == a.equals
     message = f"{expected}: {'yes' if ok else 'no'}, found {actual}"

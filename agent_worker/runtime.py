@@ -70,6 +70,7 @@ from protocol import (
     Ready,
     Result,
 )
+from protocol.statepath import NO_STATE_AT
 
 EXIT_OK = 0
 EXIT_ABANDONED = 4
@@ -492,7 +493,7 @@ class AgentRuntime:
             try:
                 return Result(ok=True, value=self.get_state(command.path))
             except KeyError:
-                return Result(ok=False, error=f"no state at {command.path!r}")
+                return Result(ok=False, error=f"{NO_STATE_AT}{command.path!r}")
         memories = self.memory.recent(command.room, command.limit)
         return Result(
             ok=True,
@@ -562,6 +563,11 @@ class AgentRuntime:
             except Exception as exc:
                 self._report_error("closing the model", _describe(exc))
         drained = self.transport.flush(deadline)
+        try:
+            by_room = self.memory.counts_by_room()
+        except Exception as exc:  # a broken store must not cost the BYE
+            by_room = {}
+            self._report_error("counting memories", _describe(exc))
         rows, evicted = self.memory.rows, self.memory.evicted
         self.memory.close()
         t = self.transport
@@ -577,6 +583,7 @@ class AgentRuntime:
             rejected_frames=t.stats.rejected,
             store_rows=rows,
             store_evicted=evicted,
+            store_rows_by_room=by_room,
             inbox_peak=self.inbox.peak,
             actions_run=c.actions_run,
             actions_failed=c.actions_failed,

@@ -418,6 +418,17 @@ class MemoryStore:
             self._fresh(self._conn())
             return self._rows if room is None else self._counts.get(room, 0)
 
+    def counts_by_room(self) -> dict[str, int]:
+        """Memories per room, counted by the database itself (not the in-memory tally), so the
+        final stats show what the file really holds."""
+        with self._lock:
+            db = self._conn()
+            self._fresh(db)
+            rows: list[tuple[str, int]] = db.execute(
+                "SELECT room, COUNT(*) FROM memories GROUP BY room ORDER BY room"
+            ).fetchall()
+        return dict(rows)
+
     # -- rooms, entities, participants ----------------------------------------------------
     def ensure_entity(self, entity_id: str, name: str | None = None) -> None:
         """Create the entity if missing; a given name replaces the stored one, None keeps it."""

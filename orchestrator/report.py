@@ -96,6 +96,10 @@ class AgentReport(BaseModel):
     rejected_frames: int
     handler_errors: int | None
     store_rows: int | None
+    """Memories in the agent's store when it stopped."""
+    store_evicted: int | None
+    """Memories removed by retention (count and age) during the run."""
+    store_rows_by_room: dict[str, int] | None
     delivery_latency: LatencySummary
     """From the bus accepting a message to this agent acknowledging it."""
     final_state: dict[str, JsonValue] | None

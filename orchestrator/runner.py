@@ -452,6 +452,8 @@ class ScenarioRun:
             rejected_frames=link.stats.rejected + (stats.rejected_frames if stats else 0),
             handler_errors=stats.handler_errors if stats else None,
             store_rows=stats.store_rows if stats else None,
+            store_evicted=stats.store_evicted if stats else None,
+            store_rows_by_room=stats.store_rows_by_room if stats else None,
             delivery_latency=link.stats.latency.summary(),
             final_state=stats.state if stats else None,
         )

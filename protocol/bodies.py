@@ -279,6 +279,7 @@ class AgentStats(WireModel):
     rejected_frames: int = 0
     store_rows: int = 0
     store_evicted: int = 0
+    store_rows_by_room: dict[str, int] = Field(default_factory=dict)
     inbox_peak: int = 0
     actions_run: int = 0
     actions_failed: int = 0

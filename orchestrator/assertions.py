@@ -23,6 +23,7 @@ from orchestrator.scenario import (
     CountRange,
     MessageAssertion,
     StateAssertion,
+    StateCheck,
 )
 from protocol.statepath import StatePathError, get_path
 
@@ -160,28 +161,79 @@ class _ActionJudge:
         )
 
 
+_COMPARE = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def describe_state_check(check: StateCheck) -> str:
+    """`check` in words, e.g. "bob's state at 'todos.open' == 2" (without "final")."""
+    where = f"{check.agent}'s state at {check.path!r}"
+    if check.exists:
+        return f"{where} exists"
+    if check.absent:
+        return f"{where} is absent"
+    if "equals" in check.model_fields_set:
+        return f"{where} == {_json(check.equals)}"
+    if "not_equals" in check.model_fields_set:
+        return f"{where} != {_json(check.not_equals)}"
+    limits = {k: getattr(check, k) for k in _COMPARE}
+    bounds = [f"{_COMPARE[k]} {_number(v)}" for k, v in limits.items() if v is not None]
+    return f"{where} {' and '.join(bounds)}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def _json(value: JsonValue) -> str:
+    return json.dumps(value, sort_keys=True)[:200]
+
+
+def check_state(check: StateCheck, state: Mapping[str, JsonValue]) -> tuple[bool, str]:
+    """Whether `state` meets `check`, and what was found at its path ("absent" or the JSON)."""
+    try:
+        node, found = get_path(dict(state), check.path), True
+    except (KeyError, StatePathError):
+        node, found = None, False
+    return check_value(check, found, node)
+
+
+def check_value(check: StateCheck, found: bool, node: JsonValue) -> tuple[bool, str]:
+    """Whether the value at `check.path` (`node`, when `found`) meets `check`, and the value
+    as the report shows it."""
+    actual = _json(node) if found else "absent"
+    if check.exists:
+        return found, actual
+    if check.absent:
+        return not found, actual
+    if "equals" in check.model_fields_set:
+        return found and node == check.equals, actual
+    if "not_equals" in check.model_fields_set:
+        return found and node != check.not_equals, actual
+    if not found:
+        return False, actual
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        return False, f"{actual} (not a number)"
+    ok = (
+        (check.lt is None or node < check.lt)
+        and (check.le is None or node <= check.le)
+        and (check.gt is None or node > check.gt)
+        and (check.ge is None or node >= check.ge)
+    )
+    return ok, actual
+
+
 def _state_result(
     ident: str, assertion: StateAssertion, final_states: Mapping[str, dict[str, JsonValue]]
 ) -> AssertionResult:
     a = assertion.state
-    where = f"{a.agent}'s final state at {a.path!r}"
-    if a.exists is not None:
-        expected = f"{where} {'exists' if a.exists else 'is absent'}"
-    else:
-        expected = f"{where} == {json.dumps(a.equals, sort_keys=True)}"
+    expected = describe_state_check(a).replace("'s state", "'s final state", 1)
     state = final_states.get(a.agent)
     if state is None:
         return AssertionResult(
             ident, "state", False, expected, "no final state",
             f"{a.agent} sent no final state (it did not stop cleanly)",
         )  # fmt: skip
-    node: JsonValue = None
-    try:
-        node, found = get_path(state, a.path), True
-    except (KeyError, StatePathError):
-        found = False
-    actual = json.dumps(node, sort_keys=True)[:200] if found else "absent"
-    ok = found == a.exists if a.exists is not None else found and node == a.equals
+    ok, actual = check_state(a, state)
     message = f"{expected}: {'yes' if ok else 'no'}, found {actual}"
     return AssertionResult(ident, "state", ok, expected, actual, message)
 

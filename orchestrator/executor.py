@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from orchestrator.assertions import action_status
+from orchestrator.assertions import action_status, check_value, describe_state_check
 from orchestrator.bus import AgentGone, Bus
 from orchestrator.durations import Duration
 from orchestrator.events import Event, EventKind, EventLog
@@ -27,12 +27,14 @@ from orchestrator.scenario import (
     MessageMatch,
     SendStep,
     SetStateStep,
+    StateCheck,
     Step,
     WaitForArgs,
     WaitForStep,
 )
-from protocol import CmdAction, CmdSend, CmdSetState, Result
+from protocol import CmdAction, CmdGetState, CmdSend, CmdSetState, Result
 from protocol.bodies import Command
+from protocol.statepath import NO_STATE_AT
 
 SEND_TIMEOUT_S = 5.0
 """How long a `send` waits for the agent to confirm it posted the message."""
@@ -82,6 +84,8 @@ def describe(step: Step) -> str:
             return "wait for " + _filter(m.from_, m.room, m.contains, m.regex).describe()
         case WaitForStep(wait_for=WaitForArgs(action=ActionMatch() as am)):
             return "wait for " + _describe_action_match(am)
+        case WaitForStep(wait_for=WaitForArgs(state=StateCheck() as sc)):
+            return "wait until " + describe_state_check(sc)
         case ActionStep(action=a):
             return f"{a.agent} runs {a.name} {json.dumps(a.params, sort_keys=True)}"
         case SetStateStep(set_state=a):
@@ -214,6 +218,9 @@ class Executor:
         own = args.timeout.seconds if args.timeout is not None else None
         # Without a timeout of its own, a wait may use whatever the scenario's deadline leaves.
         timeout = remaining if own is None else min(own, remaining)
+        if args.state is not None:
+            await self._wait_for_state(args.state, timeout)
+            return
         predicate: Callable[[Event], bool]
         if args.message is not None:
             m = args.message
@@ -227,6 +234,43 @@ class Executor:
         except TimeoutError:
             raise StepFailure(f"no {what} within {Duration(timeout)}") from None
         self.cursor = event.id
+
+    async def _wait_for_state(self, check: StateCheck, timeout: float) -> None:
+        """Level-triggered: passes as soon as the agent's state meets `check`, now or later.
+
+        The agent is asked for its state; each `state.changed` event it emits afterwards is a
+        cue to ask again. Watching starts before the first question, so a change that lands
+        between the answer and the wait is not missed. The message cursor does not move.
+        """
+        deadline = time.monotonic() + timeout
+        watched = self.events.last_id
+        agent = check.agent
+
+        def changed(event: Event) -> bool:
+            return event.kind is EventKind.STATE_CHANGED and event.agent == agent
+
+        found = "nothing (no answer)"
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            result = await self._command(agent, CmdGetState(path=check.path), left, "get_state")
+            if not result.ok and not (result.error or "").startswith(NO_STATE_AT):
+                raise StepFailure(f"{agent} could not report its state: {result.error}")
+            ok, found = check_value(check, result.ok, result.value)
+            if ok:
+                return
+            try:
+                event = await self.events.wait_for(
+                    changed, deadline - time.monotonic(), after=watched
+                )
+            except TimeoutError:
+                break
+            watched = event.id
+        raise StepFailure(
+            f"{describe_state_check(check)} did not hold within {Duration(timeout)} "
+            f"(last found: {found})"
+        )
 
     async def _command(self, agent: str, command: Command, timeout: float, what: str) -> Result:
         try:

@@ -478,18 +478,78 @@ class ActionMatch(_Model):
     status: ActionStatus | None = None
 
 
+# Strict: a quoted "3" or a YAML boolean is not a number. Ints arrive as floats.
+Number = Annotated[float, Field(strict=True)]
+
+STATE_TESTS: tuple[str, ...] = ("equals", "not_equals", "exists", "absent", "lt", "le", "gt", "ge")
+
+
+class StateCheck(_Model):
+    """A condition on the value at dotted `path` in `agent`'s state: exactly one of `equals`,
+    `not_equals`, `exists: true`, `absent: true`, or a comparison with one or two of `lt`, `le`,
+    `gt`, `ge` (e.g. `gt: 0, le: 10`); compared values must be numbers."""
+
+    agent: str
+    path: Annotated[str, Field(min_length=1)]
+    equals: JsonValue = None
+    not_equals: JsonValue = None
+    exists: Literal[True] | None = None
+    absent: Literal[True] | None = None
+    lt: Number | None = None
+    le: Number | None = None
+    gt: Number | None = None
+    ge: Number | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        if any(not part for part in path.split(".")):
+            raise _error("state_path", f"bad state path {quote(path)}: empty segment")
+        return path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exists_false(cls, data: object) -> object:
+        # `exists: false` reads naturally and means `absent: true`.
+        if isinstance(data, dict) and data.get("exists") is False and "absent" not in data:
+            data = {k: v for k, v in data.items() if k != "exists"} | {"absent": True}
+        return data
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Self:
+        chosen = [k for k in STATE_TESTS if k in self.model_fields_set]
+        compare = [k for k in chosen if k in ("lt", "le", "gt", "ge")]
+        plain = [k for k in chosen if k not in compare]
+        if (len(plain) == 1 and not compare) or (not plain and compare):
+            if ("lt" in compare and "le" in compare) or ("gt" in compare and "ge" in compare):
+                raise _error("state_check", "set at most one upper (lt, le) and one lower (gt, ge)")
+            return self
+        raise _error(
+            "state_check",
+            "a state check needs exactly one of equals, not_equals, exists, absent, or a "
+            "comparison (lt, le, gt, ge)"
+            + (f"; this one has {' and '.join(chosen)}" if chosen else ""),
+        )
+
+
 class WaitForArgs(_Model):
-    """Exactly one of `message` or `action`."""
+    """Exactly one of `message`, `action` or `state`."""
 
     message: MessageMatch | None = None
     action: ActionMatch | None = None
+    state: StateCheck | None = None
     # None: the step waits as long as the scenario's own timeout allows.
     timeout: Duration | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        if (self.message is None) == (self.action is None):
-            raise _error("wait_for", "wait_for needs exactly one of 'message' or 'action'")
+        chosen = [k for k in ("message", "action", "state") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise _error(
+                "wait_for",
+                "wait_for needs exactly one of 'message', 'action' or 'state'"
+                + (f"; this one has {' and '.join(chosen)}" if chosen else ""),
+            )
         return self
 
 
@@ -598,20 +658,8 @@ class ActionAssertion(_Model):
     id: str | None = None
 
 
-class StateAssertionArgs(_Model):
-    """On `agent`'s final state (sent with BYE): the value at dotted `path` `equals` a value,
-    or `exists` (true: is there; false: is absent). Exactly one of the two."""
-
-    agent: str
-    path: Annotated[str, Field(min_length=1)]
-    equals: JsonValue = None
-    exists: bool | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        if ("equals" in self.model_fields_set) == (self.exists is not None):
-            raise _error("state_assertion", "a state assertion needs exactly one of equals, exists")
-        return self
+StateAssertionArgs = StateCheck
+"""A state assertion judges `agent`'s final state (sent with BYE) with a `StateCheck`."""
 
 
 class StateAssertion(_Model):
@@ -787,6 +835,12 @@ def find_reference_issues(
                     issue(
                         ("script", i, "wait_for", "action", "agent"),
                         undefined_agent(wanted_action.agent),
+                    )
+            case WaitForStep(wait_for=WaitForArgs(state=StateCheck() as wanted_state)):
+                if wanted_state.agent not in agent_at:
+                    issue(
+                        ("script", i, "wait_for", "state", "agent"),
+                        undefined_agent(wanted_state.agent),
                     )
             case WaitForStep(wait_for=WaitForArgs(message=MessageMatch() as wanted)):
                 loc: Loc = ("script", i, "wait_for", "message")

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from pydantic import JsonValue
 
+NO_STATE_AT = "no state at "
+"""How an agent's failed `get_state` RESULT error begins when nothing is at the path (the
+coordinator reads that as "absent", any other error as a failure)."""
+
 
 class StatePathError(ValueError):
     pass

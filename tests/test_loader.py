@@ -516,6 +516,80 @@ INVALID = [
         "quote it",
         id="yaml-boolean-key",
     ),
+    pytest.param(
+        """\
+        name: t
+        agents: [{id: a}]
+        assertions:
+          - state: {agent: a, path: x, equals: 1, gt: 0}
+        """,
+        4,
+        "assertions[0].state",
+        "exactly one of equals, not_equals, exists, absent, or a comparison",
+        id="state-two-tests",
+    ),
+    pytest.param(
+        """\
+        name: t
+        agents: [{id: a}]
+        assertions:
+          - state: {agent: a, path: x, lt: 5, le: 4}
+        """,
+        4,
+        "assertions[0].state",
+        "at most one upper",
+        id="state-two-upper-bounds",
+    ),
+    pytest.param(
+        """\
+        name: t
+        agents: [{id: a}]
+        assertions:
+          - state: {agent: a, path: x, gt: "3"}
+        """,
+        4,
+        "assertions[0].state.gt",
+        "number",
+        id="state-compare-with-a-string",
+    ),
+    pytest.param(
+        """\
+        name: t
+        agents: [{id: a}]
+        assertions:
+          - state: {agent: a, path: "x..y", exists: true}
+        """,
+        4,
+        "assertions[0].state.path",
+        "empty segment",
+        id="state-bad-path",
+    ),
+    pytest.param(
+        """\
+        name: t
+        agents: [{id: a}]
+        script:
+          - wait_for: {state: {agent: b, path: x, exists: true}}
+        assertions: [{message: {from: a}}]
+        """,
+        4,
+        "script[0].wait_for.state.agent",
+        "undefined agent 'b'",
+        id="wait-for-state-undefined-agent",
+    ),
+    pytest.param(
+        """\
+        name: t
+        agents: [{id: a}]
+        script:
+          - wait_for: {state: {agent: a, path: x, exists: true}, action: {agent: a}}
+        assertions: [{message: {from: a}}]
+        """,
+        4,
+        "script[0].wait_for",
+        "this one has action and state",
+        id="wait-for-two-kinds",
+    ),
 ]
 
 

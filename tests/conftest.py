@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from fakechat import FakeChatServer
 
 from orchestrator.bus import Bus
 from orchestrator.events import Event, EventLog
@@ -40,6 +41,17 @@ def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setattr(tempfile, "tempdir", str(root))
     yield root
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def server() -> Iterator[FakeChatServer]:
+    """A scripted chat-completions endpoint on 127.0.0.1 (tests/fakechat.py)."""
+    fake = FakeChatServer()
+    fake.thread.start()
+    try:
+        yield fake
+    finally:
+        fake.close()
 
 
 def run_yaml(

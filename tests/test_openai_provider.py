@@ -1,7 +1,8 @@
-"""The `openai` provider against a real local chat-completions server (no network).
+"""The `openai` provider against a real local chat-completions server (no network): the
+client on its own, then inside a real agent process.
 
-The server is a ThreadingHTTPServer on 127.0.0.1 in a thread, scripted per test with a queue of
-responses (status, body, delay, headers); it records every request it receives.
+The server (tests/fakechat.py) is a ThreadingHTTPServer on 127.0.0.1 in a thread, scripted per
+test with a queue of responses (status, body, delay, headers); it records every request.
 """
 
 from __future__ import annotations
@@ -9,145 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-import time
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from conftest import run_yaml
+from fakechat import FakeChatServer, Scripted, completion, tool_call
 from pydantic import JsonValue
 
 from agent_worker.models import ActionCall, ModelDecision, ModelError, ModelRequest
 from agent_worker.models.openai_compat import OpenAIModel
+from orchestrator.report import Verdict
 from protocol import ActionInfo, Msg, OpenAIModelConfig, Origin
 
 FAST_BACKOFF = 0.01
-
-
-@dataclass
-class Scripted:
-    status: int = 200
-    body: bytes | JsonValue = None
-    delay: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-    def json(self) -> dict[str, JsonValue]:
-        parsed = json.loads(self.body)
-        assert isinstance(parsed, dict)
-        return parsed
-
-
-class FakeChatServer:
-    """A scripted chat-completions endpoint; responses are served in order, one per request."""
-
-    def __init__(self) -> None:
-        self.script: deque[Scripted] = deque()
-        self.received: list[Received] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.stopping = threading.Event()
-        self.changed = threading.Condition()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                return None
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with server.changed:
-                    server.received.append(
-                        Received(self.path, dict(self.headers.items()), body, time.monotonic())
-                    )
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                    reply = server.script.popleft() if server.script else None
-                    server.changed.notify_all()
-                try:
-                    if reply is None:
-                        reply = Scripted(418, b"no scripted response left")
-                    if reply.delay:
-                        server.stopping.wait(reply.delay)  # scripted slowness (ends at teardown)
-                    data = (
-                        reply.body
-                        if isinstance(reply.body, bytes)
-                        else json.dumps(reply.body).encode()
-                    )
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass  # the client gave up (timed out) and closed the connection
-                finally:
-                    with server.changed:
-                        server.in_flight -= 1
-                        server.changed.notify_all()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def push(self, *responses: Scripted) -> None:
-        with self.changed:
-            self.script.extend(responses)
-
-    def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[Received]:
-        with self.changed:
-            ok = self.changed.wait_for(lambda: len(self.received) >= n, timeout)
-            assert ok, f"server saw {len(self.received)} requests, expected {n}"
-            return list(self.received)
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture()
-def server() -> Iterator[FakeChatServer]:
-    fake = FakeChatServer()
-    fake.thread.start()
-    try:
-        yield fake
-    finally:
-        fake.close()
-
-
-def completion(
-    content: str | None = None, tool_calls: list[JsonValue] | None = None
-) -> dict[str, JsonValue]:
-    message: dict[str, JsonValue] = {"role": "assistant", "content": content}
-    if tool_calls is not None:
-        message["tool_calls"] = tool_calls
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-    }
-
-
-def tool_call(name: str, arguments: str | None, call_id: str = "call_1") -> JsonValue:
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def make_request(actions: tuple[ActionInfo, ...] = (), text: str = "hello there") -> ModelRequest:
@@ -430,3 +305,74 @@ def test_missing_api_key(environ: dict[str, str]) -> None:
 def test_bad_base_url() -> None:
     with pytest.raises(ModelError, match="not an http"):
         OpenAIModel(OpenAIModelConfig(base_url="ftp://example", model="m"), {})
+
+
+# --- through a real agent process ------------------------------------------------------------
+
+
+def test_openai_agent_end_to_end(
+    server: FakeChatServer, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent process whose model is the local server: a reply, a tool call that runs the
+    plugin's action with its arguments, a timeout and a 500 (each retried, then reported as an
+    error), and the agent still answering afterwards."""
+    monkeypatch.setenv("FAKE_CHAT_KEY", "sekrit")
+    server.push(
+        Scripted(body=completion("hello alice")),
+        Scripted(body=completion(None, [tool_call("DIVIDE", '{"a": 6, "b": 3}')])),
+        Scripted(delay=2.0, body=completion("too late")),
+        Scripted(delay=2.0, body=completion("too late")),
+        Scripted(500, {"error": {"message": "upstream exploded"}}),
+        Scripted(500, {"error": {"message": "upstream exploded"}}),
+        Scripted(body=completion("still here")),
+    )
+    report = run_yaml(
+        f"""
+name: openai-agent
+agents:
+  - id: bot
+    plugins: [examples.plugins.faults:plugin]
+    model:
+      openai:
+        base_url: "{server.base_url}"
+        model: test-model
+        api_key_env: FAKE_CHAT_KEY
+        timeout: 300ms
+        max_retries: 1
+  - id: alice
+rooms:
+  - {{id: chat, members: [bot, alice]}}
+script:
+  - send: {{agent: alice, room: chat, text: "hi"}}
+  - wait_for: {{message: {{from: bot, contains: "hello alice"}}, timeout: 5s}}
+  - send: {{agent: alice, room: chat, text: "divide 6 by 3"}}
+  - wait_for: {{action: {{agent: bot, name: DIVIDE}}, timeout: 5s}}
+  - send: {{agent: alice, room: chat, text: "are you slow?"}}
+  - send: {{agent: alice, room: chat, text: "are you broken?"}}
+  - send: {{agent: alice, room: chat, text: "still there?"}}
+  - wait_for: {{message: {{from: bot, contains: "still here"}}, timeout: 10s}}
+assertions:
+  - message: {{from: bot, contains: "hello alice", count: {{min: 1, max: 1}}}}
+  - action: {{agent: bot, name: DIVIDE, params: {{a: 6, b: 3}}, count: {{min: 1, max: 1}}}}
+  - state: {{agent: bot, path: last_quotient, equals: 2.0}}
+""",
+        private_tmp / "report",
+    )
+    requests = server.wait_for_requests(7)
+    assert all(r.headers.get("Authorization") == "Bearer sekrit" for r in requests)
+    first = requests[0].json()
+    assert first["model"] == "test-model"
+    assert "hi" in json.dumps(first["messages"])
+    # The plugin's actions are offered as tools, with their parameter schema.
+    tools = {t["function"]["name"]: t["function"] for t in first["tools"]}  # type: ignore[index, union-attr]
+    assert {"DIVIDE", "EXPLODE", "REPLY"} <= set(tools)
+    # Every step passed and every assertion held, but the two failed model calls are errors.
+    assert [s.status for s in report.steps] == ["passed"] * 8
+    assert all(a.passed for a in report.assertions), report.assertions
+    assert report.verdict is Verdict.ERROR
+    model_errors = [e.message for e in report.errors]
+    assert len(model_errors) == 2, model_errors
+    assert "failed after 2 attempt(s)" in model_errors[0]
+    assert "timed out" in model_errors[0]
+    assert "failed after 2 attempt(s): HTTP 500" in model_errors[1]
+    assert "upstream exploded" in model_errors[1]

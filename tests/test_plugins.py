@@ -198,3 +198,86 @@ assertions:
         "agent broken: plugin 'plugins.does_not_exist:plugin' failed to import: "
         "ModuleNotFoundError: No module named 'plugins.does_not_exist'"
     ]
+
+
+def _sends(agent: str, room: str, n: int, prefix: str) -> str:
+    return "".join(
+        f"  - send: {{agent: {agent}, room: {room}, text: '{prefix} {i}'}}\n" for i in range(n)
+    )
+
+
+def test_memory_retention_holds_per_room_and_evaluators_run(private_tmp: Path) -> None:
+    """Many more messages than the bound: the store keeps the newest `max_per_room` per room
+    (counted by SQLite at shutdown), and the evaluator ran once per message."""
+    log = private_tmp / "services.log"
+    text = f"""
+name: retention
+agents:
+  - id: keeper
+    plugins: [plugins.lifecycle:plugin]
+    settings: {{log_path: "{log}"}}
+    memory: {{max_per_room: 10}}
+  - id: user
+rooms:
+  - {{id: big, members: [keeper, user]}}
+  - {{id: small, members: [keeper, user]}}
+script:
+{_sends("user", "big", 40, "big")}{_sends("user", "small", 15, "small")}
+  - wait_for: {{state: {{agent: keeper, path: evaluated, equals: 55}}, timeout: 10s}}
+assertions:
+  - state: {{agent: keeper, path: evaluated, ge: 55, lt: 56}}
+  - state: {{agent: keeper, path: last_evaluated, equals: small 14}}
+"""
+    report = run_yaml(text, private_tmp / "report")
+    assert report.verdict is Verdict.PASS, report.model_dump_json(indent=1)
+    keeper, user = (next(a for a in report.agents if a.id == i) for i in ("keeper", "user"))
+    # Each message is two memories in the keeper (the message and the evaluator's note).
+    assert keeper.store_rows_by_room == {"big": 10, "small": 10}
+    assert keeper.store_rows == 20
+    assert keeper.store_evicted == (80 - 10) + (30 - 10)
+    # The sender has no bound: it keeps every message it sent.
+    assert user.store_rows_by_room == {"big": 40, "small": 15}
+    assert user.store_evicted == 0
+
+
+STATE_CHECKS = """
+name: state-checks
+agents:
+  - id: a
+    plugins: [plugins.lifecycle:plugin]
+    settings: {log_path: "LOG"}
+script:
+  - action: {agent: a, name: BUMP}
+  - wait_for: {state: {agent: a, path: counter, equals: 1}, timeout: 2s}
+  - wait_for: {state: {agent: a, path: counter, gt: 1}, timeout: 300ms}
+  - wait_for: {state: {agent: a, path: nothing.here, absent: true}, timeout: 1s}
+assertions:
+  - id: eq
+    state: {agent: a, path: counter, equals: 1}
+  - id: ne
+    state: {agent: a, path: counter, not_equals: 2}
+  - id: range
+    state: {agent: a, path: counter, gt: 0, le: 1}
+  - id: absent
+    state: {agent: a, path: nothing, exists: false}
+  - id: exists
+    state: {agent: a, path: service_id, exists: true}
+  - id: too-low
+    state: {agent: a, path: counter, ge: 2}
+  - id: not-a-number
+    state: {agent: a, path: counter.deeper, lt: 5}
+"""
+
+
+def test_state_waits_and_checks_pass_and_fail(private_tmp: Path) -> None:
+    log = private_tmp / "services.log"
+    report = run_yaml(STATE_CHECKS.replace("LOG", str(log)), private_tmp / "report")
+    assert [s.status for s in report.steps] == ["passed", "passed", "failed", "passed"]
+    assert report.steps[2].error == (
+        "a's state at 'counter' > 1 did not hold within 300ms (last found: 1)"
+    )
+    results = {a.id: a for a in report.assertions}
+    assert {k for k, a in results.items() if a.passed} == {"eq", "ne", "range", "absent", "exists"}
+    assert results["too-low"].message == "a's final state at 'counter' >= 2: no, found 1"
+    assert results["not-a-number"].actual == "absent"
+    assert report.verdict is Verdict.ERROR  # a step failed

@@ -1,5 +1,5 @@
 """Test-only plugin: services that log their start and stop to a file, a module global that
-counts, and an init that can be told to fail."""
+counts, an evaluator that notes every message it sees, and an init that can be told to fail."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from agent_worker.plugins import Action, ActionResult, Callback, Message, Plugin, State
+from agent_worker.plugins import (
+    Action,
+    ActionResult,
+    Callback,
+    Evaluator,
+    Message,
+    Plugin,
+    State,
+)
 
 if TYPE_CHECKING:
     from agent_worker.runtime import AgentRuntime
@@ -57,6 +65,21 @@ def bump(
     return ActionResult(values={"counter": COUNTER["value"]})
 
 
+def not_from_self(runtime: AgentRuntime, message: Message, state: State) -> bool:
+    return message.sender != runtime.agent_id
+
+
+def note(runtime: AgentRuntime, message: Message, state: State) -> None:
+    """Count the messages evaluated and remember each one as a note in its room."""
+    seen = runtime.get_state("evaluated") if "evaluated" in runtime.state else 0
+    assert isinstance(seen, int)
+    runtime.set_state("evaluated", seen + 1)
+    runtime.set_state("last_evaluated", message.text)
+    runtime.memory.add(
+        f"note-{message.msg_id}", message.room, runtime.agent_id, "note", {"saw": message.text}
+    )
+
+
 def init(runtime: AgentRuntime) -> None:
     if runtime.get_setting("fail_init"):
         raise ValueError("init was told to fail")
@@ -66,5 +89,6 @@ plugin = Plugin(
     name="lifecycle",
     actions=[Action("BUMP", bump, "Count, in a module global.")],
     services=[First, Second],
+    evaluators=[Evaluator("note", note, "Note every message from others.", not_from_self)],
     init=init,
 )

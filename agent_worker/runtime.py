@@ -588,6 +588,7 @@ class AgentRuntime:
             actions_run=c.actions_run,
             actions_failed=c.actions_failed,
             model_calls=c.model_calls,
+            peak_rss_bytes=_peak_rss_bytes(),
             state=self.state,
         )
         undelivered = 0 if drained else t.outbox.in_flight + t.outbox.queued
@@ -598,6 +599,22 @@ class AgentRuntime:
             self.transport.send(Bye(stats=stats, undelivered=undelivered))
         self.transport.flush(deadline)
         return EXIT_OK
+
+
+def _peak_rss_bytes() -> int | None:
+    """This process's own peak RSS (VmHWM), or None where /proc is not available.
+
+    Not `ru_maxrss`: on Linux that is carried across exec, so a spawned agent would report the
+    coordinator's RSS at the moment it forked whenever that is larger.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _describe(exc: BaseException) -> str:

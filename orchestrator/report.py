@@ -67,7 +67,9 @@ class MemoryReport(BaseModel):
     rss_last_bytes: int | None
     rss_peak_sampled_bytes: int | None
     peak_rss_bytes: int | None
-    """ru_maxrss of the reaped process: the true peak, sampled or not."""
+    """The agent's own high-water RSS (VmHWM, the kernel's peak since the agent's exec): the
+    largest of the value it sent with BYE, the values read at each sample and the sampled RSS.
+    Never ru_maxrss, which on Linux carries the coordinator's RSS across the agent's exec."""
     num_fds: int | None
     num_threads: int | None
     rss_series: list[tuple[float, int]]

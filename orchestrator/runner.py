@@ -39,12 +39,13 @@ from orchestrator.report import (
     Timings,
     Verdict,
 )
-from orchestrator.sampler import Sampler
+from orchestrator.sampler import AgentSamples, Sampler
 from orchestrator.scenario import ActionCallSpec, ModelSpec, Scenario, channel_type
 from orchestrator.supervisor import AgentInitError, AgentProcess, StartupError, Supervisor
 from protocol import (
     ActionCallConfig,
     AgentConfig,
+    AgentStats,
     ChannelType,
     FixtureConfig,
     FixturesModelConfig,
@@ -438,7 +439,7 @@ class ScenarioRun:
                 rss_first_bytes=samples.first_rss if samples else None,
                 rss_last_bytes=samples.last_rss if samples else None,
                 rss_peak_sampled_bytes=samples.peak_rss if samples and samples.count else None,
-                peak_rss_bytes=exit_info.peak_rss_bytes if exit_info else None,
+                peak_rss_bytes=_peak_rss(stats, samples),
                 num_fds=samples.num_fds if samples else None,
                 num_threads=samples.num_threads if samples else None,
                 rss_series=[(round(t, 3), v) for t, v in samples.rss.points] if samples else [],
@@ -457,6 +458,19 @@ class ScenarioRun:
             delivery_latency=link.stats.latency.summary(),
             final_state=stats.state if stats else None,
         )
+
+
+def _peak_rss(stats: AgentStats | None, samples: AgentSamples | None) -> int | None:
+    known = [
+        v
+        for v in (
+            stats.peak_rss_bytes if stats else None,
+            samples.hwm if samples else None,
+            samples.peak_rss if samples and samples.count else None,
+        )
+        if v
+    ]
+    return max(known) if known else None
 
 
 def _log_tail(path: Path) -> str | None:

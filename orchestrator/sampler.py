@@ -16,6 +16,22 @@ from orchestrator.events import EventKind, EventLog
 from orchestrator.metrics import Series
 
 
+def vm_hwm_bytes(pid: int) -> int | None:
+    """The process's peak RSS since its exec (VmHWM in /proc/PID/status), None if unreadable.
+
+    The reaped process's `ru_maxrss` is not used: Linux carries it across exec, so for a
+    spawned agent it is at least the coordinator's RSS at the moment of the fork.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @dataclass(slots=True)
 class AgentSamples:
     pid: int
@@ -23,6 +39,8 @@ class AgentSamples:
     rss: Series = field(default_factory=Series)
     count: int = 0
     peak_rss: int = 0
+    hwm: int = 0
+    """The highest VmHWM read: the kernel's own peak, which sees between samples."""
     first_rss: int | None = None
     last_rss: int | None = None
     num_fds: int | None = None
@@ -77,6 +95,7 @@ class Sampler:
                 s.num_fds = s.process.num_fds()
         except psutil.Error:
             return  # gone: its exit (and peak RSS from wait4) is the supervisor's record
+        s.hwm = max(s.hwm, vm_hwm_bytes(s.pid) or 0)
         t = self.events.now()
         s.count += 1
         s.rss.add(t, rss)

@@ -45,7 +45,6 @@ class ProcessStatus(Enum):
 class ExitInfo:
     returncode: int | None
     signal: int | None
-    peak_rss_bytes: int
     cpu_user_s: float
     cpu_system_s: float
     at: float
@@ -200,7 +199,6 @@ class Supervisor:
         info = ExitInfo(
             returncode=code if code >= 0 else None,
             signal=-code if code < 0 else None,
-            peak_rss_bytes=(rusage.ru_maxrss * 1024) if rusage else 0,
             cpu_user_s=rusage.ru_utime if rusage else 0.0,
             cpu_system_s=rusage.ru_stime if rusage else 0.0,
             at=time.monotonic(),
@@ -217,7 +215,6 @@ class Supervisor:
             pid=proc.pid,
             returncode=info.returncode,
             signal=signal.Signals(info.signal).name if info.signal else None,
-            peak_rss_bytes=info.peak_rss_bytes,
             escalation=proc.escalation,
         )
         self.bus.agent_gone(proc.agent_id, info.describe())

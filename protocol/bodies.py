@@ -284,6 +284,8 @@ class AgentStats(WireModel):
     actions_run: int = 0
     actions_failed: int = 0
     model_calls: int = 0
+    peak_rss_bytes: int | None = None
+    """The agent's own high-water RSS (VmHWM) when it stopped."""
     state: dict[str, JsonValue] = Field(default_factory=dict)
 
 

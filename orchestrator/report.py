@@ -61,6 +61,16 @@ class ErrorReport(BaseModel):
     """A traceback or the tail of the agent's log, where that helps."""
 
 
+class ActionReport(BaseModel):
+    """An action the agent offers, as it announced it at READY."""
+
+    name: str
+    description: str
+    similes: list[str]
+    parameters: dict[str, JsonValue] | None
+    """The JSON Schema of its parameters model, if it has one."""
+
+
 class MemoryReport(BaseModel):
     samples: int
     rss_first_bytes: int | None
@@ -105,6 +115,10 @@ class AgentReport(BaseModel):
     delivery_latency: LatencySummary
     """From the bus accepting a message to this agent acknowledging it."""
     final_state: dict[str, JsonValue] | None
+    actions: list[ActionReport]
+    """What the agent can do (built-ins and plugins' actions), from READY."""
+    services: list[str]
+    """Its services, in the order they started."""
 
 
 class BusReport(BaseModel):

@@ -29,6 +29,7 @@ from orchestrator.metrics import LatencyHistogram
 from orchestrator.report import (
     EXIT_CODES,
     EXIT_INVALID,
+    ActionReport,
     AgentReport,
     AssertionReport,
     BusReport,
@@ -419,6 +420,7 @@ class ScenarioRun:
         exit_info = proc.exit if proc else None
         samples = sampler.agents.get(link.agent_id)
         stats = link.bye.stats if link.bye else None
+        ready = link.ready_info
         return AgentReport(
             id=link.agent_id,
             pid=proc.pid if proc else None,
@@ -457,6 +459,10 @@ class ScenarioRun:
             store_rows_by_room=stats.store_rows_by_room if stats else None,
             delivery_latency=link.stats.latency.summary(),
             final_state=stats.state if stats else None,
+            actions=[ActionReport.model_validate(a.model_dump()) for a in ready.actions]
+            if ready
+            else [],
+            services=list(ready.services) if ready else [],
         )
 
 

@@ -40,6 +40,7 @@ assertions:
         private_tmp / "report",
     )
     assert report.verdict is Verdict.PASS, report.model_dump_json(indent=1)
+    assert [a.services for a in report.agents] == [["first", "second"]] * 2
     lines = log.read_text().splitlines()
     # one service instance per agent, each started once and stopped once, newest first
     for agent in ("a", "b"):
@@ -86,6 +87,11 @@ def test_actions_from_messages_and_steps_are_recorded_with_their_outcome(
     seen, probe = _collect({EventKind.ACTION_COMPLETED, EventKind.ACTION_FAILED})
     report = run_yaml(ACTIONS, private_tmp / "report", on_event=probe)  # type: ignore[arg-type]
     assert report.verdict is Verdict.PASS, report.model_dump_json(indent=1)
+    # READY announced the agent's actions with their parameter schemas; the report keeps them.
+    offered = {a.name: a for a in report.agents[0].actions}
+    assert {"DIVIDE", "EXPLODE", "STALL", "ONLY_ADMIN", "REPLY", "IGNORE", "NONE"} <= set(offered)
+    schema = offered["DIVIDE"].parameters
+    assert schema is not None and set(schema["properties"]) == {"a", "b"}  # type: ignore[arg-type]
     by_status = {(e.data["action"], e.data["status"]): e for e in seen}
     assert set(by_status) == {
         ("DIVIDE", "succeeded"),

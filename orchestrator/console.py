@@ -28,8 +28,14 @@ def print_summary(console: Console, report: ScenarioReport, verbose: bool = Fals
         mark = "[green]ok[/]  " if a.passed else "[red]FAIL[/]"
         console.print(f"  {mark} {a.id}: {a.message}", highlight=False)
     for s in report.steps:
-        if s.status != "passed":
-            console.print(f"  [red]step {s.index}[/] {s.description}: {s.error}", highlight=False)
+        if s.status == "failed" and s.kind != "assert":
+            console.print(f"  [red]step {s.path}[/] {s.description}: {s.error}", highlight=False)
+        elif s.status == "skipped" and s.skipped_reason != report.stop_reason:
+            console.print(
+                f"  [yellow]step {s.path}[/] {s.description}: {s.skipped_reason}", highlight=False
+            )
+    if report.verdict.value != "PASS" and report.verification.reasons:
+        console.print(f"  why: {report.verification.reasons[0]}", highlight=False)
     for e in report.errors:
         if e.source != "step":
             console.print(f"  [magenta]error[/] ({e.source}) {e.message}", highlight=False)

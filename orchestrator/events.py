@@ -148,6 +148,9 @@ class EventLog:
         """Call `listener` synchronously for every event from now on (keep it cheap)."""
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.remove(listener)
+
     def _wake(self, event: Event) -> None:
         still: list[_Waiter] = []
         for waiter in self._waiters:

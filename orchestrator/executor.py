@@ -1,246 +1,410 @@
-"""The step executor: runs a scenario's script, each step inside its own error boundary.
+"""The step executor: runs a scenario's timelines (the main `script` and each actor's), every
+step inside its own error boundary.
 
-A step that fails is recorded (which step, what, why) and the script goes on; nothing here
-sleeps. `send` asks the agent's own process to post the message and waits for its RESULT;
-`wait_for` is a future on the event log that wakes the moment a matching event is emitted,
-and it consumes: each wait starts looking after the event the previous wait matched, so two
-waits for similar replies do not both match the first one.
+A step that fails is recorded (which step, what, why) and its timeline goes on, unless the step
+is `critical`; transient failures (a timeout, an agent that is gone) are retried as the step's
+`retries` say. Nothing here sleeps except a `pause` step, which is the user's own pacing. Waits
+are futures on the event log that wake the moment a matching event is emitted, and message and
+action waits consume: each starts looking after the event the previous wait of its timeline
+matched, so two waits for similar replies do not both match the first one.
+
+Results are kept per step *definition*, not per run: a step inside a `repeat` that runs ten
+thousand times is one record with counts and a duration histogram, so a soak run's report
+stays small.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from orchestrator.assertions import action_status, check_value, describe_state_check
+from orchestrator.assertions import AssertionResult
 from orchestrator.bus import AgentGone, Bus
 from orchestrator.durations import Duration
 from orchestrator.events import Event, EventKind, EventLog
-from orchestrator.matching import MessageFilter
-from orchestrator.scenario import (
-    ActionMatch,
+from orchestrator.matching import (
+    MessageFilter,
+    Predicate,
+    action_predicate,
+    describe_action_match,
+    describe_event_match,
+    event_predicate,
+)
+from orchestrator.metrics import LatencyHistogram
+from orchestrator.scenario import Scenario
+from orchestrator.scenario_assertions import Assertion
+from orchestrator.scenario_steps import (
     ActionStep,
-    MessageMatch,
+    AssertStep,
+    ParallelStep,
+    PauseStep,
+    RepeatStep,
     SendStep,
     SetStateStep,
-    StateCheck,
     Step,
-    WaitForArgs,
+    StopCondition,
     WaitForStep,
+    step_kind,
+    walk_step,
+    walk_steps,
 )
+from orchestrator.schema import Loc, StateCheck, format_loc
+from orchestrator.statecheck import check_value, describe_state_check
 from protocol import CmdAction, CmdGetState, CmdSend, CmdSetState, Result
 from protocol.bodies import Command
 from protocol.statepath import NO_STATE_AT
 
 SEND_TIMEOUT_S = 5.0
-"""How long a `send` waits for the agent to confirm it posted the message."""
+"""How long a `send` or `set_state` waits for the agent's answer unless told otherwise."""
+
+InlineJudge = Callable[[Assertion, str], Awaitable[AssertionResult]]
+"""Judges an `assert` step's assertion now; the string is the result's id."""
 
 
 class StepStatus(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     SKIPPED = "skipped"
-    """Not run: the scenario's deadline passed first."""
+    """Not run (or not finished): the deadline passed, a stop condition held, or an earlier
+    critical step of its timeline failed."""
 
 
 class StepFailure(Exception):
-    """A step did not do what it says; the message says what happened instead."""
+    """A step did not do what it says; the message says what happened instead.
+
+    `transient` failures (a timeout, an agent that is gone) may succeed when tried again, so
+    the step's `retries` apply to them; others (an action with the wrong outcome) would fail
+    the same way again."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class _Stopped(Exception):
+    """Ends a timeline early: a critical step failed."""
 
 
 @dataclass(slots=True)
 class StepResult:
-    index: int
+    """Every run of one step definition."""
+
+    path: str
     id: str | None
     kind: str
     description: str
-    status: StepStatus
-    started_s: float
-    duration_s: float
+    timeline: str
+    critical: bool
+    runs: int = 0
+    passed: int = 0
+    failed: int = 0
+    retries: int = 0
+    skipped_reason: str | None = None
+    started_s: float | None = None
+    duration_s: float = 0.0
+    durations: LatencyHistogram = field(default_factory=LatencyHistogram)
     error: str | None = None
+    """The first failure."""
+    last_error: str | None = None
     traceback: str | None = None
 
+    @property
+    def status(self) -> StepStatus:
+        if self.failed:
+            return StepStatus.FAILED
+        if self.skipped_reason is not None or self.runs == 0:
+            return StepStatus.SKIPPED
+        return StepStatus.PASSED
 
-def step_kind(step: Step) -> str:
-    match step:
-        case SendStep():
-            return "send"
-        case WaitForStep():
-            return "wait_for"
-        case ActionStep():
-            return "action"
-        case SetStateStep():
-            return "set_state"
+    @property
+    def index(self) -> str:
+        return self.path
+
+
+@dataclass
+class _Timeline:
+    name: str
+    cursor: int
+    """Message and action waits look after this event id."""
 
 
 def describe(step: Step) -> str:
     match step:
         case SendStep(send=a):
             return f"{a.agent} says {a.text!r} in {a.room}"
-        case WaitForStep(wait_for=WaitForArgs(message=MessageMatch() as m)):
-            return "wait for " + _filter(m.from_, m.room, m.contains, m.regex).describe()
-        case WaitForStep(wait_for=WaitForArgs(action=ActionMatch() as am)):
-            return "wait for " + _describe_action_match(am)
-        case WaitForStep(wait_for=WaitForArgs(state=StateCheck() as sc)):
-            return "wait until " + describe_state_check(sc)
+        case WaitForStep(wait_for=w):
+            if w.message is not None:
+                return "wait for " + MessageFilter.of(w.message).describe()
+            if w.action is not None:
+                return "wait for " + describe_action_match(w.action)
+            if w.state is not None:
+                return "wait until " + describe_state_check(w.state)
+            assert w.event is not None
+            return "wait for " + describe_event_match(w.event)
         case ActionStep(action=a):
             return f"{a.agent} runs {a.name} {json.dumps(a.params, sort_keys=True)}"
         case SetStateStep(set_state=a):
             return f"set {a.agent}'s state {a.path} = {json.dumps(a.value, sort_keys=True)}"
+        case AssertStep():
+            return "assert " + step.assert_.__class__.__name__.removesuffix("Assertion").lower()
+        case RepeatStep(repeat=r):
+            times = f"{r.count} times" if r.count is not None else f"for {r.duration}"
+            return f"repeat {len(r.steps)} step(s) {times}"
+        case ParallelStep(parallel=p):
+            return f"run {len(p)} steps at once"
+        case PauseStep(pause=d):
+            return f"pause {d}"
     raise AssertionError(f"unknown step {step!r}")
-
-
-def _describe_action_match(m: ActionMatch) -> str:
-    text = f"an action of {m.agent}"
-    if m.name is not None:
-        text = f"{m.name} run by {m.agent}"
-    return text + (f" that {m.status}" if m.status is not None else " to finish")
-
-
-def _action_predicate(m: ActionMatch) -> Callable[[Event], bool]:
-    def matches(event: Event) -> bool:
-        status = action_status(event)
-        return (
-            status is not None
-            and event.agent == m.agent
-            and (m.name is None or event.data.get("action") == m.name)
-            and (m.status is None or status == m.status)
-        )
-
-    return matches
-
-
-def _filter(
-    sender: str | None, room: str | None, contains: str | None, regex: str | None
-) -> MessageFilter:
-    return MessageFilter.build(sender, room, contains, regex)
 
 
 class Executor:
     def __init__(
         self,
+        scenario: Scenario,
         bus: Bus,
         events: EventLog,
-        send_timeout_s: float = SEND_TIMEOUT_S,
+        judge: InlineJudge,
+        members: Mapping[str, frozenset[str]],
         action_timeout_s: float = 30.0,
     ) -> None:
+        self.scenario = scenario
         self.bus = bus
         self.events = events
-        self.send_timeout_s = send_timeout_s
+        self.judge = judge
+        self.members = members
+        """Room id -> member ids, for message matches with `to`."""
         self.action_timeout_s = action_timeout_s
-        self.cursor = events.last_id
+        self.results: dict[str, StepResult] = {}
+        self.inline: dict[str, AssertionResult] = {}
+        """One result per `assert` step definition (every run of it must pass)."""
+        self.stop_reason: str | None = None
+        self._deadline = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._register()
 
-    async def run(self, script: list[Step], deadline: float) -> list[StepResult]:
-        """Run every step in order; `deadline` (monotonic) bounds the whole script."""
-        results: list[StepResult] = []
-        for index, step in enumerate(script):
-            results.append(await self.run_step(index, step, deadline))
-        return results
+    # -- set-up ---------------------------------------------------------------------------
+    def _register(self) -> None:
+        for i, step in enumerate(self.scenario.script):
+            for loc, s in walk_step(step, ("script", i)):
+                self._record(loc, s, "script")
+        for i, actor in enumerate(self.scenario.actors):
+            for loc, s in walk_steps(actor.script, ("actors", i, "script")):
+                self._record(loc, s, actor.agent)
 
-    async def run_step(self, index: int, step: Step, deadline: float) -> StepResult:
-        kind = step_kind(step)
-        text = describe(step)
+    def _record(self, loc: tuple[str | int, ...], step: Step, timeline: str) -> None:
+        path = format_loc(loc)
+        self.results[path] = StepResult(
+            path, step.id, step_kind(step), describe(step), timeline, step.critical
+        )
+
+    # -- the run --------------------------------------------------------------------------
+    async def run(self, deadline: float) -> list[StepResult]:
+        """Run every timeline at once; `deadline` (monotonic) bounds them all."""
+        self._deadline = deadline
+        stop = _StopWatch(self, self.scenario.stop_when)
+        stop.start()
+        start = self.events.last_id
+        timelines: list[tuple[str, list[Step], Loc]] = [
+            ("script", self.scenario.script, ("script",))
+        ]
+        timelines += [
+            (a.agent, a.script, ("actors", i, "script")) for i, a in enumerate(self.scenario.actors)
+        ]
+        self._tasks = [
+            asyncio.get_running_loop().create_task(
+                self._run_timeline(_Timeline(name, start), steps, loc), name=f"timeline {name}"
+            )
+            for name, steps, loc in timelines
+            if steps
+        ]
+        try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            stop.close()
+        for result in self.results.values():
+            if result.runs == 0 and result.skipped_reason is None:
+                result.skipped_reason = self.stop_reason or "not reached"
+        return list(self.results.values())
+
+    def stop(self, reason: str) -> None:
+        """End every timeline now (a stop condition held); what is unfinished is skipped."""
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = f"stopped: {reason}"
+        self.events.emit(EventKind.STEP_FINISHED, None, kind="stop_when", reason=reason)
+        for task in self._tasks:
+            task.cancel()
+
+    async def _run_timeline(self, timeline: _Timeline, steps: list[Step], loc: Loc) -> None:
+        try:
+            await self._run_steps(timeline, steps, loc)
+        except _Stopped as exc:
+            self._skip_rest(timeline.name, str(exc))
+        except asyncio.CancelledError:
+            pass  # a stop condition: the unfinished steps are marked skipped by run()
+
+    def _skip_rest(self, timeline: str, reason: str) -> None:
+        for result in self.results.values():
+            if result.timeline == timeline and result.runs == 0 and result.skipped_reason is None:
+                result.skipped_reason = reason
+
+    async def _run_steps(self, timeline: _Timeline, steps: list[Step], loc: Loc) -> None:
+        for i, step in enumerate(steps):
+            await self._run_step(timeline, step, (*loc, i))
+
+    async def _run_step(self, timeline: _Timeline, step: Step, loc: Loc) -> None:
+        result = self.results[format_loc(loc)]
+        if time.monotonic() >= self._deadline:
+            result.skipped_reason = result.skipped_reason or "the scenario's timeout had passed"
+            return
+        match step:
+            case RepeatStep():
+                await self._container(result, self._repeat(timeline, step, loc))
+                return
+            case ParallelStep():
+                await self._container(result, self._parallel(timeline, step, loc))
+                return
+        attempts = 1 + (
+            step.retries if step.retries is not None else self.scenario.defaults.retries
+        )
         started = self.events.now()
         t0 = time.monotonic()
-        remaining = deadline - t0
-        if remaining <= 0:
-            return self._finish(
-                StepResult(
-                    index,
-                    step.id,
-                    kind,
-                    text,
-                    StepStatus.SKIPPED,
-                    started,
-                    0.0,
-                    "the scenario's timeout had passed",
-                )
-            )
+        if result.started_s is None:
+            result.started_s = started
         self.events.emit(
-            EventKind.STEP_STARTED, None, index=index, step_id=step.id, kind=kind, description=text
-        )
-        status, error, tb = StepStatus.PASSED, None, None
+            EventKind.STEP_STARTED, timeline.name, path=result.path, step_id=step.id,
+            kind=result.kind, description=result.description,
+        )  # fmt: skip
+        error: str | None = None
+        tb: str | None = None
+        for attempt in range(1, attempts + 1):
+            error, tb, transient = await self._attempt(timeline, step, result)
+            if error is None or not transient or attempt == attempts:
+                break
+            result.retries += 1
+        elapsed = time.monotonic() - t0
+        result.runs += 1
+        result.duration_s += elapsed
+        result.durations.add(elapsed)
+        if error is None:
+            result.passed += 1
+        else:
+            result.failed += 1
+            result.error = result.error or error
+            result.last_error = error
+            result.traceback = result.traceback or tb
+        self.events.emit(
+            EventKind.STEP_FINISHED, timeline.name, path=result.path, step_id=step.id,
+            kind=result.kind, status="passed" if error is None else "failed",
+            duration_s=round(elapsed, 6), error=error,
+        )  # fmt: skip
+        if error is not None and step.critical:
+            raise _Stopped(f"not run: critical step {result.path} failed")
+
+    async def _attempt(
+        self, timeline: _Timeline, step: Step, result: StepResult
+    ) -> tuple[str | None, str | None, bool]:
+        """One try of `step`: (error or None, traceback, whether the failure is transient)."""
         try:
             match step:
                 case SendStep():
-                    await self._send(step, remaining)
+                    await self._send(step)
                 case WaitForStep():
-                    await self._wait_for(step, remaining)
+                    await self._wait_for(timeline, step)
                 case ActionStep():
-                    await self._action(step, remaining)
+                    await self._action(step)
                 case SetStateStep():
-                    await self._set_state(step, remaining)
+                    await self._set_state(step)
+                case AssertStep():
+                    await self._assert(step, result)
+                case PauseStep():
+                    await self._pause(step)
         except StepFailure as exc:
-            status, error = StepStatus.FAILED, str(exc)
+            return str(exc), None, exc.transient
         except AgentGone as exc:
-            status, error = StepStatus.FAILED, f"agent gone: {exc}"
+            return f"agent gone: {exc}", None, True
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # a bug in the runner: kept, with its traceback
-            status, error = StepStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}"
-            tb = traceback.format_exc()
-        result = StepResult(
-            index, step.id, kind, text, status, started, time.monotonic() - t0, error, tb
-        )
-        return self._finish(result)
+            return f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc(), False
+        return None, None, False
 
-    def _finish(self, result: StepResult) -> StepResult:
-        self.events.emit(
-            EventKind.STEP_FINISHED,
-            None,
-            index=result.index,
-            step_id=result.id,
-            kind=result.kind,
-            status=result.status.value,
-            duration_s=round(result.duration_s, 6),
-            error=result.error,
-        )
-        return result
-
-
-    async def _send(self, step: SendStep, remaining: float) -> None:
-        args = step.send
-        timeout = min(self.send_timeout_s, remaining)
+    async def _container(self, result: StepResult, body: Awaitable[None]) -> None:
+        t0 = time.monotonic()
+        if result.started_s is None:
+            result.started_s = self.events.now()
         try:
-            result = await self.bus.command(
-                args.agent, CmdSend(room=args.room, text=args.text), timeout
-            )
+            await body
+        finally:
+            elapsed = time.monotonic() - t0
+            result.runs += 1
+            result.duration_s += elapsed
+            result.durations.add(elapsed)
+            inner = [r for path, r in self.results.items() if path.startswith(result.path + ".")]
+            if any(r.failed for r in inner):
+                result.failed += 1
+                first = next(r for r in inner if r.failed)
+                result.error = result.error or f"{first.path} failed: {first.error}"
+            else:
+                result.passed += 1
+
+    # -- the step types ---------------------------------------------------------------------
+    def _timeout(self, step: Step, inner: Duration | None, default: float | None) -> float:
+        """The step's time budget: its own, else the defaults', else `default`, never past the
+        scenario's deadline."""
+        remaining = self._deadline - time.monotonic()
+        own = inner or step.timeout or self.scenario.defaults.timeout
+        if own is not None:
+            return max(0.0, min(own.seconds, remaining))
+        return max(0.0, remaining if default is None else min(default, remaining))
+
+    async def _command(self, agent: str, command: Command, timeout: float, what: str) -> Result:
+        try:
+            return await self.bus.command(agent, command, timeout)
         except TimeoutError:
             raise StepFailure(
-                f"{args.agent} did not confirm the send within {Duration(timeout)}"
+                f"{agent} did not answer ({what}) within {Duration(timeout)}", transient=True
             ) from None
-        if not result.ok:
-            raise StepFailure(f"{args.agent} could not send: {result.error}")
 
-    async def _wait_for(self, step: WaitForStep, remaining: float) -> None:
-        args = step.wait_for
-        own = args.timeout.seconds if args.timeout is not None else None
-        # Without a timeout of its own, a wait may use whatever the scenario's deadline leaves.
-        timeout = remaining if own is None else min(own, remaining)
-        if args.state is not None:
-            await self._wait_for_state(args.state, timeout)
+    async def _send(self, step: SendStep) -> None:
+        a = step.send
+        timeout = self._timeout(step, None, SEND_TIMEOUT_S)
+        result = await self._command(a.agent, CmdSend(room=a.room, text=a.text), timeout, "send")
+        if not result.ok:
+            raise StepFailure(f"{a.agent} could not send: {result.error}")
+
+    async def _wait_for(self, timeline: _Timeline, step: WaitForStep) -> None:
+        w = step.wait_for
+        timeout = self._timeout(step, w.timeout, None)
+        if w.state is not None:
+            await self._wait_for_state(w.state, timeout)
             return
-        predicate: Callable[[Event], bool]
-        if args.message is not None:
-            m = args.message
-            match = _filter(m.from_, m.room, m.contains, m.regex)
+        predicate: Predicate
+        if w.message is not None:
+            match = MessageFilter.of(w.message, self.members)
             predicate, what = match, match.describe()[2:]
+        elif w.action is not None:
+            predicate, what = action_predicate(w.action), describe_action_match(w.action)
         else:
-            assert args.action is not None  # WaitForArgs holds exactly one
-            predicate, what = _action_predicate(args.action), _describe_action_match(args.action)
+            assert w.event is not None  # WaitForArgs holds exactly one
+            predicate, what = event_predicate(w.event), describe_event_match(w.event)[2:]
         try:
-            event = await self.events.wait_for(predicate, timeout, after=self.cursor)
+            event = await self.events.wait_for(predicate, timeout, after=timeline.cursor)
         except TimeoutError:
-            raise StepFailure(f"no {what} within {Duration(timeout)}") from None
-        self.cursor = event.id
+            raise StepFailure(f"no {what} within {Duration(timeout)}", transient=True) from None
+        timeline.cursor = event.id
 
     async def _wait_for_state(self, check: StateCheck, timeout: float) -> None:
         """Level-triggered: passes as soon as the agent's state meets `check`, now or later.
 
-        The agent is asked for its state; each `state.changed` event it emits afterwards is a
+        The agent is asked for the value; each `state.changed` event it emits afterwards is a
         cue to ask again. Watching starts before the first question, so a change that lands
-        between the answer and the wait is not missed. The message cursor does not move.
+        between the answer and the wait is not missed. The timeline's cursor does not move.
         """
         deadline = time.monotonic() + timeout
         watched = self.events.last_id
@@ -254,10 +418,7 @@ class Executor:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            result = await self._command(agent, CmdGetState(path=check.path), left, "get_state")
-            if not result.ok and not (result.error or "").startswith(NO_STATE_AT):
-                raise StepFailure(f"{agent} could not report its state: {result.error}")
-            ok, found = check_value(check, result.ok, result.value)
+            ok, found = await self.read_state(check, left)
             if ok:
                 return
             try:
@@ -269,22 +430,22 @@ class Executor:
             watched = event.id
         raise StepFailure(
             f"{describe_state_check(check)} did not hold within {Duration(timeout)} "
-            f"(last found: {found})"
+            f"(last found: {found})",
+            transient=True,
         )
 
-    async def _command(self, agent: str, command: Command, timeout: float, what: str) -> Result:
-        try:
-            return await self.bus.command(agent, command, timeout)
-        except TimeoutError:
-            raise StepFailure(
-                f"{agent} did not answer ({what}) within {Duration(timeout)}"
-            ) from None
+    async def read_state(self, check: StateCheck, timeout: float) -> tuple[bool, str]:
+        """Ask the agent for the value at the check's path and judge it: (holds, found)."""
+        agent = check.agent
+        result = await self._command(agent, CmdGetState(path=check.path), timeout, "get_state")
+        if not result.ok and not (result.error or "").startswith(NO_STATE_AT):
+            raise StepFailure(f"{agent} could not report its state: {result.error}")
+        return check_value(check, result.ok, result.value)
 
-    async def _action(self, step: ActionStep, remaining: float) -> None:
+    async def _action(self, step: ActionStep) -> None:
         a = step.action
         # The agent bounds the handler by its action timeout; allow that plus the round trip.
-        own = a.timeout.seconds if a.timeout is not None else self.action_timeout_s
-        timeout = min(own, remaining)
+        timeout = self._timeout(step, a.timeout, self.action_timeout_s)
         result = await self._command(
             a.agent, CmdAction(name=a.name, params=dict(a.params), room=a.room), timeout, a.name
         )
@@ -296,13 +457,104 @@ class Executor:
             why = f": {result.error}" if result.error else ""
             raise StepFailure(f"{a.name} in {a.agent} {status} (expected {a.expect}){why}")
 
-    async def _set_state(self, step: SetStateStep, remaining: float) -> None:
+    async def _set_state(self, step: SetStateStep) -> None:
         a = step.set_state
         result = await self._command(
             a.agent,
             CmdSetState(path=a.path, value=a.value),
-            min(self.send_timeout_s, remaining),
+            self._timeout(step, None, SEND_TIMEOUT_S),
             "set_state",
         )
         if not result.ok:
             raise StepFailure(f"{a.agent} could not set {a.path!r}: {result.error}")
+
+    async def _assert(self, step: AssertStep, result: StepResult) -> None:
+        ident = step.assert_.id or step.id or result.path
+        judged = await self.judge(step.assert_, ident)
+        previous = self.inline.get(result.path)
+        if previous is None or (previous.passed and not judged.passed):
+            self.inline[result.path] = judged  # keep the first failure, else the latest pass
+        if not judged.passed:
+            raise StepFailure(f"assertion {ident} failed: {judged.message}")
+
+    async def _pause(self, step: PauseStep) -> None:
+        remaining = self._deadline - time.monotonic()
+        if step.pause.seconds > remaining:
+            left = Duration(max(0.0, remaining))
+            raise StepFailure(f"pause {step.pause} would pass the scenario's timeout ({left} left)")
+        await asyncio.sleep(step.pause.seconds)  # the user's own pacing: the one sleep in a run
+
+    async def _repeat(self, timeline: _Timeline, step: RepeatStep, loc: Loc) -> None:
+        r = step.repeat
+        inner = (*loc, "repeat", "steps")
+        if r.count is not None:
+            for _ in range(r.count):
+                await self._run_steps(timeline, r.steps, inner)
+            return
+        assert r.duration is not None
+        until = min(time.monotonic() + r.duration.seconds, self._deadline)
+        while time.monotonic() < until:
+            await self._run_steps(timeline, r.steps, inner)
+
+    async def _parallel(self, timeline: _Timeline, step: ParallelStep, loc: Loc) -> None:
+        # Each branch consumes events with its own cursor; afterwards the timeline continues
+        # after the furthest event any branch matched.
+        branches = [_Timeline(timeline.name, timeline.cursor) for _ in step.parallel]
+        outcomes = await asyncio.gather(
+            *(
+                self._run_step(b, s, (*loc, "parallel", i))
+                for i, (b, s) in enumerate(zip(branches, step.parallel, strict=True))
+            ),
+            return_exceptions=True,
+        )
+        timeline.cursor = max(b.cursor for b in branches)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+
+class _StopWatch:
+    """Watches the `stop_when` conditions and stops the executor when one holds."""
+
+    def __init__(self, executor: Executor, conditions: list[StopCondition]) -> None:
+        self.executor = executor
+        self.conditions = conditions
+        self.messages = 0
+        self._timers: list[asyncio.TimerHandle] = []
+        self._listening = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for cond in self.conditions:
+            if cond.elapsed is not None:
+                reason = f"{cond.elapsed} elapsed"
+                self._timers.append(
+                    loop.call_later(cond.elapsed.seconds, self.executor.stop, reason)
+                )
+        if any(c.elapsed is None for c in self.conditions):
+            self.executor.events.subscribe(self._on_event)
+            self._listening = True
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self._listening:
+            self.executor.events.unsubscribe(self._on_event)
+            self._listening = False
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind is not EventKind.MESSAGE_SENT:
+            return
+        self.messages += 1
+        text = event.data.get("text")
+        for cond in self.conditions:
+            if cond.messages is not None and self.messages >= cond.messages:
+                self.executor.stop(f"{cond.messages} messages sent")
+            elif (
+                cond.keyword is not None
+                and isinstance(text, str)
+                and cond.keyword in text
+                and (cond.from_ is None or event.agent == cond.from_)
+            ):
+                who = f" from {cond.from_}" if cond.from_ else ""
+                self.executor.stop(f"a message{who} contained {cond.keyword!r}")

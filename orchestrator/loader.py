@@ -13,25 +13,21 @@ import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Union, get_args, get_origin
+from typing import Annotated, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from orchestrator.scenario import (
+from orchestrator.references import Parts, ReferenceIssue, find_reference_issues
+from orchestrator.scenario import UNION_TAGS, AgentSpec, RoomSpec, Scenario
+from orchestrator.scenario_assertions import Assertion
+from orchestrator.scenario_steps import Actor, Step, StopCondition
+from orchestrator.schema import (
     CHECK_REFERENCES,
-    UNION_TAGS,
-    AgentSpec,
-    Assertion,
     Loc,
-    ReferenceIssue,
-    RoomSpec,
-    Scenario,
-    Step,
     closest,
     describe_value,
-    find_reference_issues,
     format_loc,
     quote,
     suggest,
@@ -351,8 +347,8 @@ def _validation_problems(exc: ValidationError, document: _Document, filename: st
             key = str(loc[-1])
             message = f"unknown key {quote(key)}{suggest(key, _keys_at(loc[:-1]))}"
             position = document.key_positions.get(loc) or _nearest(loc, document)
-        elif error["type"] == "missing" and loc in meant:
-            continue
+        elif error["type"] in ("missing", "no_assertions") and loc in meant:
+            continue  # (an empty `assertions` is what a misspelt one leaves)
         elif error["type"] == "missing" and loc:
             message = f"missing required field {loc[-1]!r}"
             loc = loc[:-1]
@@ -489,6 +485,9 @@ def _message(error: ErrorDetails) -> str:
 
 _STEP: TypeAdapter[Step] = TypeAdapter(Step)
 _ASSERTION: TypeAdapter[Assertion] = TypeAdapter(Assertion)
+_ACTOR: TypeAdapter[Actor] = TypeAdapter(Actor)
+_STOP: TypeAdapter[StopCondition] = TypeAdapter(StopCondition)
+T = TypeVar("T")
 
 
 def _references_of_valid_parts(data: dict[str, object]) -> list[ReferenceIssue]:
@@ -506,21 +505,28 @@ def _references_of_valid_parts(data: dict[str, object]) -> list[ReferenceIssue]:
         rooms = {i: RoomSpec.model_validate(item) for i, item in enumerate(raw_rooms)}
     except ValidationError:
         return []
-    script = {}
-    raw_script = data.get("script", [])
-    for i, item in enumerate(raw_script if isinstance(raw_script, list) else []):
+    return find_reference_issues(
+        Parts(
+            agents=agents,
+            rooms=rooms,
+            script=_valid_items(data, "script", _STEP),
+            actors=_valid_items(data, "actors", _ACTOR),
+            assertions=_valid_items(data, "assertions", _ASSERTION),
+            stop_when=_valid_items(data, "stop_when", _STOP),
+        )
+    )
+
+
+def _valid_items(data: dict[str, object], key: str, adapter: TypeAdapter[T]) -> dict[int, T]:
+    """The items of list `key` that validate on their own, by index."""
+    raw = data.get(key, [])
+    valid: dict[int, T] = {}
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
         try:
-            script[i] = _STEP.validate_python(item)
+            valid[i] = adapter.validate_python(item)
         except ValidationError:
             continue
-    assertions = {}
-    raw_assertions = data.get("assertions", [])
-    for i, item in enumerate(raw_assertions if isinstance(raw_assertions, list) else []):
-        try:
-            assertions[i] = _ASSERTION.validate_python(item)
-        except ValidationError:
-            continue
-    return find_reference_issues(agents, rooms, script, assertions)
+    return valid
 
 
 def _reference_problem(issue: ReferenceIssue, document: _Document, filename: str) -> Problem:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, JsonValue
 
 from orchestrator.metrics import LatencySummary
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Verdict(StrEnum):
@@ -30,14 +30,31 @@ EXIT_INVALID = 2
 
 
 class StepReport(BaseModel):
-    index: int
+    """Every run of one step definition (a step in a `repeat` runs many times)."""
+
+    path: str
+    """Where the step is in the file: `script[2]`, `actors[0].script[1].repeat.steps[0]`."""
     id: str | None
     kind: str
     description: str
+    timeline: str
+    """`script`, or the agent of an actor's timeline."""
     status: str
-    started_s: float
+    """passed (every run passed), failed (any run failed) or skipped (never ran)."""
+    runs: int
+    passed: int
+    failed: int
+    retries: int
+    """Extra attempts after transient failures, over all runs."""
+    started_s: float | None
+    """First start, seconds since the run's first event."""
     duration_s: float
+    """Total over all runs."""
+    max_duration_s: float | None
+    p50_duration_s: float | None
     error: str | None = None
+    """The first failure."""
+    skipped_reason: str | None = None
 
 
 class AssertionReport(BaseModel):
@@ -49,13 +66,30 @@ class AssertionReport(BaseModel):
     message: str
     evidence: list[int]
     """Event ids (in events.jsonl) that the result is based on."""
+    weight: float = 1.0
+    required: bool = True
+    error: str | None = None
+    """Set when the assertion could not be judged (a custom rule raised): the run is an ERROR."""
+    inline: bool = False
+    """Judged by an `assert` step during the run."""
+
+
+class VerificationReport(BaseModel):
+    score: float
+    """Passed weight over total weight, 0 to 1."""
+    threshold: float
+    assertions_passed: int
+    assertions_failed: int
+    reasons: list[str]
+    """Why the verdict is not PASS (empty for a PASS)."""
 
 
 class ErrorReport(BaseModel):
     source: str
-    """'startup', 'agent', 'step' or 'runner'."""
+    """What kind of error: 'init', 'startup', 'runner', 'crash', 'hung', 'step' (fatal), or
+    what an agent reported: 'model', 'handler', 'service', 'agent'."""
     agent: str | None = None
-    step: int | None = None
+    step: str | None = None
     message: str
     detail: str | None = None
     """A traceback or the tail of the agent's log, where that helps."""
@@ -149,6 +183,10 @@ class ScenarioReport(BaseModel):
     """Wall-clock start, ISO 8601 UTC."""
     duration_s: float
     timings: Timings
+    tags: list[str] = []
+    verification: VerificationReport
+    stop_reason: str | None = None
+    """Set when a `stop_when` condition ended the script early."""
     steps: list[StepReport]
     assertions: list[AssertionReport]
     errors: list[ErrorReport]

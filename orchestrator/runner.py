@@ -14,16 +14,24 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 
-from orchestrator.assertions import AssertionResult, evaluate
+from orchestrator.assertions import (
+    AssertionResult,
+    ErrorFact,
+    Facts,
+    MemoryFact,
+    assertion_id,
+    judge,
+)
 from orchestrator.bus import Bus, Link
 from orchestrator.durations import Duration
 from orchestrator.events import Event, EventKind, EventLog
-from orchestrator.executor import Executor, StepResult, StepStatus
+from orchestrator.executor import SEND_TIMEOUT_S, Executor, StepResult, StepStatus
 from orchestrator.launchers import LAUNCHERS, LaunchSpec
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.report import (
@@ -39,10 +47,16 @@ from orchestrator.report import (
     StepReport,
     Timings,
     Verdict,
+    VerificationReport,
 )
+from orchestrator.rules import RunView
 from orchestrator.sampler import AgentSamples, Sampler
-from orchestrator.scenario import ActionCallSpec, ModelSpec, Scenario, channel_type
+from orchestrator.scenario import ActionCallSpec, ModelSpec, Scenario, all_steps, channel_type
+from orchestrator.scenario_assertions import Assertion, ErrorsAssertion
+from orchestrator.scenario_steps import AssertStep
+from orchestrator.schema import StateCheck
 from orchestrator.supervisor import AgentInitError, AgentProcess, StartupError, Supervisor
+from orchestrator.verdict import Decision, decide
 from protocol import (
     ActionCallConfig,
     AgentConfig,
@@ -83,18 +97,25 @@ def default_report_dir(scenario: Scenario) -> Path:
     return Path("scenario-runs") / f"{stamp}-{scenario.name}"
 
 
+def room_members(scenario: Scenario) -> dict[str, frozenset[str]]:
+    """Room id -> its members, patterns expanded."""
+    return {r.id: frozenset(scenario.room_members(r)) for r in scenario.rooms}
+
+
 def agent_configs(scenario: Scenario, run_dir: Path) -> list[AgentConfig]:
     configs = []
-    for agent in scenario.agents:
+    members = {r.id: scenario.room_members(r) for r in scenario.rooms}
+    for agent_id in scenario.agent_ids:
+        agent = scenario.agent_spec(agent_id)
         rooms = [
-            RoomConfig(id=r.id, channel=ChannelType(channel_type(r.type)), members=list(r.members))
+            RoomConfig(id=r.id, channel=ChannelType(channel_type(r.type)), members=members[r.id])
             for r in scenario.rooms
-            if agent.id in r.members
+            if agent_id in members[r.id]
         ]
         configs.append(
             AgentConfig(
-                agent_id=agent.id,
-                agent_dir=str(run_dir / "agents" / agent.id),
+                agent_id=agent_id,
+                agent_dir=str(run_dir / "agents" / agent_id),
                 name=agent.name,
                 bio=agent.bio,
                 model=model_config(agent.model),
@@ -186,6 +207,13 @@ class ScenarioRun:
         self.assertions: list[AssertionResult] = []
         self.init_errors: list[str] = []
         """Agents that could not initialise (plugins): invalid input, exit code 2."""
+        self.members: dict[str, frozenset[str]] = room_members(scenario)
+        self.executor: Executor | None = None
+        self.events: EventLog | None = None
+        self.sampler: Sampler | None = None
+        self.bus: Bus | None = None
+        self.stop_reason: str | None = None
+        self._script_t0 = 0.0
 
     async def execute(self) -> ScenarioReport:
         opts = self.options
@@ -204,6 +232,7 @@ class ScenarioRun:
         )
         supervisor: Supervisor | None = None
         sampler = Sampler(events, opts.sample_interval_s)
+        self.events, self.sampler, self.bus = events, sampler, bus
         t_start = time.monotonic()
         t_ready = t_script_end = t_start
         try:
@@ -215,7 +244,7 @@ class ScenarioRun:
                 endpoint=bus.endpoint,
             )
             bus.start()
-            bus.set_rooms((r.id, tuple(r.members)) for r in self.scenario.rooms)
+            bus.set_rooms((room, tuple(ids)) for room, ids in self.members.items())
             supervisor = Supervisor(LAUNCHERS[opts.launcher], bus, events)
             bus.on_hung = supervisor.on_hung
             supervisor.on_crash = self._on_crash
@@ -233,8 +262,18 @@ class ScenarioRun:
                 timeout = (opts.timeout or self.scenario.timeout).seconds
                 # An action step waits for the agent's own action timeout plus a round trip.
                 action_timeout = max(a.action_timeout.seconds for a in self.scenario.agents)
-                executor = Executor(bus, events, action_timeout_s=action_timeout + 5.0)
-                self.steps = await executor.run(self.scenario.script, t_ready + timeout)
+                executor = Executor(
+                    self.scenario,
+                    bus,
+                    events,
+                    self._inline_judge,
+                    self.members,
+                    action_timeout_s=action_timeout + 5.0,
+                )
+                self.executor = executor
+                self._script_t0 = t_ready
+                self.steps = await executor.run(t_ready + timeout)
+                self.stop_reason = executor.stop_reason
             t_script_end = time.monotonic()
             sampler.sample_all("before-stop")
             sampler.stop()
@@ -259,7 +298,16 @@ class ScenarioRun:
                 for agent, link in bus.links.items()
                 if link.bye is not None
             }
-            self.assertions = evaluate(self.scenario.assertions, events.replay(), final_states)
+            facts = self._facts(events, events.replay, sampler, t_script_end - t_ready)
+            facts.final_states = final_states
+            facts.view = RunView(self.scenario.name, events.replay, MappingProxyType(final_states))
+            inline = list(self.executor.inline.values()) if self.executor else []
+            for result in inline:
+                result.inline = True
+            self.assertions = inline + await judge(
+                ((assertion_id(i, a), a) for i, a in enumerate(self.scenario.assertions)),
+                facts,
+            )
         except Exception as exc:
             self.errors.append(
                 ErrorReport(
@@ -308,11 +356,67 @@ class ScenarioRun:
             sampler.track(proc.agent_id, proc.pid)
             sampler.sample(proc.agent_id, "ready")
 
+    # -- judging ------------------------------------------------------------------------------
+    def _facts(
+        self,
+        events: EventLog,
+        stream: Callable[[], Iterator[Event]],
+        sampler: Sampler,
+        script_s: float,
+    ) -> Facts:
+        steps = self.executor.results.values() if self.executor else []
+        return Facts(
+            events=stream,
+            members=self.members,
+            view=RunView(self.scenario.name, stream),
+            step_durations={s.id: s.durations for s in steps if s.id is not None},
+            script_s=script_s,
+            memory={
+                agent: MemoryFact(
+                    peak_rss=_peak_rss(self._bye_stats(agent), samples),
+                    uss_peak=samples.uss_peak or None,
+                )
+                for agent, samples in sampler.agents.items()
+            },
+            errors=self.error_facts(events),
+        )
+
+    def _bye_stats(self, agent: str) -> AgentStats | None:
+        link = self.bus.links.get(agent) if self.bus else None
+        return link.bye.stats if link and link.bye else None
+
+    async def _inline_judge(self, assertion: Assertion, ident: str) -> AssertionResult:
+        """An `assert` step: the assertion over what has happened so far, state read live."""
+        assert self.executor is not None and self.events is not None and self.sampler
+        events = self.events
+        executor = self.executor
+
+        async def live(check: StateCheck) -> tuple[bool, str]:
+            return await executor.read_state(check, SEND_TIMEOUT_S)
+
+        facts = self._facts(
+            events, lambda: events.since(0), self.sampler, time.monotonic() - self._script_t0
+        )
+        facts.live_state = live
+        (result,) = await judge([(ident, assertion)], facts)
+        return result
+
+    def error_facts(self, events: EventLog | None = None) -> list[ErrorFact]:
+        """Every error so far, classified: the runner's own and those the agents reported."""
+        facts = [ErrorFact(e.source, e.agent, e.message) for e in self.errors]
+        if events is not None:
+            facts += [
+                ErrorFact(_agent_error_kind(e), e.agent, _agent_error_text(e))
+                for e in events.since(0)
+                if e.kind is EventKind.AGENT_ERROR
+            ]
+        return facts
+
     def _on_crash(self, proc: AgentProcess) -> None:
         assert proc.exit is not None
         self.errors.append(
             ErrorReport(
-                source="agent",
+                source="crash",
                 agent=proc.agent_id,
                 message=f"agent {proc.agent_id} (pid {proc.pid}) died unexpectedly:"
                 f" {proc.exit.describe()}",
@@ -321,12 +425,22 @@ class ScenarioRun:
         )
 
     # -- verdict and report ---------------------------------------------------------------
-    def verdict(self) -> Verdict:
-        if self.errors or any(s.status is not StepStatus.PASSED for s in self.steps):
-            return Verdict.ERROR
-        if not self.assertions or not all(a.passed for a in self.assertions):
-            return Verdict.FAIL
-        return Verdict.PASS
+    def decide(self, events: EventLog) -> Decision:
+        if self.init_errors:  # invalid input (a plugin): nothing was judged
+            return Decision(Verdict.ERROR, 0.0, 1.0, list(self.init_errors))
+        return decide(
+            self.assertions,
+            self.steps,
+            self.error_facts(events),
+            [a for a in self.scenario.assertions if isinstance(a, ErrorsAssertion)]
+            + [
+                s.assert_
+                for _, s in all_steps(self.scenario)
+                if isinstance(s, AssertStep) and isinstance(s.assert_, ErrorsAssertion)
+            ],
+            self.scenario.verification.threshold,
+            self.stop_reason,
+        )
 
     def _report(
         self,
@@ -339,26 +453,28 @@ class ScenarioRun:
         started_at: str,
         timings: Timings,
     ) -> ScenarioReport:
-        for step in self.steps:
-            if step.status is not StepStatus.PASSED:
-                self.errors.append(
-                    ErrorReport(
-                        source="step",
-                        step=step.index,
-                        message=f"step {step.index} ({step.description}): {step.error}",
-                        detail=step.traceback,
-                    )
-                )
+        decision = self.decide(events)
+        verdict = decision.verdict
         for event in events.replay():
             if event.kind is EventKind.AGENT_ERROR:
                 self.errors.append(
                     ErrorReport(
-                        source="agent",
+                        source=_agent_error_kind(event),
                         agent=event.agent,
-                        message=f"agent {event.agent} reported an error: {event.data}",
+                        message=_agent_error_text(event),
                     )
                 )
-        verdict = self.verdict()
+        for step in self.steps:
+            if step.status is StepStatus.FAILED and step.kind != "assert":
+                self.errors.append(
+                    ErrorReport(
+                        source="step",
+                        step=step.path,
+                        message=f"step {step.path} ({step.description}): {step.error}"
+                        + (f" [failed {step.failed} of {step.runs} runs]" if step.runs > 1 else ""),
+                        detail=step.traceback,
+                    )
+                )
         agents = [self._agent_report(link, supervisor, sampler) for link in bus.links.values()]
         overall = LatencyHistogram()
         for link in bus.links.values():
@@ -372,19 +488,16 @@ class ScenarioRun:
             started_at=started_at,
             duration_s=round(timings.total_s, 6),
             timings=timings,
-            steps=[
-                StepReport(
-                    index=s.index,
-                    id=s.id,
-                    kind=s.kind,
-                    description=s.description,
-                    status=s.status.value,
-                    started_s=round(s.started_s, 6),
-                    duration_s=round(s.duration_s, 6),
-                    error=s.error,
-                )
-                for s in self.steps
-            ],
+            tags=list(self.scenario.tags),
+            verification=VerificationReport(
+                score=round(decision.score, 6),
+                threshold=decision.threshold,
+                assertions_passed=sum(1 for a in self.assertions if a.passed),
+                assertions_failed=sum(1 for a in self.assertions if not a.passed),
+                reasons=decision.reasons,
+            ),
+            stop_reason=self.stop_reason,
+            steps=[step_report(s) for s in self.steps],
             assertions=[
                 AssertionReport(
                     id=a.id,
@@ -394,6 +507,10 @@ class ScenarioRun:
                     actual=a.actual,
                     message=a.message,
                     evidence=a.evidence,
+                    weight=a.weight,
+                    required=a.required,
+                    error=a.error,
+                    inline=a.inline,
                 )
                 for a in self.assertions
             ],
@@ -477,6 +594,50 @@ def _peak_rss(stats: AgentStats | None, samples: AgentSamples | None) -> int | N
         if v
     ]
     return max(known) if known else None
+
+
+def step_report(s: StepResult) -> StepReport:
+    d = s.durations
+    return StepReport(
+        path=s.path,
+        id=s.id,
+        kind=s.kind,
+        description=s.description,
+        timeline=s.timeline,
+        status=s.status.value,
+        runs=s.runs,
+        passed=s.passed,
+        failed=s.failed,
+        retries=s.retries,
+        started_s=round(s.started_s, 6) if s.started_s is not None else None,
+        duration_s=round(s.duration_s, 6),
+        max_duration_s=round(d.max_s, 6) if d.count else None,
+        p50_duration_s=round(p50, 6) if (p50 := d.percentile(0.5)) is not None else None,
+        error=s.error,
+        skipped_reason=s.skipped_reason,
+    )
+
+
+def _agent_error_kind(event: Event) -> str:
+    """Classify an error an agent reported by where it happened."""
+    where = event.data.get("where")
+    where = where if isinstance(where, str) else ""
+    if where == "model":
+        return "model"
+    if where.startswith(("provider", "evaluator", "handling", "replying")):
+        return "handler"
+    if where.startswith("stopping service"):
+        return "service"
+    return "agent"
+
+
+def _agent_error_text(event: Event) -> str:
+    where, error = event.data.get("where"), event.data.get("error")
+    if isinstance(error, str):
+        return (
+            f"agent {event.agent}: {where}: {error}" if where else f"agent {event.agent}: {error}"
+        )
+    return f"agent {event.agent} reported an error: {event.data}"
 
 
 def _log_tail(path: Path) -> str | None:

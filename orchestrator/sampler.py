@@ -32,6 +32,11 @@ def vm_hwm_bytes(pid: int) -> int | None:
     return None
 
 
+USS_EVERY = 10
+"""Periodic samples between two USS readings (about every 10 s at the default interval);
+USS is also read at READY and before STOP."""
+
+
 @dataclass(slots=True)
 class AgentSamples:
     pid: int
@@ -40,6 +45,8 @@ class AgentSamples:
     count: int = 0
     peak_rss: int = 0
     hwm: int = 0
+    uss_peak: int = 0
+    """The largest USS seen (sampled every USS_EVERY samples: it costs a walk of smaps)."""
     """The highest VmHWM read: the kernel's own peak, which sees between samples."""
     first_rss: int | None = None
     last_rss: int | None = None
@@ -96,6 +103,9 @@ class Sampler:
         except psutil.Error:
             return  # gone: its exit (and peak RSS from wait4) is the supervisor's record
         s.hwm = max(s.hwm, vm_hwm_bytes(s.pid) or 0)
+        if s.count % USS_EVERY == 0 or reason != "periodic":
+            with contextlib.suppress(psutil.Error):
+                s.uss_peak = max(s.uss_peak, s.process.memory_full_info().uss)
         t = self.events.now()
         s.count += 1
         s.rss.add(t, rss)

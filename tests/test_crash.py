@@ -61,7 +61,7 @@ def test_kill_9_mid_scenario_is_an_error_naming_the_agent(private_tmp: Path) -> 
 
     assert report.verdict is Verdict.ERROR
     assert report.exit_code == 3
-    crash = [e for e in report.errors if e.source == "agent" and e.agent == "victim"]
+    crash = [e for e in report.errors if e.source == "crash" and e.agent == "victim"]
     assert len(crash) == 1 and "SIGKILL" in crash[0].message, report.errors
     victim = next(a for a in report.agents if a.id == "victim")
     assert victim.status == "crashed" and victim.signal == "SIGKILL"

@@ -21,12 +21,9 @@ from orchestrator.loader import (
     load_scenario_text,
     validate_files,
 )
-from orchestrator.scenario import (
-    MessageAssertion,
-    Scenario,
-    WaitForStep,
-    channel_type,
-)
+from orchestrator.scenario import Scenario, channel_type
+from orchestrator.scenario_assertions import MessageAssertion
+from orchestrator.scenario_steps import WaitForStep
 
 DATA = Path(__file__).parent / "data"
 HELLO_ROOM = DATA / "valid" / "hello-room.yaml"
@@ -304,8 +301,8 @@ INVALID = [
         agents: [{id: a}]
         """,
         1,
-        "",
-        "missing required field 'assertions'",
+        "assertions",
+        "a scenario with no assertion is invalid",
         id="assertions-missing",
     ),
     pytest.param(
@@ -489,7 +486,7 @@ INVALID = [
         """,
         5,
         "script[0].wait_for.message",
-        "at least one of from, room, contains, regex",
+        "at least one of from, to, room, contains, regex, equals",
         id="empty-message-match",
     ),
     pytest.param(

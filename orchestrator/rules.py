@@ -1,0 +1,149 @@
+"""Custom rules: Python callables named by import path in a scenario (`custom` assertions and
+`stop_when: {custom: ...}`), and the read-only view of the run they receive.
+
+A rule is `def rule(view: RunView, **params) -> RuleResult` (or `async def`). It runs in the
+coordinator with a timeout. A rule that cannot be imported, raises, times out or returns
+anything but a `RuleResult` is an *error* of the run, never a pass. Rules are code the scenario
+names, trusted like a test file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pydantic import JsonValue
+
+from orchestrator.events import Event, EventKind
+from orchestrator.matching import action_status
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    """What a rule decided: `passed`, a one-line `message`, and optionally what it expected,
+    what it found and the ids of the events that are its evidence."""
+
+    passed: bool
+    message: str
+    expected: str = ""
+    actual: str = ""
+    evidence: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    event_id: int
+    t: float
+    sender: str
+    room: str
+    text: str
+    origin: str
+    in_reply_to: str | None
+    msg_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActionView:
+    event_id: int
+    t: float
+    agent: str
+    action: str
+    status: str
+    params: Mapping[str, JsonValue]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A read-only view of a run, so far (inline and stop conditions) or complete (at the end).
+
+    `events()` streams the whole event log (from events.jsonl when it has spilled), so a rule
+    over a long run does not hold it all in memory unless it collects it itself."""
+
+    scenario: str
+    _events: Callable[[], Iterator[Event]]
+    final_states: Mapping[str, Mapping[str, JsonValue]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Each agent's state as it sent it at BYE (empty before the end of the run)."""
+    metrics: Mapping[str, Mapping[str, JsonValue]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Per agent: messages in/out, peak RSS, latency summary... (empty before the end)."""
+
+    def events(self) -> Iterator[Event]:
+        return self._events()
+
+    def messages(self) -> Iterator[MessageView]:
+        for e in self._events():
+            if e.kind is EventKind.MESSAGE_SENT:
+                d = e.data
+                reply_to = d.get("in_reply_to")
+                yield MessageView(
+                    e.id, e.t, e.agent or "", str(d.get("room")), str(d.get("text")),
+                    str(d.get("origin")), reply_to if isinstance(reply_to, str) else None,
+                    str(d.get("msg_id")),
+                )  # fmt: skip
+
+    def actions(self) -> Iterator[ActionView]:
+        for e in self._events():
+            status = action_status(e)
+            if status is None:
+                continue
+            params = e.data.get("params")
+            error = e.data.get("error")
+            yield ActionView(
+                e.id, e.t, e.agent or "", str(e.data.get("action")), status,
+                MappingProxyType(params if isinstance(params, dict) else {}),
+                error if isinstance(error, str) else None,
+            )  # fmt: skip
+
+
+class RuleError(Exception):
+    """The rule could not give a result; the message says why (one line)."""
+
+
+Rule = Callable[..., object]
+
+
+def load_rule(path: str) -> Rule:
+    """The callable at `package.module:name`; RuleError when it cannot be imported."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise RuleError(f"rule {path!r} failed to import: {type(exc).__name__}: {exc}") from None
+    rule: object = getattr(module, attribute, None)
+    if not callable(rule):
+        raise RuleError(f"rule {path!r}: {module_name} has no callable {attribute!r}")
+    return rule
+
+
+async def call_rule(
+    path: str, view: RunView, params: Mapping[str, JsonValue], timeout_s: float
+) -> RuleResult:
+    """Run the rule with a timeout (sync rules in a thread); RuleError for anything but a
+    RuleResult."""
+    rule = load_rule(path)
+    try:
+        if inspect.iscoroutinefunction(rule):
+            outcome = await asyncio.wait_for(rule(view, **params), timeout_s)
+        else:
+            outcome = await asyncio.wait_for(asyncio.to_thread(rule, view, **params), timeout_s)
+    except TimeoutError:
+        raise RuleError(f"rule {path!r} timed out after {timeout_s:g}s") from None
+    except Exception as exc:
+        last = traceback.extract_tb(exc.__traceback__)[-1:]
+        where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
+        raise RuleError(f"rule {path!r} raised {type(exc).__name__}: {exc}{where}") from None
+    if not isinstance(outcome, RuleResult):
+        raise RuleError(
+            f"rule {path!r} returned {type(outcome).__name__}, not RuleResult "
+            "(from orchestrator.rules)"
+        )
+    return outcome

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
-from orchestrator.durations import Duration
 from orchestrator.events import Event, EventKind
 from orchestrator.jsonschema_lite import validate as validate_json
 from orchestrator.matching import (
@@ -276,7 +275,7 @@ class _ActionJudge:
         actual = f"{self.n} found" + (f" (other runs: {others})" if others else "")
         ok = a.count.holds(self.n)
         expected = f"{a.count.describe()} x {what}"
-        message = f"{self.n} x {what}" if ok else f"expected {expected}, found {actual}"
+        message = f"{self.n} x {what}" if ok else f"expected {expected}; {actual}"
         return _result(
             self.id, self.assertion, passed=ok, expected=expected, actual=actual,
             message=message, evidence=self.matched,
@@ -360,17 +359,26 @@ def _limits_result(
         value = hist.max_s if key == "max" else hist.percentile(int(key[1:]) / 100.0)
         found[key] = value if value is not None else float("inf")
     bad = [k for k, limit in limits.items() if found[k] > limit.seconds]
-    actual = ", ".join(f"{k} {Duration(found[k])}" for k in limits) + f" over {hist.count}"
+    actual = ", ".join(f"{k} {_seconds(found[k])}" for k in limits) + f" over {hist.count}"
     if dropped:
         actual += f" ({dropped} too old to track)"
     message = (
         f"{what}: {actual}"
         if not bad
-        else f"{what}: {', '.join(f'{k} {Duration(found[k])} > {limits[k]}' for k in bad)}"
+        else f"{what}: {', '.join(f'{k} {_seconds(found[k])} > {limits[k]}' for k in bad)}"
     )
     return _result(
         ident, assertion, passed=not bad, expected=expected, actual=actual, message=message
     )
+
+
+def _seconds(value: float) -> str:
+    """A measured time, to 3 significant-ish digits: 3.41ms, 812us, 2.05s."""
+    if value >= 1.0:
+        return f"{value:.3g}s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3g}ms"
+    return f"{value * 1e6:.3g}us"
 
 
 class _DeliveryJudge:

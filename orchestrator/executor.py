@@ -36,6 +36,7 @@ from orchestrator.matching import (
     event_predicate,
 )
 from orchestrator.metrics import LatencyHistogram
+from orchestrator.rules import RuleError, RunView, call_rule
 from orchestrator.scenario import Scenario
 from orchestrator.scenario_assertions import Assertion
 from orchestrator.scenario_steps import (
@@ -183,6 +184,8 @@ class Executor:
         self.inline: dict[str, AssertionResult] = {}
         """One result per `assert` step definition (every run of it must pass)."""
         self.stop_reason: str | None = None
+        self.rule_errors: list[str] = []
+        """Custom stop rules that could not decide (each makes the run an ERROR)."""
         self._deadline = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._register()
@@ -513,8 +516,22 @@ class Executor:
                 raise outcome
 
 
+_RULE_CUES = frozenset(
+    {
+        EventKind.MESSAGE_SENT,
+        EventKind.ACTION_COMPLETED,
+        EventKind.ACTION_FAILED,
+        EventKind.STATE_CHANGED,
+    }
+)
+"""Events after which custom stop rules are asked again."""
+
+
 class _StopWatch:
-    """Watches the `stop_when` conditions and stops the executor when one holds."""
+    """Watches the `stop_when` conditions and stops the executor when one holds.
+
+    Custom rules run one at a time: a cue that arrives while a rule is running marks it to be
+    asked again when it finishes, so a slow rule never piles up calls."""
 
     def __init__(self, executor: Executor, conditions: list[StopCondition]) -> None:
         self.executor = executor
@@ -522,6 +539,11 @@ class _StopWatch:
         self.messages = 0
         self._timers: list[asyncio.TimerHandle] = []
         self._listening = False
+        self._custom = [c for c in conditions if c.custom is not None]
+        self._checking: asyncio.Task[None] | None = None
+        self._again = False
+        events = executor.events
+        self._view = RunView(executor.scenario.name, lambda: events.since(0))
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -536,6 +558,8 @@ class _StopWatch:
             self._listening = True
 
     def close(self) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
         for timer in self._timers:
             timer.cancel()
         if self._listening:
@@ -543,6 +567,11 @@ class _StopWatch:
             self._listening = False
 
     def _on_event(self, event: Event) -> None:
+        if self._custom and event.kind in _RULE_CUES:
+            if self._checking is None or self._checking.done():
+                self._checking = asyncio.get_running_loop().create_task(self._check_rules())
+            else:
+                self._again = True
         if event.kind is not EventKind.MESSAGE_SENT:
             return
         self.messages += 1
@@ -558,3 +587,20 @@ class _StopWatch:
             ):
                 who = f" from {cond.from_}" if cond.from_ else ""
                 self.executor.stop(f"a message{who} contained {cond.keyword!r}")
+
+    async def _check_rules(self) -> None:
+        while True:
+            self._again = False
+            for cond in self._custom:
+                assert cond.custom is not None
+                try:
+                    outcome = await call_rule(cond.custom, self._view, cond.params, 30.0)
+                except RuleError as exc:
+                    self.executor.rule_errors.append(f"stop_when: {exc}")
+                    self._custom = [c for c in self._custom if c is not cond]
+                    continue
+                if outcome.passed:
+                    self.executor.stop(f"rule {cond.custom}: {outcome.message}")
+                    return
+            if not self._again or not self._custom:
+                return

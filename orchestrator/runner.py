@@ -274,6 +274,7 @@ class ScenarioRun:
                 self._script_t0 = t_ready
                 self.steps = await executor.run(t_ready + timeout)
                 self.stop_reason = executor.stop_reason
+                self.errors += [ErrorReport(source="rule", message=m) for m in executor.rule_errors]
             t_script_end = time.monotonic()
             sampler.sample_all("before-stop")
             sampler.stop()

@@ -22,7 +22,7 @@ from orchestrator.executor import StepResult, StepStatus
 from orchestrator.report import Verdict
 from orchestrator.scenario_assertions import ErrorsAssertion
 
-FATAL_KINDS = frozenset({"crash", "hung", "runner", "init", "startup", "step"})
+FATAL_KINDS = frozenset({"crash", "hung", "runner", "init", "startup", "step", "rule"})
 """Errors that always make the run an ERROR, whatever an `errors` assertion allows."""
 
 

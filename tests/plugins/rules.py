@@ -1,0 +1,29 @@
+"""Custom rules for the tests: ones that pass, fail, raise and stop a run."""
+
+from __future__ import annotations
+
+from orchestrator.rules import RuleResult, RunView
+
+
+def pongs_at_least(view: RunView, n: int) -> RuleResult:
+    pongs = [m for m in view.messages() if m.sender == "bot" and "pong" in m.text]
+    return RuleResult(
+        len(pongs) >= n,
+        f"{len(pongs)} pongs (wanted at least {n})",
+        expected=f">= {n} pongs",
+        actual=str(len(pongs)),
+        evidence=tuple(m.event_id for m in pongs[:5]),
+    )
+
+
+def explodes(view: RunView) -> RuleResult:
+    raise ValueError("this rule always raises")
+
+
+def not_a_result(view: RunView) -> bool:
+    return True
+
+
+def enough_messages(view: RunView, n: int) -> RuleResult:
+    count = sum(1 for _ in view.messages())
+    return RuleResult(count >= n, f"{count} messages")

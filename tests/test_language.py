@@ -1,0 +1,220 @@
+"""Every step type and every assertion type, passing and failing, with real agents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import run_yaml
+
+from orchestrator.report import ScenarioReport, Verdict
+
+BOT = """
+  - id: bot
+    model:
+      rules:
+        - when: {regex: "^ping$"}
+          reply: "pong {sender}"
+          actions: [{name: NONE}]
+        - when: {regex: "^json$"}
+          reply: '{{"ok": true, "n": 1}}'
+"""
+
+
+def _by_id(report: ScenarioReport) -> dict[str, bool]:
+    return {a.id: a.passed for a in report.assertions}
+
+
+DATA = Path(__file__).parent / "data" / "language"
+ASSERTIONS = (DATA / "assertion-types.yaml").read_text()
+
+
+def test_every_assertion_type_passes_and_fails(private_tmp: Path) -> None:
+    report = run_yaml(ASSERTIONS, private_tmp / "report")
+    results = _by_id(report)
+    failing = {k for k in results if k.endswith("-fail")}
+    assert {k for k, ok in results.items() if not ok} == failing, [
+        (a.id, a.message) for a in report.assertions
+    ]
+    # Only optional assertions failed and the score clears the threshold: PASS.
+    assert report.verdict is Verdict.PASS, report.verification
+    n = len(results)
+    assert report.verification.score == round((n - len(failing)) / n, 6)
+    # The agents of `count: 3` exist, and a pattern made them members of the crowd room.
+    assert {a.id for a in report.agents} >= {"worker-1", "worker-2", "worker-3"}
+    memory = next(a for a in report.assertions if a.id == "memory-fail")
+    assert "worker-1 peak_rss" in memory.message
+
+
+def test_a_failed_required_assertion_fails_and_a_low_score_fails(private_tmp: Path) -> None:
+    base = f"""
+name: verdicts
+agents:
+{BOT}
+  - id: alice
+rooms:
+  - {{id: lobby, members: [bot, alice]}}
+script:
+  - send: {{agent: alice, room: lobby, text: ping}}
+  - wait_for: {{message: {{from: bot, contains: pong}}, timeout: 3s}}
+"""
+    required = run_yaml(
+        base + "assertions:\n  - message: {from: bot, contains: nope}\n", private_tmp / "a"
+    )
+    assert required.verdict is Verdict.FAIL
+    assert required.verification.reasons[0].startswith("required assertion assertions[0] failed")
+    scored = run_yaml(
+        base
+        + "assertions:\n"
+        + "  - {message: {from: bot, contains: pong}, weight: 1}\n"
+        + "  - {message: {from: bot, contains: nope}, weight: 3, required: false}\n"
+        + "verification: {threshold: 0.5}\n",
+        private_tmp / "b",
+    )
+    assert scored.verdict is Verdict.FAIL
+    assert scored.verification.score == 0.25
+    assert scored.verification.reasons == ["score 0.250 is under the threshold 0.500"]
+
+
+def test_echo_integrity_script_text_is_not_the_agents_own(private_tmp: Path) -> None:
+    """The script makes `bot` say the magic words; the bot itself never does."""
+    report = run_yaml(
+        """
+name: echo
+agents:
+  - id: bot
+  - id: user
+rooms:
+  - {id: r, members: [bot, user]}
+script:
+  - send: {agent: bot, room: r, text: "the password is swordfish"}
+assertions:
+  - {id: agent-said-it, message: {from: bot, contains: swordfish}}
+  - {id: script-said-it, message: {from: bot, contains: swordfish, origin: script}}
+""",
+        private_tmp / "report",
+    )
+    assert _by_id(report) == {"agent-said-it": False, "script-said-it": True}
+    assert report.verdict is Verdict.FAIL
+
+
+def test_custom_rule_errors_are_errors_never_passes(private_tmp: Path) -> None:
+    report = run_yaml(
+        """
+name: bad-rules
+agents:
+  - id: bot
+assertions:
+  - {id: raises, custom: {rule: "plugins.rules:explodes"}}
+  - {id: wrong-type, custom: {rule: "plugins.rules:not_a_result"}}
+  - {id: missing, custom: {rule: "plugins.no_such_module:rule"}}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.ERROR
+    errors = {a.id: a.error or "" for a in report.assertions}
+    assert not any(a.passed for a in report.assertions)
+    assert "raised ValueError: this rule always raises" in errors["raises"]
+    assert "returned bool, not RuleResult" in errors["wrong-type"]
+    assert "failed to import" in errors["missing"]
+
+
+STEPS = (DATA / "step-types.yaml").read_text()
+
+
+def test_every_step_type_with_retries_and_critical(private_tmp: Path) -> None:
+    report = run_yaml(STEPS, private_tmp / "report")
+    steps = {s.path: s for s in report.steps}
+    loop = steps["script[0]"]
+    assert (loop.status, loop.runs) == ("passed", 1)
+    inner = steps["script[0].repeat.steps[1]"]
+    assert (inner.runs, inner.passed) == (3, 3) and inner.p50_duration_s is not None
+    assert steps["script[1]"].status == "passed"
+    assert steps["script[1].parallel[1]"].status == "passed"
+    assert steps["script[3]"].status == "passed"  # live state read by the inline assert
+    assert steps["script[4]"].status == "failed"  # an inline assertion that failed...
+    assert steps["script[5]"].status == "passed"
+    assert steps["script[6]"].status == "passed"  # pause
+    timed_out = steps["script[7]"]
+    assert timed_out.status == "failed" and timed_out.retries == 1
+    assert timed_out.error == "no message from bot containing 'never' within 100ms"
+    assert steps["script[8]"].status == "failed"
+    never = steps["script[9]"]
+    assert never.status == "skipped" and never.runs == 0
+    assert never.skipped_reason == "not run: critical step script[8] failed"
+    inline = {a.id: a for a in report.assertions if a.inline}
+    assert inline["live-phase"].passed and not inline["inline-fail"].passed
+    # ...is a failed assertion, not an error; the failed waits are what make this an ERROR.
+    assert report.verdict is Verdict.ERROR
+    reasons = " | ".join(report.verification.reasons)
+    assert "script[7] failed" in reasons and "script[8] failed" in reasons
+    assert "script[9] did not run" in reasons and "script[4]" not in reasons
+
+
+def test_actor_timelines_interleave(private_tmp: Path) -> None:
+    """alice waits on bob, bob waits on carol: if timelines ran one after another, alice's wait
+    would block the others and the run would time out."""
+    report = run_yaml(
+        """
+name: actors
+timeout: 10s
+agents:
+  - id: alice
+  - id: bob
+  - id: carol
+rooms:
+  - {id: hall, members: [alice, bob, carol]}
+actors:
+  - agent: alice
+    script:
+      - wait_for: {message: {from: bob, contains: go, origin: script}, timeout: 5s}
+      - send: {room: hall, text: "alice done"}
+  - agent: bob
+    script:
+      - wait_for: {message: {from: carol, contains: ready, origin: script}, timeout: 5s}
+      - send: {room: hall, text: go}
+  - agent: carol
+    script:
+      - send: {room: hall, text: ready}
+      - send: {room: hall, text: "carol done"}
+script:
+  - wait_for: {message: {from: alice, contains: "alice done", origin: script}, timeout: 5s}
+assertions:
+  - message:
+      from: carol
+      contains: "carol done"
+      origin: script
+      before: {from: alice, contains: "alice done", origin: script}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.PASS, report.verification
+    assert {s.timeline for s in report.steps} == {"script", "alice", "bob", "carol"}
+
+
+def test_stop_when_skips_the_rest_without_an_error(private_tmp: Path) -> None:
+    report = run_yaml(
+        f"""
+name: soak-until
+timeout: 30s
+agents:
+{BOT}
+  - id: alice
+rooms:
+  - {{id: lobby, members: [bot, alice]}}
+script:
+  - repeat:
+      duration: 20s
+      steps:
+        - send: {{agent: alice, room: lobby, text: ping}}
+        - wait_for: {{message: {{from: bot, contains: pong}}, timeout: 3s}}
+stop_when:
+  - {{custom: "plugins.rules:enough_messages", params: {{n: 10}}}}
+  - {{messages: 1000}}
+assertions:
+  - message: {{from: bot, contains: pong, count: {{min: 4}}}}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.PASS, report.verification
+    assert report.stop_reason is not None and "enough_messages" in report.stop_reason
+    assert report.timings.script_s < 15

@@ -18,6 +18,7 @@ from orchestrator.durations import Duration
 from orchestrator.loader import validate_files
 from orchestrator.report import EXIT_INVALID, Verdict
 from orchestrator.runner import RunOptions, run_scenario
+from orchestrator.scenario import all_steps
 
 
 class DurationType(click.ParamType[Duration, object]):
@@ -56,8 +57,9 @@ def validate(files: tuple[Path, ...]) -> None:
         sys.exit(EXIT_INVALID)
     for path, scenario in zip(files, scenarios, strict=True):
         click.echo(
-            f"{path}: ok ({scenario.name}: {len(scenario.agents)} agents,"
-            f" {len(scenario.script)} steps, {len(scenario.assertions)} assertions)"
+            f"{path}: ok ({scenario.name}: {len(scenario.agent_ids)} agents,"
+            f" {sum(1 for _ in all_steps(scenario))} steps,"
+            f" {len(scenario.assertions)} assertions)"
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -217,6 +218,10 @@ class ScenarioRun:
 
     async def execute(self) -> ScenarioReport:
         opts = self.options
+        # Custom rules are imported here, like plugins in the agents: from the file's folder.
+        folder = str(self.source.resolve().parent)
+        if folder not in sys.path:
+            sys.path.append(folder)
         report_dir = opts.report_dir or default_report_dir(self.scenario)
         report_dir.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix="sr-"))  # 0700, and short enough for ipc paths

@@ -343,18 +343,22 @@ class Executor:
             result.started_s = self.events.now()
         try:
             await body
+        except asyncio.CancelledError:
+            # A stop condition ended the block part way: it did not finish, so it is skipped.
+            result.skipped_reason = self.stop_reason
+            raise
         finally:
             elapsed = time.monotonic() - t0
-            result.runs += 1
             result.duration_s += elapsed
             result.durations.add(elapsed)
-            inner = [r for path, r in self.results.items() if path.startswith(result.path + ".")]
-            if any(r.failed for r in inner):
-                result.failed += 1
-                first = next(r for r in inner if r.failed)
-                result.error = result.error or f"{first.path} failed: {first.error}"
-            else:
-                result.passed += 1
+        result.runs += 1
+        inner = [r for path, r in self.results.items() if path.startswith(result.path + ".")]
+        first = next((r for r in inner if r.failed), None)
+        if first is not None:
+            result.failed += 1
+            result.error = result.error or f"{first.path} failed: {first.error}"
+        else:
+            result.passed += 1
 
     # -- the step types ---------------------------------------------------------------------
     def _timeout(self, step: Step, inner: Duration | None, default: float | None) -> float:

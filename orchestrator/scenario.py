@@ -41,6 +41,7 @@ from orchestrator.schema import (
     REPLY_PLACEHOLDERS,
     Count,
     Id,
+    ImportPath,
     Name,
     Regex,
     SpecModel,
@@ -49,7 +50,6 @@ from orchestrator.schema import (
     check_template,
     is_pattern,
     match_agents,
-    quote,
     spec_error,
 )
 
@@ -180,20 +180,6 @@ class ModelSpec(SpecModel):
         return self
 
 
-def _check_plugin_path(value: str) -> str:
-    module, sep, attribute = value.partition(":")
-    if (
-        not sep
-        or not all(part.isidentifier() for part in module.split("."))
-        or not attribute.isidentifier()
-    ):
-        raise spec_error(
-            "plugin_path", f"{quote(value)} is not an import path 'package.module:name'"
-        )
-    return value
-
-
-PluginPath = Annotated[str, AfterValidator(_check_plugin_path)]
 
 
 class MemorySpec(SpecModel):
@@ -225,7 +211,7 @@ class AgentSpec(SpecModel):
     name: str | None = None
     bio: str = ""
     model: ModelSpec | None = None
-    plugins: list[PluginPath] = []
+    plugins: list[ImportPath] = []
     settings: dict[str, JsonValue] = {}
     memory: MemorySpec = MemorySpec()
     action_timeout: Duration = Duration(10.0)

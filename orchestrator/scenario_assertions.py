@@ -28,6 +28,7 @@ from orchestrator.schema import (
     ActionStatus,
     CountRange,
     EventMatch,
+    ImportPath,
     MessageMatch,
     Origin,
     Regex,
@@ -286,25 +287,13 @@ class DeliveryAssertion(AssertionBase):
 # --- custom ----------------------------------------------------------------------------------
 
 
-def _check_rule_path(value: str) -> str:
-    module, sep, attribute = value.partition(":")
-    if (
-        not sep
-        or not all(part.isidentifier() for part in module.split("."))
-        or not attribute.isidentifier()
-    ):
-        raise spec_error("rule_path", f"{quote(value)} is not an import path 'package.module:name'")
-    return value
-
-
-RulePath = Annotated[str, AfterValidator(_check_rule_path)]
 
 
 class CustomAssertionArgs(SpecModel):
     """A Python callable, by import path, that receives a read-only view of the run (and
     `params`) and returns a `RuleResult` (`orchestrator.rules`)."""
 
-    rule: RulePath
+    rule: ImportPath
     params: dict[str, JsonValue] = {}
     timeout: Duration = Duration(30.0)
 

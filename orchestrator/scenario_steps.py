@@ -14,12 +14,13 @@ from typing import Annotated, Self
 from pydantic import Discriminator, Field, JsonValue, Tag, model_validator
 
 from orchestrator.durations import Duration
-from orchestrator.scenario_assertions import Assertion, RulePath
+from orchestrator.scenario_assertions import Assertion
 from orchestrator.schema import (
     ActionMatch,
     ActionStatus,
     Count,
     EventMatch,
+    ImportPath,
     MessageMatch,
     SpecModel,
     StateCheck,
@@ -265,7 +266,7 @@ class StopCondition(SpecModel):
     elapsed: Duration | None = None
     keyword: Annotated[str, Field(min_length=1)] | None = None
     from_: str | None = Field(None, alias="from")
-    custom: RulePath | None = None
+    custom: ImportPath | None = None
     params: dict[str, JsonValue] = {}
 
     @model_validator(mode="after")

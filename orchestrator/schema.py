@@ -179,6 +179,23 @@ Name = Annotated[
     str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": ID_PATTERN})
 ]
 Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
+def _check_import_path(value: str) -> str:
+    module, sep, attribute = value.partition(":")
+    if (
+        not sep
+        or not all(part.isidentifier() for part in module.split("."))
+        or not attribute.isidentifier()
+    ):
+        raise spec_error(
+            "import_path", f"{quote(value)} is not an import path 'package.module:name'"
+        )
+    return value
+
+
+ImportPath = Annotated[str, AfterValidator(_check_import_path)]
+"""A Python object by import path, `package.module:name` (plugins, custom rules)."""
 Template = Annotated[str, AfterValidator(check_reply)]
 # Strict so that YAML's `min: yes` is an error rather than a count of one.
 Count = Annotated[int, Field(strict=True, ge=0)]

@@ -38,7 +38,7 @@ from orchestrator.matching import (
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.rules import RuleError, RunView, call_rule
 from orchestrator.scenario import Scenario
-from orchestrator.scenario_assertions import Assertion
+from orchestrator.scenario_assertions import Assertion, assertion_kind
 from orchestrator.scenario_steps import (
     ActionStep,
     AssertStep,
@@ -122,10 +122,6 @@ class StepResult:
             return StepStatus.SKIPPED
         return StepStatus.PASSED
 
-    @property
-    def index(self) -> str:
-        return self.path
-
 
 @dataclass
 class _Timeline:
@@ -152,7 +148,7 @@ def describe(step: Step) -> str:
         case SetStateStep(set_state=a):
             return f"set {a.agent}'s state {a.path} = {json.dumps(a.value, sort_keys=True)}"
         case AssertStep():
-            return "assert " + step.assert_.__class__.__name__.removesuffix("Assertion").lower()
+            return "assert " + assertion_kind(step.assert_)
         case RepeatStep(repeat=r):
             times = f"{r.count} times" if r.count is not None else f"for {r.duration}"
             return f"repeat {len(r.steps)} step(s) {times}"

@@ -195,8 +195,10 @@ INDEX = "{i}"
 
 
 def _check_agent_id(value: str) -> str:
-    # An id with {i} is a template: what must be a valid id is each id it expands to.
-    return check_id(value.replace(INDEX, "1")) and value if INDEX in value else check_id(value)
+    # An id with {i} is a template: what must be a valid id is each id it expands to (the
+    # longest is checked once `count` is known, in AgentSpec).
+    check_id(value.replace(INDEX, "1"))
+    return value
 
 
 class AgentSpec(SpecModel):

@@ -324,7 +324,7 @@ Assertion = Annotated[
     | Annotated[DeliveryAssertion, Tag("DeliveryAssertion")]
     | Annotated[CustomAssertion, Tag("CustomAssertion")],
     Discriminator(kind_tag(ASSERTION_TYPES)),
-    kind_key_check("assertion", ASSERTION_TYPES, frozenset({"id", "weight", "required"})),
+    kind_key_check("assertion", ASSERTION_TYPES, frozenset(AssertionBase.model_fields)),
 ]
 
 

@@ -24,6 +24,7 @@ import copy
 import functools
 import inspect
 import os
+import random
 import sys
 import threading
 import time
@@ -132,6 +133,8 @@ class AgentRuntime:
         for room in config.rooms:
             self.memory.ensure_room(room.id, room.channel.value, room.members)
         self.state: dict[str, JsonValue] = {}
+        self.random = random.Random(f"plugins:{config.seed}")
+        """For plugins' random choices: seeded from the run's seed, so `--seed` replays them."""
         self.counters = Counters()
         self.plugins: list[Plugin] = []
         self.actions: dict[str, Action] = {a.name: a for a in BUILTIN_ACTIONS}
@@ -247,7 +250,7 @@ class AgentRuntime:
         try:
             for path in self.config.plugins:
                 self._register(load_plugin(path), path)
-            self.model = make_model(self.config.model)
+            self.model = make_model(self.config.model, self.config.seed)
             for plugin, path in zip(self.plugins, self.config.plugins, strict=True):
                 where = f"plugin {path!r}"
                 if plugin.init is not None:

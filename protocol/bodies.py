@@ -72,6 +72,8 @@ class RuleConfig(WireModel):
     regex: str | None = None
     reply: str | None = None
     actions: list[ActionCallConfig] = Field(default_factory=list)
+    chance: float = Field(default=1.0, ge=0.0, le=1.0)
+    """The probability that the rule fires when it matches (drawn from the agent's seed)."""
 
 
 class RulesModelConfig(WireModel):
@@ -146,6 +148,9 @@ class AgentConfig(WireModel):
     """Free-form settings plugins read with `runtime.get_setting`."""
     retention: RetentionConfig = RetentionConfig()
     action_timeout_s: float = Field(default=10.0, gt=0)
+    seed: int = Field(default=0, ge=0, lt=1 << 63)
+    """Seeds every random choice the agent makes (the model's draws, `runtime.random`); the
+    coordinator derives it from the run's seed, the agent's id and the repeat number."""
     # Transport settings (heartbeat, coordinator deadline, inbox size) are not here: the
     # transport runs from launch, before CONFIGURE, so they come on the command line, and the
     # inbox size reaches the coordinator in HELLO.

@@ -25,12 +25,13 @@ __all__ = [
 ]
 
 
-def make_model(config: ModelConfig) -> ModelProvider:
-    """The provider `config` names; ModelError if it cannot be set up (e.g. a missing key)."""
+def make_model(config: ModelConfig, seed: int = 0) -> ModelProvider:
+    """The provider `config` names; ModelError if it cannot be set up (e.g. a missing key).
+    `seed` seeds whatever the provider draws at random (and is passed on to an endpoint)."""
     if isinstance(config, RulesModelConfig):
-        return RulesModel(config)
+        return RulesModel(config, seed)
     if isinstance(config, FixturesModelConfig):
         return FixturesModel(config)
     from agent_worker.models.openai_compat import OpenAIModel  # only agents that use it
 
-    return OpenAIModel(config)
+    return OpenAIModel(config, seed=seed)

@@ -85,8 +85,12 @@ class OpenAIModel:
         environ: Mapping[str, str] = os.environ,
         *,
         backoff_s: float = BACKOFF_START_S,
+        seed: int | None = None,
     ) -> None:
         self.config = config
+        self.seed = seed
+        """Sent as the request's `seed`, which OpenAI-compatible servers use to make sampling
+        repeatable (best effort on their side)."""
         self.url = config.base_url.rstrip("/") + "/chat/completions"
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -131,6 +135,8 @@ class OpenAIModel:
             payload["tools"] = [_tool(a) for a in request.actions]
         if config.temperature is not None:
             payload["temperature"] = config.temperature
+        if self.seed is not None:
+            payload["seed"] = self.seed
         return json.dumps(payload).encode()
 
     def _headers(self) -> dict[str, str]:

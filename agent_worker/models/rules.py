@@ -6,6 +6,7 @@ the named groups of its regex.
 
 from __future__ import annotations
 
+import random
 import re
 
 from pydantic import JsonValue
@@ -46,9 +47,11 @@ class _Rule:
 
 
 class RulesModel:
-    def __init__(self, config: RulesModelConfig) -> None:
+    def __init__(self, config: RulesModelConfig, seed: int = 0) -> None:
         self.rules = [_Rule(r) for r in config.rules]
         self.calls = 0
+        # Its own stream, so what plugins draw from runtime.random cannot shift the model's.
+        self._random = random.Random(f"rules-model:{seed}")
 
     async def decide(self, request: ModelRequest) -> ModelDecision:
         self.calls += 1
@@ -56,6 +59,10 @@ class RulesModel:
         for rule in self.rules:
             groups = rule.match(msg.text)
             if groups is None:
+                continue
+            # Drawn only for rules that leave something to chance, so adding `chance` to one
+            # rule does not change the draws another rule sees.
+            if rule.config.chance < 1.0 and self._random.random() >= rule.config.chance:
                 continue
             fields = {**groups, "sender": msg.sender, "text": msg.text, "room": msg.room}
             config = rule.config

@@ -7,18 +7,34 @@ command line; nothing is started); 3 any ERROR (the scenario could not be judged
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
-from orchestrator.console import print_summary
+from orchestrator.console import print_quiet, print_summary, print_table, progress_bar
 from orchestrator.durations import Duration
+from orchestrator.junit import write_junit
 from orchestrator.loader import validate_files
-from orchestrator.report import EXIT_INVALID, Verdict
-from orchestrator.runner import RunOptions, run_scenario
+from orchestrator.report import EXIT_INVALID, ScenarioReport
+from orchestrator.runner import RunOptions
 from orchestrator.scenario import all_steps
+from orchestrator.schemas import report_schema, scenario_schema
+from orchestrator.session import (
+    Outcome,
+    Planned,
+    Summary,
+    default_root,
+    exit_code,
+    matches,
+    outcomes,
+    plan,
+    run_planned,
+)
 
 
 class DurationType(click.ParamType[Duration, object]):
@@ -55,12 +71,38 @@ def validate(files: tuple[Path, ...]) -> None:
     if problems:
         _report_problems(list(problems))
         sys.exit(EXIT_INVALID)
-    for path, scenario in zip(files, scenarios, strict=True):
+    for path, scenario in scenarios:
         click.echo(
-            f"{path}: ok ({scenario.name}: {len(scenario.agent_ids)} agents,"
+            f"{path}: ok ({scenario.label}: {len(scenario.agent_ids)} agents,"
             f" {sum(1 for _ in all_steps(scenario))} steps,"
             f" {len(scenario.assertions)} assertions)"
         )
+
+
+@main.command()
+@click.option(
+    "--report",
+    "of_report",
+    is_flag=True,
+    help="The schema of report.json instead of the scenario format's.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the schema to this file instead of standard output.",
+)
+def schema(of_report: bool, output: Path | None) -> None:
+    """Print the JSON Schema of scenario files (or, with --report, of report.json).
+
+    Point an editor's YAML language server at it to get completion and checking as you type:
+    `# yaml-language-server: $schema=scenario.schema.json` on a scenario's first line.
+    """
+    text = json.dumps(report_schema() if of_report else scenario_schema(), indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
 
 
 @main.command()
@@ -68,49 +110,119 @@ def validate(files: tuple[Path, ...]) -> None:
 @click.option(
     "--report-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where to write report.json and events.jsonl"
-    " [default: scenario-runs/<timestamp>-<name>/]. With several files, each"
-    " scenario gets a subdirectory named after it.",
+    help="Where reports go [default: scenario-runs/<timestamp>[-<name>]/]. One run writes"
+    " report.json and events.jsonl there; several runs get a subdirectory each."
+    " summary.json and junit.xml are always at the top.",
 )
 @click.option("--timeout", type=DurationType(), help="Override each scenario's timeout (e.g. 30s).")
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1, max=10_000),
+    default=1,
+    show_default=True,
+    help="Run each scenario N times with fresh agents; differing verdicts are FLAKY.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1, max=256),
+    default=1,
+    show_default=True,
+    help="Run up to N scenario runs at once (each with its own agents and run directory).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=(1 << 63) - 1),
+    help="Seed every random choice (models' `chance`, plugins' runtime.random); each agent's"
+    " seed derives from it, the scenario and the repeat. [default: random, and recorded]",
+)
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="PATTERN",
+    help="Run only scenarios whose name or a tag matches this glob (repeatable: any matches).",
+)
 @click.option(
     "--keep-run-dir",
     is_flag=True,
     help="Keep the private run directory (agent stores and logs, the socket).",
 )
+@click.option("-q", "--quiet", is_flag=True, help="Print each scenario's verdict only.")
 @click.option("-v", "--verbose", is_flag=True, help="Per-agent table and error details.")
 def run(
     files: tuple[Path, ...],
     report_dir: Path | None,
     timeout: Duration | None,
+    repeat: int,
+    parallel: int,
+    seed: int | None,
+    filters: tuple[str, ...],
     keep_run_dir: bool,
+    quiet: bool,
     verbose: bool,
 ) -> None:
-    """Run scenario files and report a verdict for each."""
-    scenarios, problems = validate_files(list(files))
+    """Run scenario files and report a verdict for each.
+
+    Exit status: 0 all passed, 1 a FAIL or FLAKY, 2 invalid input, 3 an ERROR.
+    """
+    loaded, problems = validate_files(list(files))
     if problems:
         _report_problems(list(problems))
         sys.exit(EXIT_INVALID)
-    console = Console(stderr=False)
-    verdicts: list[Verdict] = []
-    invalid = False
-    for path, scenario in zip(files, scenarios, strict=True):
-        target = report_dir
-        if report_dir is not None and len(files) > 1:
-            target = report_dir / scenario.name
-        options = RunOptions(report_dir=target, timeout=timeout, keep_run_dir=keep_run_dir)
-        report = asyncio.run(run_scenario(scenario, path, options))
-        print_summary(console, report, verbose)
-        verdicts.append(report.verdict)
+    selected = [(path, s) for path, s in loaded if matches(s, filters)]
+    if not selected:
+        names = ", ".join(sorted({s.label for _, s in loaded}))
+        click.echo(
+            f"no scenario matches --filter {' '.join(filters)} (scenarios: {names});"
+            " nothing was run.",
+            err=True,
+        )
+        sys.exit(EXIT_INVALID)
+    if seed is None:
+        seed = secrets.randbits(32)
+    root = report_dir or default_root([s for _, s in selected])
+    planned = plan(selected, repeat, root)
+    root.mkdir(parents=True, exist_ok=True)
+    options = RunOptions(timeout=timeout, keep_run_dir=keep_run_dir, seed=seed)
+    # soft_wrap: a long report path stays on one line in a CI log (80 columns when not a tty).
+    console = Console(stderr=False, soft_wrap=True)
+    with progress_bar(console, disable=quiet) as bar:
+        task = bar.add_task("scenarios", total=len(planned))
+        running: dict[Path, str] = {}
+
+        def started(item: Planned) -> None:
+            running[item.report_dir] = item.scenario.label
+            bar.update(task, description=escape(", ".join(running.values())))
+
+        def finished(item: Planned, report: ScenarioReport) -> None:
+            running.pop(item.report_dir, None)
+            bar.update(task, advance=1, description=escape(", ".join(running.values())) or "done")
+            if not quiet:
+                print_summary(console, report, verbose)
+
+        reports = asyncio.run(run_planned(planned, options, parallel, started, finished))
+    results = outcomes(planned, reports)
+    junit = write_junit(root / "junit.xml", reports, repeat if repeat > 1 else None)
+    code = exit_code(results, reports)
+    Summary(
+        seed=seed,
+        repeat=repeat,
+        parallel=parallel,
+        filters=list(filters),
+        exit_code=code,
+        outcomes={o.value: sum(1 for r in results if r.outcome is o) for o in Outcome},
+        scenarios=results,
+        junit=str(junit),
+    ).write(root)
+    if quiet:
+        print_quiet(console, results)
+    elif len(planned) > 1:
+        print_table(console, results, seed, str(root))
+    else:
+        console.print(f"seed {seed} (rerun with --seed {seed})", highlight=False)
+    for report in reports:
         if report.exit_code == EXIT_INVALID:  # an agent's plugins could not be loaded
-            invalid = True
             for error in report.errors:
                 if error.source == "init":
-                    click.echo(f"{path}: {error.message}", err=True)
-    if invalid:
-        sys.exit(EXIT_INVALID)
-    if Verdict.ERROR in verdicts:
-        sys.exit(3)
-    if Verdict.FAIL in verdicts:
-        sys.exit(1)
-    sys.exit(0)
+                    click.echo(f"{report.file}: {error.message}", err=True)
+    sys.exit(code)

@@ -1,13 +1,88 @@
-"""Console output: the end-of-run summary (rich), and one clear line per problem."""
+"""Console output (rich): a progress bar while scenarios run, each run's result as it ends,
+then a summary table with one row per scenario; `--quiet` prints the outcomes only."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.console import Console
+from rich.markup import escape as esc
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from orchestrator.report import ScenarioReport, Verdict
+from orchestrator.session import Outcome, ScenarioOutcome
 
-_STYLE = {Verdict.PASS: "bold green", Verdict.FAIL: "bold red", Verdict.ERROR: "bold magenta"}
+_STYLE = {
+    Verdict.PASS: "bold green",
+    Verdict.FAIL: "bold red",
+    Verdict.ERROR: "bold magenta",
+    Outcome.FLAKY: "bold yellow",
+}
+
+
+def progress_bar(console: Console, disable: bool) -> Progress:
+    """A bar over the invocation's runs. It is drawn only on a terminal and vanishes when
+    done (what stays on screen are the results), so logs and pipes get no control codes."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=disable,
+    )
+
+
+def _rate(o: ScenarioOutcome) -> str:
+    return f"{o.passed}/{o.runs} ({o.pass_rate:.0%})"
+
+
+def print_quiet(console: Console, outcomes: Sequence[ScenarioOutcome]) -> None:
+    for o in outcomes:
+        rate = f" {_rate(o)}" if o.runs > 1 else ""
+        console.print(
+            f"[{_STYLE[o.outcome]}]{o.outcome.value}[/] {esc(o.variant)}{rate}", highlight=False
+        )
+
+
+def print_table(
+    console: Console, outcomes: Sequence[ScenarioOutcome], seed: int, root: str
+) -> None:
+    repeated = any(o.runs > 1 for o in outcomes)
+    table = Table(
+        title="scenarios (ok / failed: assertions; peak MiB: the largest agent peak RSS)",
+        caption=f"seed {seed} (rerun with --seed {seed}); reports in {root}",
+        show_edge=False,
+    )
+    table.add_column("scenario", overflow="fold")
+    table.add_column("verdict")
+    if repeated:
+        table.add_column("runs passed", justify="right")
+    # Short headers leave the width to the scenario names (80 columns in a CI log).
+    for col in ("ok", "failed", "time s", "peak MiB"):
+        table.add_column(col, justify="right")
+    for o in outcomes:
+        row = [esc(o.variant), f"[{_STYLE[o.outcome]}]{o.outcome.value}[/]"]
+        if repeated:
+            row.append(_rate(o))
+        row += [
+            str(o.assertions_passed),
+            str(o.assertions_failed),
+            f"{o.duration_s:.2f}",
+            _mib(o.peak_rss_bytes),
+        ]
+        table.add_row(*row)
+    console.print(table)
 
 
 def _mib(n: int | None) -> str:
@@ -19,26 +94,33 @@ def _ms(v: float | None) -> str:
 
 
 def print_summary(console: Console, report: ScenarioReport, verbose: bool = False) -> None:
+    name = report.variant or report.scenario
+    if report.repeat is not None:
+        name += f" (run {report.repeat})"
     console.print(
-        f"[{_STYLE[report.verdict]}]{report.verdict.value}[/] {report.scenario}"
+        f"[{_STYLE[report.verdict]}]{report.verdict.value}[/] {esc(name)}"
         f"  ({report.duration_s:.2f}s, {len(report.agents)} agents,"
-        f" {report.bus.messages_routed} messages)  report: {report.report_dir}/report.json"
+        f" {report.bus.messages_routed} messages)  report: {esc(report.report_dir)}/report.json"
     )
     for a in report.assertions:
         mark = "[green]ok[/]  " if a.passed else "[red]FAIL[/]"
-        console.print(f"  {mark} {a.id}: {a.message}", highlight=False)
+        console.print(f"  {mark} {esc(a.id)}: {esc(a.message)}", highlight=False)
     for s in report.steps:
         if s.status == "failed" and s.kind != "assert":
-            console.print(f"  [red]step {s.path}[/] {s.description}: {s.error}", highlight=False)
+            console.print(
+                f"  [red]step {s.path}[/] {esc(s.description)}: {esc(s.error or '')}",
+                highlight=False,
+            )
         elif s.status == "skipped" and s.skipped_reason != report.stop_reason:
             console.print(
-                f"  [yellow]step {s.path}[/] {s.description}: {s.skipped_reason}", highlight=False
+                f"  [yellow]step {s.path}[/] {esc(s.description)}: {esc(s.skipped_reason or '')}",
+                highlight=False,
             )
     if report.verdict.value != "PASS" and report.verification.reasons:
-        console.print(f"  why: {report.verification.reasons[0]}", highlight=False)
+        console.print(f"  why: {esc(report.verification.reasons[0])}", highlight=False)
     for e in report.errors:
         if e.source != "step":
-            console.print(f"  [magenta]error[/] ({e.source}) {e.message}", highlight=False)
+            console.print(f"  [magenta]error[/] ({e.source}) {esc(e.message)}", highlight=False)
             if verbose and e.detail:
                 console.print(e.detail, highlight=False, markup=False)
     if not verbose:

@@ -8,19 +8,24 @@ the same walk, so every pydantic error location can be traced back to a line in 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
+import json
+import math
 import re
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar, Union, get_args, get_origin
+from typing import Annotated, TypeVar, Union, cast, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from orchestrator.references import Parts, ReferenceIssue, find_reference_issues
-from orchestrator.scenario import UNION_TAGS, AgentSpec, RoomSpec, Scenario
+from orchestrator.scenario import MATRIX_PATH, UNION_TAGS, AgentSpec, RoomSpec, Scenario
 from orchestrator.scenario_assertions import Assertion
 from orchestrator.scenario_steps import Actor, Step, StopCondition
 from orchestrator.schema import (
@@ -88,7 +93,123 @@ class ScenarioError(Exception):
 
 
 def load_scenario(path: Path) -> Scenario:
-    """Load and validate one scenario file; raise `ScenarioError` with every problem in it."""
+    """Load and validate one scenario file; raise `ScenarioError` with every problem in it.
+    A file with a `matrix` is several scenarios: load it with `load_variants`."""
+    return _single(load_variants(path), str(path))
+
+
+def load_scenario_text(text: str, filename: str) -> Scenario:
+    """Validate scenario YAML `text`; `filename` is only used to label problems."""
+    return _single(load_variants_text(text, filename), filename)
+
+
+def load_variants(path: Path) -> list[Scenario]:
+    """The scenarios one file describes: itself, or one per combination of its `matrix`."""
+    return load_variants_text(_read(path), str(path))
+
+
+def load_variants_text(text: str, filename: str) -> list[Scenario]:
+    document, problems = _parse(text, filename)
+    if document is None:
+        raise ScenarioError(problems)
+    data = document.data
+    if not isinstance(data, dict):
+        problems.append(
+            Problem(
+                filename,
+                *document.positions[()],
+                "",
+                "a scenario file must be a mapping (name, agents, rooms, script, assertions), "
+                f"got {describe_value(data)}",
+            )
+        )
+        raise ScenarioError(problems)
+    if data.get("matrix") is None:
+        scenario, found = _validate(data, document, filename)
+        problems += found
+        if problems or scenario is None:
+            raise ScenarioError(_in_file_order(problems))
+        return [scenario]
+    combinations = _matrix(data["matrix"], document, filename, problems)
+    if problems:
+        raise ScenarioError(_in_file_order(problems))
+    # A problem with a value the matrix set is shown at the matrix's entry for it.
+    matrix_at = document.positions.get(("matrix",)) or _nearest(("matrix",), document)
+    entries = {
+        format_loc(tuple(int(x) if x.isdigit() else x for x in key.split("."))): (
+            document.key_positions.get(("matrix", key), matrix_at)
+        )
+        for key in combinations[0]
+    }
+
+    def located(p: Problem) -> Problem:
+        for path, position in entries.items():
+            if p.path == path or p.path.startswith((f"{path}.", f"{path}[")) or (
+                path.startswith((f"{p.path}.", f"{p.path}[")) and p.message.startswith("unknown")
+            ):
+                return dataclasses.replace(p, line=position[0], column=position[1])
+        return p
+
+    base = {k: v for k, v in data.items() if k != "matrix"}
+    scenarios: list[Scenario] = []
+    by_variant: list[tuple[str, list[Problem]]] = []
+    for combination in combinations:
+        variant = copy.deepcopy(base)
+        for key, value in combination.items():
+            _set_path(variant, key, value)  # every path was checked to resolve in `_matrix`
+        scenario, found = _validate(variant, document, filename)
+        found = [located(p) for p in found]
+        if scenario is not None:
+            scenario._parameters = combination
+            scenarios.append(scenario)
+        label = ", ".join(f"{k}={json.dumps(v)}" for k, v in combination.items())
+        by_variant.append((label, found))
+    # A problem every combination has is the file's and is said once; one that depends on the
+    # values is said for each combination that has it.
+    common = set.intersection(*(set(found) for _, found in by_variant))
+    problems += common
+    for label, found in by_variant:
+        problems += [
+            dataclasses.replace(p, message=f"{p.message} (with matrix {label})")
+            for p in found
+            if p not in common
+        ]
+    if problems:
+        raise ScenarioError(_in_file_order(problems))
+    return scenarios
+
+
+def validate_files(paths: Sequence[Path]) -> tuple[list[tuple[Path, Scenario]], list[Problem]]:
+    """Load every file, collecting the scenarios that loaded (a file with a matrix gives
+    several) and the problems of all the others."""
+    scenarios: list[tuple[Path, Scenario]] = []
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            scenarios += [(path, scenario) for scenario in load_variants(path)]
+        except ScenarioError as exc:
+            problems.extend(exc.problems)
+    return scenarios, problems
+
+
+def _single(scenarios: list[Scenario], filename: str) -> Scenario:
+    if len(scenarios) != 1:
+        raise ScenarioError(
+            [
+                Problem(
+                    filename,
+                    None,
+                    None,
+                    "matrix",
+                    f"the file's matrix makes {len(scenarios)} scenarios; load it with"
+                    " load_variants",
+                )
+            ]
+        )
+    return scenarios[0]
+
+
+def _read(path: Path) -> str:
     filename = str(path)
     try:
         raw = path.read_bytes()
@@ -103,54 +224,144 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError([Problem(filename, None, None, "", f"cannot read: {reason}")]) from None
     try:
         # utf-8-sig: editors on Windows like to start a file with a byte order mark.
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ScenarioError(
             [Problem(filename, line, None, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
         ) from None
-    return load_scenario_text(text, filename)
 
 
-def load_scenario_text(text: str, filename: str) -> Scenario:
-    """Validate scenario YAML `text`; `filename` is only used to label problems."""
-    document, problems = _parse(text, filename)
-    if document is None:
-        raise ScenarioError(problems)
-    if not isinstance(document.data, dict):
-        problems.append(
-            Problem(
-                filename,
-                *document.positions[()],
-                "",
-                "a scenario file must be a mapping (name, agents, rooms, script, assertions), "
-                f"got {describe_value(document.data)}",
-            )
-        )
-        raise ScenarioError(problems)
+def _validate(
+    data: dict[str, object], document: _Document, filename: str
+) -> tuple[Scenario | None, list[Problem]]:
+    problems: list[Problem] = []
+    scenario: Scenario | None = None
     try:
-        scenario = Scenario.model_validate(document.data, context=_NO_REFERENCE_CHECK)
+        scenario = Scenario.model_validate(data, context=_NO_REFERENCE_CHECK)
     except ValidationError as exc:
-        problems.extend(_validation_problems(exc, document, filename))
-        issues = _references_of_valid_parts(document.data)
+        problems.extend(_validation_problems(exc, data, document, filename))
+        issues = _references_of_valid_parts(data)
     else:
         issues = scenario.reference_issues()
     problems.extend(_reference_problem(issue, document, filename) for issue in issues)
-    if problems:
-        raise ScenarioError(_in_file_order(problems))
-    return scenario
+    return (None if problems else scenario), problems
 
 
-def validate_files(paths: Sequence[Path]) -> tuple[list[Scenario], list[Problem]]:
-    """Load every file, collecting the scenarios that loaded and the problems of all the others."""
-    scenarios: list[Scenario] = []
-    problems: list[Problem] = []
-    for path in paths:
+# --- matrix ----------------------------------------------------------------------------------
+
+MAX_VARIANTS = 1000
+"""More combinations than this is a mistake in the matrix, not a test plan."""
+
+
+def _matrix(
+    raw: object, document: _Document, filename: str, problems: list[Problem]
+) -> list[dict[str, JsonValue]]:
+    """Every combination of the matrix's values, in the order written (the first key varies
+    slowest); problems go to `problems`, each at its place in the file."""
+    where = document.positions.get(("matrix",)) or _nearest(("matrix",), document)
+
+    def problem(message: str, loc: Loc = ("matrix",), position: Position = where) -> None:
+        problems.append(Problem(filename, *position, format_loc(loc), message))
+
+    if isinstance(raw, str):
+        source = Path(filename).parent / raw
         try:
-            scenarios.append(load_scenario(path))
-        except ScenarioError as exc:
-            problems.extend(exc.problems)
-    return scenarios, problems
+            loaded = yaml.load(source.read_text(encoding="utf-8"), Loader=_SafeLoader)
+        except OSError as exc:
+            problem(f"cannot read the matrix file {str(source)!r}: {exc.strerror or exc}")
+            return []
+        except yaml.YAMLError as exc:
+            problem(f"the matrix file {str(source)!r} is not valid YAML: {exc}")
+            return []
+        raw, in_file = loaded, False
+    else:
+        in_file = True
+    if not isinstance(raw, dict) or not raw:
+        problem(
+            "a matrix maps dotted paths to lists of values (or names a YAML file that does),"
+            f" got {describe_value(raw)}"
+        )
+        return []
+    axes: list[tuple[str, list[JsonValue]]] = []
+    for key, values in raw.items():
+        loc: Loc = ("matrix", str(key))
+        key_at = document.key_positions.get(loc, where) if in_file else where
+        value_at = document.positions.get(loc, where) if in_file else where
+        if not isinstance(key, str) or not MATRIX_PATH.fullmatch(key):
+            problem(
+                f"{key!r} is not a dotted path such as defaults.retries or agents.0.model",
+                loc,
+                key_at,
+            )
+            continue
+        reason = _resolve(document.data, key)
+        if reason is not None:
+            problem(reason, loc, key_at)
+            continue
+        if not isinstance(values, list) or not values:
+            problem(
+                f"the values must be a non-empty list, got {describe_value(values)}", loc, value_at
+            )
+            continue
+        axes.append((key, cast(list[JsonValue], values)))
+    if len(axes) != len(raw):
+        return []
+    total = math.prod(len(values) for _, values in axes)
+    if total > MAX_VARIANTS:
+        problem(f"the matrix makes {total} combinations; at most {MAX_VARIANTS} are allowed")
+        return []
+    keys = [key for key, _ in axes]
+    return [
+        dict(zip(keys, values, strict=True))
+        for values in itertools.product(*(values for _, values in axes))
+    ]
+
+
+def _resolve(data: object, key: str) -> str | None:
+    """Why `key` cannot be set in `data`, or None when it can. A key a mapping lacks is
+    created, with mappings for the segments below it (`defaults.retries` in a file without
+    `defaults`; validation then judges the keys); a list item must exist."""
+    if key == "matrix" or key.startswith("matrix."):
+        return "the matrix cannot set itself"
+    segments = key.split(".")
+    current = data
+    for n, segment in enumerate(segments):
+        here = ".".join(segments[:n]) or "the top level"
+        if isinstance(current, dict):
+            if segment not in current:
+                below = segments[n + 1 :]
+                if any(s.isdigit() for s in below):
+                    return f"no key {segment!r} at {here}, so there is no list to index below it"
+                return None
+            current = current[segment]
+        elif isinstance(current, list):
+            if not segment.isdigit():
+                return f"{here} is a list: index it with a number, not {segment!r}"
+            if int(segment) >= len(current):
+                return f"{here} has {len(current)} item(s); there is no item {segment}"
+            current = current[int(segment)]
+        elif n < len(segments):
+            return f"{here} is {describe_value(current)}, which has no {segment!r}"
+    return None
+
+
+def _set_path(data: dict[str, object], key: str, value: JsonValue) -> None:
+    """Set `key` (checked by `_resolve`) in `data`, creating the mappings it lacks."""
+    *parents, last = key.split(".")
+    current: object = data
+    for segment in parents:
+        if isinstance(current, list):
+            current = current[int(segment)]
+        else:
+            mapping = cast(dict[str, object], current)
+            if not isinstance(mapping.get(segment), dict | list):
+                mapping[segment] = {}
+            current = mapping[segment]
+    if isinstance(current, list):
+        current[int(last)] = copy.deepcopy(value)
+    else:
+        cast(dict[str, object], current)[last] = copy.deepcopy(value)
 
 
 # --- YAML with positions ---------------------------------------------------------------------
@@ -329,10 +540,11 @@ class _Builder:
 # --- validation errors to problems -----------------------------------------------------------
 
 
-def _validation_problems(exc: ValidationError, document: _Document, filename: str) -> list[Problem]:
-    errors = [
-        (error, _data_loc(error["loc"], document.data)) for error in exc.errors(include_url=False)
-    ]
+def _validation_problems(
+    exc: ValidationError, data: object, document: _Document, filename: str
+) -> list[Problem]:
+    """`data` is what was validated: the document's data, or a matrix variant of it."""
+    errors = [(error, _data_loc(error["loc"], data)) for error in exc.errors(include_url=False)]
     # A misspelt required key is reported twice by pydantic: as an unknown key and as the field
     # it was meant to be, missing. The first, with its did-you-mean, says all there is to say.
     meant: set[Loc] = set()

@@ -82,6 +82,9 @@ class VerificationReport(BaseModel):
     assertions_failed: int
     reasons: list[str]
     """Why the verdict is not PASS (empty for a PASS)."""
+    run_errors: list[str] = []
+    """The reasons for an ERROR that belong to the run, not to an assertion (a crash, a
+    failed step, an uncovered agent error); junit.xml reports them as the run's error."""
 
 
 class ErrorReport(BaseModel):
@@ -184,6 +187,15 @@ class ScenarioReport(BaseModel):
     duration_s: float
     timings: Timings
     tags: list[str] = []
+    variant: str = ""
+    """The scenario's name with its matrix values, `chat[defaults.retries=2]` (the name when
+    there is no matrix)."""
+    parameters: dict[str, JsonValue] = {}
+    """The matrix values of this run, by dotted path."""
+    repeat: int | None = None
+    """Which run of `--repeat N` this is, from 1."""
+    seed: int = 0
+    """The invocation's `--seed` (chosen at random and recorded when not given)."""
     verification: VerificationReport
     stop_reason: str | None = None
     """Set when a `stop_when` condition ended the script early."""

@@ -9,6 +9,7 @@ when the run is cancelled or the runner itself breaks.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -91,6 +92,10 @@ class RunOptions:
     coordinator_timeout_s: float = 10.0
     inbox_capacity: int = 1024
     sample_interval_s: float = 1.0
+    seed: int = 0
+    """The run's seed; each agent's seed is derived from it (`agent_seed`)."""
+    repeat: int | None = None
+    """Which run of a `--repeat` this is, from 1 (None when not repeated)."""
 
 
 def default_report_dir(scenario: Scenario) -> Path:
@@ -103,7 +108,17 @@ def room_members(scenario: Scenario) -> dict[str, frozenset[str]]:
     return {r.id: frozenset(scenario.room_members(r)) for r in scenario.rooms}
 
 
-def agent_configs(scenario: Scenario, run_dir: Path) -> list[AgentConfig]:
+def agent_seed(seed: int, scenario: Scenario, repeat: int | None, agent_id: str) -> int:
+    """The agent's own seed: a hash of the run's seed, the scenario (with its matrix values),
+    the repeat number and the agent's id. Agents of one run, repeats of one scenario and
+    scenarios of one invocation each draw differently, and the same `--seed` replays them all."""
+    text = f"{seed}\0{scenario.label}\0{repeat or 0}\0{agent_id}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
+
+
+def agent_configs(
+    scenario: Scenario, run_dir: Path, seed: int = 0, repeat: int | None = None
+) -> list[AgentConfig]:
     configs = []
     members = {r.id: scenario.room_members(r) for r in scenario.rooms}
     for agent_id in scenario.agent_ids:
@@ -128,6 +143,7 @@ def agent_configs(scenario: Scenario, run_dir: Path) -> list[AgentConfig]:
                     max_age_s=agent.memory.max_age.seconds if agent.memory.max_age else None,
                 ),
                 action_timeout_s=agent.action_timeout.seconds,
+                seed=agent_seed(seed, scenario, repeat, agent_id),
             )
         )
     return configs
@@ -157,6 +173,7 @@ def model_config(spec: ModelSpec | None) -> ModelConfig:
                     regex=r.when.regex,
                     reply=r.reply,
                     actions=_calls(r.actions),
+                    chance=r.chance,
                 )
                 for r in rules
             ]
@@ -344,7 +361,7 @@ class ScenarioRun:
 
     async def _launch(self, supervisor: Supervisor, sampler: Sampler, run_dir: Path) -> None:
         opts = self.options
-        for config in agent_configs(self.scenario, run_dir):
+        for config in agent_configs(self.scenario, run_dir, self.options.seed, self.options.repeat):
             spec = LaunchSpec(
                 agent_id=config.agent_id,
                 endpoint=supervisor.bus.endpoint,
@@ -433,7 +450,7 @@ class ScenarioRun:
     # -- verdict and report ---------------------------------------------------------------
     def decide(self, events: EventLog) -> Decision:
         if self.init_errors:  # invalid input (a plugin): nothing was judged
-            return Decision(Verdict.ERROR, 0.0, 1.0, list(self.init_errors))
+            return Decision(Verdict.ERROR, 0.0, 1.0, list(self.init_errors), list(self.init_errors))
         return decide(
             self.assertions,
             self.steps,
@@ -495,12 +512,17 @@ class ScenarioRun:
             duration_s=round(timings.total_s, 6),
             timings=timings,
             tags=list(self.scenario.tags),
+            variant=self.scenario.label,
+            parameters=dict(self.scenario.parameters),
+            repeat=self.options.repeat,
+            seed=self.options.seed,
             verification=VerificationReport(
                 score=round(decision.score, 6),
                 threshold=decision.threshold,
                 assertions_passed=sum(1 for a in self.assertions if a.passed),
                 assertions_failed=sum(1 for a in self.assertions if not a.passed),
                 reasons=decision.reasons,
+                run_errors=decision.run_errors,
             ),
             stop_reason=self.stop_reason,
             steps=[step_report(s) for s in self.steps],

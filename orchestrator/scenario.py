@@ -10,6 +10,7 @@ against `Scenario` and turns every error into a located `Problem`. Steps are in
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from functools import cached_property
@@ -19,6 +20,7 @@ from pydantic import (
     AfterValidator,
     Field,
     JsonValue,
+    PrivateAttr,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -94,6 +96,9 @@ class Rule(SpecModel):
     when: MatchRule
     reply: str | None = None
     actions: list[ActionCallSpec] = []
+    chance: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """The probability that a matching rule fires; otherwise the next rule is tried. Drawn
+    from the agent's seeded generator, so `--seed` reproduces every draw."""
 
     @field_validator("reply")
     @classmethod
@@ -178,8 +183,6 @@ class ModelSpec(SpecModel):
                 + (f"; this one has {' and '.join(chosen)}" if chosen else ""),
             )
         return self
-
-
 
 
 class MemorySpec(SpecModel):
@@ -303,6 +306,44 @@ def _check_agents(agents: list[AgentSpec]) -> list[AgentSpec]:
     return agents
 
 
+MATRIX_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.([A-Za-z_][A-Za-z0-9_-]*|[0-9]+))*$")
+
+MatrixPath = Annotated[
+    str,
+    Field(
+        pattern=MATRIX_PATH.pattern,
+        description="a dotted path into the scenario: `defaults.retries`,"
+        " `agents.0.model.rules.1.chance` (numbers index lists)",
+    ),
+]
+
+Matrix = Annotated[
+    dict[MatrixPath, Annotated[list[JsonValue], Field(min_length=1)]] | str,
+    Field(
+        description="values by dotted path (every combination runs), or the name of a YAML"
+        " file beside the scenario that holds that mapping"
+    ),
+]
+
+
+def short_paths(paths: list[str]) -> dict[str, str]:
+    """Each dotted path -> its shortest tail of segments that no other path ends with
+    (`agents.0.model.rules.0.chance` -> `chance`, unless another path also ends in `chance`)."""
+    split = {p: p.split(".") for p in paths}
+    short: dict[str, str] = {}
+    for path, segments in split.items():
+        for n in range(1, len(segments) + 1):
+            tail = segments[-n:]
+            if not any(o != path and other[-n:] == tail for o, other in split.items()):
+                break
+        short[path] = ".".join(tail)
+    return short
+
+
+def _show(value: JsonValue) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
 class Scenario(SpecModel):
     name: Name
     description: str = ""
@@ -317,6 +358,25 @@ class Scenario(SpecModel):
     stop_when: list[StopCondition] = []
     assertions: Annotated[list[Assertion], Field(validate_default=True)] = []
     verification: Verification = Verification()
+    matrix: Matrix | None = None
+    """Parameter values by dotted path into this file; it runs once per combination."""
+
+    _parameters: dict[str, JsonValue] = PrivateAttr(default_factory=dict)
+
+    @property
+    def parameters(self) -> dict[str, JsonValue]:
+        """The matrix values this scenario was expanded with (empty without a matrix)."""
+        return self._parameters
+
+    @property
+    def label(self) -> str:
+        """The name, with the matrix values when there are any, each path shortened to the
+        fewest last segments that tell it from the others: `chat[retries=2,chance=0.5]`."""
+        if not self._parameters:
+            return self.name
+        keys = short_paths(list(self._parameters))
+        values = ",".join(f"{keys[k]}={_show(v)}" for k, v in self._parameters.items())
+        return f"{self.name}[{values}]"
 
     @field_validator("assertions")
     @classmethod
@@ -331,9 +391,7 @@ class Scenario(SpecModel):
             actor.script for actor in info.data.get("actors") or []
         ]
         if any(
-            isinstance(step, AssertStep)
-            for steps in timelines
-            for _, step in walk_steps(steps, ())
+            isinstance(step, AssertStep) for steps in timelines for _, step in walk_steps(steps, ())
         ):
             return assertions
         raise spec_error(
@@ -387,8 +445,6 @@ def all_steps(scenario: Scenario) -> Iterator[tuple[tuple[str | int, ...], Step]
     yield from walk_steps(scenario.script, ("script",))
     for i, actor in enumerate(scenario.actors):
         yield from walk_steps(actor.script, ("actors", i, "script"))
-
-
 
 
 # The tags pydantic puts into an error's location for a keyed union member; they are not part of

@@ -287,8 +287,6 @@ class DeliveryAssertion(AssertionBase):
 # --- custom ----------------------------------------------------------------------------------
 
 
-
-
 class CustomAssertionArgs(SpecModel):
     """A Python callable, by import path, that receives a read-only view of the run (and
     `params`) and returns a `RuleResult` (`orchestrator.rules`)."""

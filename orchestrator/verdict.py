@@ -33,6 +33,9 @@ class Decision:
     threshold: float
     reasons: list[str]
     """Why the verdict is not PASS (empty for PASS)."""
+    run_errors: list[str]
+    """The reasons for an ERROR that are the run's rather than an assertion's: crashes,
+    failed steps, uncovered agent errors, nothing judged."""
 
 
 def decide(
@@ -61,15 +64,16 @@ def decide(
             stop_reason is None or step.skipped_reason != stop_reason
         ):
             errors_reasons.append(f"step {step.path} did not run: {step.skipped_reason}")
+    if not results:
+        errors_reasons.append("no assertion was judged")
+    run_errors = list(errors_reasons)
     errors_reasons += [
         f"assertion {r.id} could not be judged: {r.error}" for r in results if r.error
     ]
     if errors_reasons:
-        return Decision(Verdict.ERROR, score, threshold, errors_reasons)
-    if not results:
-        return Decision(Verdict.ERROR, score, threshold, ["no assertion was judged"])
+        return Decision(Verdict.ERROR, score, threshold, errors_reasons, run_errors)
     failed = [r for r in results if r.required and not r.passed]
     reasons = [f"required assertion {r.id} failed: {r.message}" for r in failed]
     if score < threshold:
         reasons.append(f"score {score:.3f} is under the threshold {threshold:.3f}")
-    return Decision(Verdict.FAIL if reasons else Verdict.PASS, score, threshold, reasons)
+    return Decision(Verdict.FAIL if reasons else Verdict.PASS, score, threshold, reasons, [])

@@ -763,7 +763,7 @@ def test_validate_files_collects_problems_of_every_file(tmp_path: Path) -> None:
 
     scenarios, problems = validate_files([HELLO_ROOM, bad, missing])
 
-    assert [scenario.name for scenario in scenarios] == ["hello-room"]
+    assert [scenario.name for _, scenario in scenarios] == ["hello-room"]
     assert [(problem.file, problem.line) for problem in problems] == [
         (str(bad), 3),
         (str(missing), None),

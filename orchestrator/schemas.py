@@ -1,0 +1,48 @@
+"""JSON Schema exports: the scenario format (for editors) and report.json (for consumers).
+
+Both come straight from the pydantic models the runner itself validates with, so the exported
+schema cannot drift from what `scenario-runner validate` accepts. What a JSON Schema cannot say
+(references to undefined agents, rooms or steps; a sender outside its room) is still checked by
+`validate` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+
+from orchestrator.durations import Duration
+from orchestrator.report import SCHEMA_VERSION, ScenarioReport
+from orchestrator.scenario import Scenario
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+class _Generator(GenerateJsonSchema):
+    def encode_default(self, dft: Any) -> Any:
+        # A Duration default is a dataclass, which pydantic would show as {"seconds": 60.0}; a
+        # scenario file writes it as "60s", and the schema's default must be a valid value.
+        if isinstance(dft, Duration):
+            return str(dft)
+        return super().encode_default(dft)
+
+
+def scenario_schema() -> JsonSchemaValue:
+    schema = Scenario.model_json_schema(mode="validation", schema_generator=_Generator)
+    return {
+        "$schema": DRAFT,
+        "$id": "https://scenario-runner.dev/schema/scenario.json",
+        **schema,
+        "title": "scenario-runner scenario",
+    }
+
+
+def report_schema() -> JsonSchemaValue:
+    schema = ScenarioReport.model_json_schema(mode="serialization", schema_generator=_Generator)
+    return {
+        "$schema": DRAFT,
+        "$id": f"https://scenario-runner.dev/schema/report-v{SCHEMA_VERSION}.json",
+        **schema,
+        "title": f"scenario-runner report.json (schema_version {SCHEMA_VERSION})",
+    }

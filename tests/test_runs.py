@@ -1,0 +1,357 @@
+"""Invocations of `scenario-runner run` with several runs: --repeat (FLAKY and its rate),
+--seed (the same seed replays the same outcomes), matrix expansion, --filter, --parallel, the
+summary and junit.xml (read back with junitparser, a real JUnit XML parser from PyPI), --quiet,
+and `scenario-runner schema` (checked with jsonschema against every example)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+from junitparser import Error, Failure, JUnitXml
+
+from orchestrator.cli import main
+from orchestrator.loader import ScenarioError, load_variants_text
+from orchestrator.runner import agent_seed
+from orchestrator.scenario import Scenario
+
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data" / "runs"
+ROOT = TESTS.parent
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> Path:
+    """The data files with the test plugins beside them (custom rules import from there)."""
+    folder = tmp_path / "scenarios"
+    shutil.copytree(DATA, folder)
+    shutil.copytree(TESTS / "plugins", folder / "plugins")
+    return folder
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["run", *args])
+    return result.exit_code, result.output
+
+
+def _summary(report_dir: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((report_dir / "summary.json").read_text())  # type: ignore[no-any-return]
+
+
+def _predicted(seed: int, runs: int | None) -> list[str]:
+    """What the coin scenario's verdicts must be, for `runs` repeats (None: not repeated): the
+    bot's rules model draws once from random.Random("rules-model:<agent seed>"), and heads (a
+    PASS) is a draw under 0.5."""
+    scenario = Scenario.model_validate_json(
+        json.dumps({"name": "coin", "agents": [{"id": "bot"}], "assertions": [_ANY]})
+    )
+    verdicts = []
+    for k in range(1, runs + 1) if runs is not None else [None]:
+        draw = random.Random(f"rules-model:{agent_seed(seed, scenario, k, 'bot')}").random()
+        verdicts.append("PASS" if draw < 0.5 else "FAIL")
+    return verdicts
+
+
+_ANY = {"state": {"agent": "bot", "path": "x", "absent": True}}
+
+
+def test_seeded_coin_is_flaky_with_the_right_rate_and_the_seed_replays_it(
+    files: Path, tmp_path: Path, private_tmp: Path
+) -> None:
+    runs = 12
+    expected = _predicted(7, runs)
+    assert "PASS" in expected and "FAIL" in expected  # the seed was chosen to be flaky
+    first, second = tmp_path / "first", tmp_path / "second"
+    code, output = _invoke(
+        str(files / "coin.yaml"), "--repeat", str(runs), "--seed", "7", "--parallel", "2",
+        "--report-dir", str(first),
+    )  # fmt: skip
+    assert code == 1, output  # FLAKY is not a pass
+    summary = _summary(first)
+    (coin,) = summary["scenarios"]
+    passes = expected.count("PASS")
+    assert coin["outcome"] == "FLAKY"
+    assert coin["verdicts"] == expected
+    assert coin["runs"] == runs and coin["passed"] == passes
+    assert coin["pass_rate"] == round(passes / runs, 6)
+    # Each run has its own report, with its repeat number and the seed.
+    for k, verdict in enumerate(expected, start=1):
+        report = json.loads((first / "coin" / f"run-{k}" / "report.json").read_text())
+        assert (report["repeat"], report["seed"], report["verdict"]) == (k, 7, verdict)
+    assert summary["outcomes"] == {"PASS": 0, "FAIL": 0, "ERROR": 0, "FLAKY": 1}
+
+    # The same seed, one at a time instead of two: the same outcomes, run for run.
+    code, _ = _invoke(
+        str(files / "coin.yaml"), "--repeat", str(runs), "--seed", "7", "-q",
+        "--report-dir", str(second),
+    )  # fmt: skip
+    assert code == 1
+    assert _summary(second)["scenarios"][0]["verdicts"] == expected
+
+    # Another seed draws differently, as predicted.
+    other = _predicted(8, runs)
+    assert other != expected
+    code, _ = _invoke(
+        str(files / "coin.yaml"), "--repeat", str(runs), "--seed", "8", "-q",
+        "--report-dir", str(tmp_path / "third"),
+    )  # fmt: skip
+    assert _summary(tmp_path / "third")["scenarios"][0]["verdicts"] == other
+
+
+def test_quiet_prints_the_outcomes_only(files: Path, tmp_path: Path, private_tmp: Path) -> None:
+    runs = 4
+    expected = _predicted(11, runs)
+    code, output = _invoke(
+        str(files / "coin.yaml"), "--repeat", str(runs), "--seed", "11", "--quiet",
+        "--report-dir", str(tmp_path / "r"),
+    )  # fmt: skip
+    passes = expected.count("PASS")
+    outcome = {0: "FAIL", runs: "PASS"}.get(passes, "FLAKY")
+    assert output.splitlines() == [f"{outcome} coin {passes}/{runs} ({passes / runs:.0%})"]
+    assert code == {"PASS": 0, "FAIL": 1, "FLAKY": 1}[outcome]
+
+
+def test_without_seed_one_is_chosen_and_recorded(
+    files: Path, tmp_path: Path, private_tmp: Path
+) -> None:
+    code, output = _invoke(str(files / "coin.yaml"), "--report-dir", str(tmp_path / "r"))
+    seed = _summary(tmp_path / "r")["seed"]
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["seed"] == seed
+    assert f"--seed {seed}" in output
+    assert code == (0 if _predicted(seed, None) == ["PASS"] else 1)
+
+
+MATRIX = """\
+name: coin-matrix
+agents:
+  - id: bot
+    model:
+      rules:
+        - when: {contains: flip}
+          reply: heads
+          chance: 0.5
+        - when: {contains: flip}
+          reply: tails
+  - id: user
+rooms:
+  - {id: table, members: [bot, user]}
+script:
+  - send: {agent: user, room: table, text: flip}
+  - wait_for: {message: {from: bot, room: table}, timeout: 5s}
+assertions:
+  - id: heads
+    message: {from: bot, room: table, equals: heads}
+matrix:
+  agents.0.model.rules.0.chance: [0.0, 1.0]
+  defaults.retries: [0, 1]
+"""
+
+
+def test_matrix_runs_every_combination_and_reports_them_together(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(MATRIX)
+    report_dir = tmp_path / "r"
+    code, output = _invoke(str(path), "--report-dir", str(report_dir), "--parallel", "2")
+    assert code == 1, output
+    scenarios = _summary(report_dir)["scenarios"]
+    assert [(s["variant"], s["outcome"]) for s in scenarios] == [
+        ("coin-matrix[chance=0.0,retries=0]", "FAIL"),
+        ("coin-matrix[chance=0.0,retries=1]", "FAIL"),
+        ("coin-matrix[chance=1.0,retries=0]", "PASS"),
+        ("coin-matrix[chance=1.0,retries=1]", "PASS"),
+    ]
+    report = json.loads(Path(scenarios[3]["reports"][0]).read_text())
+    assert report["parameters"] == {"agents.0.model.rules.0.chance": 1.0, "defaults.retries": 1}
+    assert report["scenario"] == "coin-matrix"
+    suites = list(JUnitXml.fromfile(str(report_dir / "junit.xml")))
+    assert [s.name for s in suites] == [s["variant"] for s in scenarios]
+
+
+def test_matrix_problems_are_located(tmp_path: Path) -> None:
+    def problems(matrix: str) -> list[str]:
+        text = MATRIX.split("matrix:\n")[0] + matrix
+        with pytest.raises(ScenarioError) as caught:
+            load_variants_text(text, "m.yaml")
+        return [str(p) for p in caught.value.problems]
+
+    assert problems("matrix:\n  agents.5.model: [1]\n") == [
+        "m.yaml:21:3: matrix.agents.5.model: agents has 2 item(s); there is no item 5"
+    ]
+    assert problems("matrix:\n  defautls.retries: [1]\n") == [
+        "m.yaml:21:3: defautls: unknown key 'defautls' (did you mean 'defaults'?)"
+    ]
+    assert problems("matrix:\n  timeout: 3s\n") == [
+        "m.yaml:21:12: matrix.timeout: the values must be a non-empty list, got a string ('3s')"
+    ]
+    (bad_value,) = problems("matrix:\n  timeout: [1s, soon]\n")
+    assert bad_value.startswith("m.yaml:21:3: timeout: bad duration 'soon'")
+    assert bad_value.endswith('(with matrix timeout="soon")')
+    (too_many,) = problems(
+        "matrix:\n" + "".join(f"  agents.1.settings.x{i}: [a, b, c, d]\n" for i in range(6))
+    )
+    assert "4096 combinations" in too_many
+    (missing,) = problems("matrix: nope.yaml\n")
+    assert "cannot read the matrix file" in missing and "nope.yaml" in missing
+
+
+def test_matrix_from_a_file_beside_the_scenario(tmp_path: Path) -> None:
+    (tmp_path / "values.yaml").write_text("defaults.retries: [0, 2]\ntimeout: [5s]\n")
+    text = MATRIX.split("matrix:\n")[0] + "matrix: values.yaml\n"
+    variants = load_variants_text(text, str(tmp_path / "m.yaml"))
+    assert [(v.defaults.retries, v.timeout.seconds) for v in variants] == [(0, 5.0), (2, 5.0)]
+    assert [v.label for v in variants] == [
+        "coin-matrix[retries=0,timeout=5s]",
+        "coin-matrix[retries=2,timeout=5s]",
+    ]
+
+
+def test_filter_selects_by_name_or_tag(files: Path, tmp_path: Path, private_tmp: Path) -> None:
+    every = [str(files / name) for name in ("coin.yaml", "junit-mix.yaml", "junit-timeout.yaml")]
+    code, _ = _invoke(*every, "--filter", "report", "--report-dir", str(tmp_path / "tag"))
+    assert code == 3  # both report scenarios ERROR by design
+    assert [s["scenario"] for s in _summary(tmp_path / "tag")["scenarios"]] == [
+        "junit-mix",
+        "junit-timeout",
+    ]
+    code, _ = _invoke(*every, "--filter", "*-timeout", "--report-dir", str(tmp_path / "name"))
+    assert [s["scenario"] for s in _summary(tmp_path / "name")["scenarios"]] == ["junit-timeout"]
+    result = CliRunner().invoke(main, ["run", *every, "--filter", "nothing-like-it"])
+    assert result.exit_code == 2
+    assert "no scenario matches --filter nothing-like-it" in result.output
+
+
+PAUSED = """\
+name: {name}
+agents:
+  - id: a
+rooms:
+  - {{id: r, members: [a]}}
+script:
+  - send: {{agent: a, room: r, text: hi}}
+  - pause: 1s
+assertions:
+  - message: {{from: a, room: r, origin: script, equals: hi}}
+"""
+
+
+def test_parallel_runs_overlap_with_their_own_agents(tmp_path: Path, private_tmp: Path) -> None:
+    paths = []
+    for name in ("left", "right"):
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_text(PAUSED.format(name=name))
+    report_dir = tmp_path / "r"
+    code, output = _invoke(*map(str, paths), "--parallel", "2", "--report-dir", str(report_dir))
+    assert code == 0, output
+    left, right = (
+        json.loads((report_dir / name / "report.json").read_text()) for name in ("left", "right")
+    )
+    assert left["agents"][0]["pid"] != right["agents"][0]["pid"]
+    assert left["events_file"] != right["events_file"]
+
+    def span(report: dict) -> tuple[float, float]:  # type: ignore[type-arg]
+        start = datetime.fromisoformat(report["started_at"]).timestamp()
+        return start, start + report["duration_s"]
+
+    (a0, a1), (b0, b1) = span(left), span(right)
+    assert a0 < b1 and b0 < a1  # each paused a second while the other ran
+    assert list(private_tmp.glob("sr-*")) == []  # both run directories are gone
+
+
+def test_junit_counts_match_the_reports(files: Path, tmp_path: Path, private_tmp: Path) -> None:
+    report_dir = tmp_path / "r"
+    code, output = _invoke(
+        str(files / "junit-mix.yaml"),
+        str(files / "junit-timeout.yaml"),
+        str(files / "coin.yaml"),
+        "--seed", "7", "--report-dir", str(report_dir),
+    )  # fmt: skip
+    assert code == 3, output
+    xml = JUnitXml.fromfile(str(report_dir / "junit.xml"))
+    suites = {suite.name: suite for suite in xml}
+    assert list(suites) == ["junit-mix", "junit-timeout", "coin"]
+    total = {"tests": 0, "failures": 0, "errors": 0}
+    for name, suite in suites.items():
+        report = json.loads((report_dir / name / "report.json").read_text())
+        by_id = {a["id"]: a for a in report["assertions"]}
+        cases = {case.name: case for case in suite}
+        run_case = 1 if report["verification"]["run_errors"] else 0
+        assert set(cases) == set(by_id) | ({"(run)"} if run_case else set())
+        failures = [a for a in report["assertions"] if not a["passed"] and a["error"] is None]
+        errors = [a for a in report["assertions"] if a["error"] is not None]
+        assert suite.tests == len(by_id) + run_case
+        assert suite.failures == len(failures)
+        assert suite.errors == len(errors) + run_case
+        for case_id, case in cases.items():
+            kinds = [type(r) for r in case.result]
+            if case_id == "(run)":
+                assert kinds == [Error]
+                continue
+            a = by_id[case_id]
+            if a["error"] is not None:
+                assert kinds == [Error] and case.result[0].message == a["error"]
+            elif not a["passed"]:
+                assert kinds == [Failure] and case.result[0].message == a["message"]
+                assert a["expected"] in case.result[0].text
+            else:
+                assert kinds == []
+        for key in total:
+            total[key] += getattr(suite, key)
+    # The mix: a pass, an optional failure, a rule that raised; the timeout: its run error.
+    assert [type(r) for r in suites["junit-mix"]] and suites["junit-mix"].errors == 1
+    assert suites["junit-mix"].failures == 1
+    assert {c.name for c in suites["junit-timeout"]} == {"user-spoke", "(run)"}
+    (run_case,) = [c for c in suites["junit-timeout"] if c.name == "(run)"]
+    assert run_case.result[0].message == (
+        "step script[1] failed: no message from bot in r within 300ms"
+    )
+    xml.update_statistics()  # recomputed by the parser from the cases themselves
+    assert (xml.tests, xml.failures, xml.errors) == (
+        total["tests"],
+        total["failures"],
+        total["errors"],
+    )
+
+
+def test_schema_accepts_every_example_and_rejects_mistakes(tmp_path: Path) -> None:
+    import yaml
+
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    examples = sorted((ROOT / "examples").glob("*.yaml")) + sorted(DATA.glob("*.yaml"))
+    for path in examples:
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+        assert errors == [], f"{path}: {errors[0].message}"
+    data = yaml.safe_load((DATA / "coin.yaml").read_text())
+    data["asertions"] = data.pop("assertions")
+    assert any("asertions" in e.message for e in validator.iter_errors(data))
+    data = yaml.safe_load((DATA / "coin.yaml").read_text())
+    data["script"][1]["wait_for"]["timeout"] = "soon"
+    assert list(validator.iter_errors(data))
+    data["script"][1]["wait_for"]["timeout"] = "5s"
+    assert not list(validator.iter_errors(data))
+
+
+def test_report_schema_describes_a_real_report(
+    files: Path, tmp_path: Path, private_tmp: Path
+) -> None:
+    out = tmp_path / "report.schema.json"
+    result = CliRunner().invoke(main, ["schema", "--report", "-o", str(out)])
+    assert result.exit_code == 0 and result.output == ""
+    schema = json.loads(out.read_text())
+    _invoke(str(files / "junit-mix.yaml"), "--report-dir", str(tmp_path / "r"))
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(report)
+    report["verdict"] = "MAYBE"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(report)

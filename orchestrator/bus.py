@@ -241,7 +241,8 @@ class Bus:
         self._enqueue(link, Outgoing(Kind.CMD, encode_body(Cmd(command=command)), corr=corr))
         self._flush()
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see EventLog.wait_for
+                return await future
         finally:
             self._commands.pop(corr, None)
 
@@ -256,7 +257,8 @@ class Bus:
         self._enqueue(link, Outgoing(Kind.STOP, encode_body(stop)))
         self._flush()
         try:
-            return await asyncio.wait_for(asyncio.shield(link.bye_future), deadline_s)
+            async with asyncio.timeout(deadline_s):  # not wait_for: see EventLog.wait_for
+                return await asyncio.shield(link.bye_future)
         except (TimeoutError, AgentGone):
             return link.bye
 

@@ -175,7 +175,11 @@ class EventLog:
         waiter = _Waiter(predicate, future)
         self._waiters.append(waiter)
         try:
-            return await asyncio.wait_for(future, timeout)
+            # Not asyncio.wait_for: on Python 3.11 it returns the result and swallows a
+            # cancellation that arrives as the future completes (CPython gh-86296), which is
+            # exactly when a stop_when keyword is in the message a wait is waiting for.
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             if not future.done():
                 future.cancel()

@@ -248,7 +248,8 @@ class Supervisor:
             with contextlib.suppress(AgentGone):
                 proc.bye = await self.bus.stop_agent(proc.agent_id, deadline_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.exited.wait(), max(0.05, deadline_s / 4))
+                async with asyncio.timeout(max(0.05, deadline_s / 4)):
+                    await proc.exited.wait()
 
         await asyncio.gather(*(stop(p) for p in live))
         await self._escalate([p for p in live if p.exit is None])

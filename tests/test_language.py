@@ -227,3 +227,35 @@ assertions:
     assert report.stop_reason is not None and "enough_messages" in report.stop_reason
     repeat = next(s for s in report.steps if s.path == "script[0]")
     assert (repeat.status, repeat.skipped_reason) == ("skipped", report.stop_reason)
+
+
+def test_a_stop_keyword_in_the_awaited_message_stops_the_run(private_tmp: Path) -> None:
+    # The stop and the wait it ends are resolved by one and the same message. On Python 3.11,
+    # asyncio.wait_for swallowed the stop's cancellation in that case, and the repeat went on
+    # for its whole 20 s.
+    report = run_yaml(
+        f"""
+name: stop-on-the-awaited-message
+timeout: 30s
+agents:
+{BOT}
+  - id: alice
+rooms:
+  - {{id: lobby, members: [bot, alice]}}
+script:
+  - repeat:
+      duration: 20s
+      steps:
+        - send: {{agent: alice, room: lobby, text: ping}}
+        - wait_for: {{message: {{from: bot, contains: pong}}, timeout: 3s}}
+stop_when:
+  - {{keyword: pong, from: bot}}
+assertions:
+  - message: {{from: bot, contains: pong, count: {{exactly: 1}}}}
+""",
+        private_tmp / "report",
+    )
+    assert report.stop_reason == "stopped: a message from bot contained 'pong'"
+    assert report.verdict is Verdict.PASS, report.verification
+    send = next(s for s in report.steps if s.path == "script[0].repeat.steps[0]")
+    assert send.runs == 1

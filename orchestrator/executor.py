@@ -396,11 +396,20 @@ class Executor:
         else:
             assert w.event is not None  # WaitForArgs holds exactly one
             predicate, what = event_predicate(w.event), describe_event_match(w.event)[2:]
-        try:
-            event = await self.events.wait_for(predicate, timeout, after=timeline.cursor)
-        except TimeoutError:
-            raise StepFailure(f"no {what} within {Duration(timeout)}", transient=True) from None
-        timeline.cursor = event.id
+        deadline = time.monotonic() + timeout
+        cursor = timeline.cursor
+        for seen in range(w.count):
+            try:
+                event = await self.events.wait_for(
+                    predicate, deadline - time.monotonic(), after=cursor
+                )
+            except TimeoutError:
+                got = "" if w.count == 1 else f" (wanted {w.count}, saw {seen})"
+                raise StepFailure(
+                    f"no {what} within {Duration(timeout)}{got}", transient=True
+                ) from None
+            cursor = event.id
+        timeline.cursor = cursor
 
     async def _wait_for_state(self, check: StateCheck, timeout: float) -> None:
         """Level-triggered: passes as soon as the agent's state meets `check`, now or later.
@@ -543,7 +552,11 @@ class _StopWatch:
         self._checking: asyncio.Task[None] | None = None
         self._again = False
         events = executor.events
-        self._view = RunView(executor.scenario.name, lambda: events.since(0))
+        self._view = RunView(
+            executor.scenario.name,
+            lambda: events.since(0),
+            agents=tuple(executor.scenario.agent_ids),
+        )
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

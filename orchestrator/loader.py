@@ -139,13 +139,19 @@ def load_variants_text(text: str, filename: str) -> list[Scenario]:
         format_loc(tuple(int(x) if x.isdigit() else x for x in key.split("."))): (
             document.key_positions.get(("matrix", key), matrix_at)
         )
-        for key in combinations[0]
+        for combination in combinations
+        for key in combination
     }
 
     def located(p: Problem) -> Problem:
         for path, position in entries.items():
-            if p.path == path or p.path.startswith((f"{path}.", f"{path}[")) or (
-                path.startswith((f"{p.path}.", f"{p.path}[")) and p.message.startswith("unknown")
+            if (
+                p.path == path
+                or p.path.startswith((f"{path}.", f"{path}["))
+                or (
+                    path.startswith((f"{p.path}.", f"{p.path}["))
+                    and p.message.startswith("unknown")
+                )
             ):
                 return dataclasses.replace(p, line=position[0], column=position[1])
         return p
@@ -257,65 +263,85 @@ MAX_VARIANTS = 1000
 def _matrix(
     raw: object, document: _Document, filename: str, problems: list[Problem]
 ) -> list[dict[str, JsonValue]]:
-    """Every combination of the matrix's values, in the order written (the first key varies
-    slowest); problems go to `problems`, each at its place in the file."""
-    where = document.positions.get(("matrix",)) or _nearest(("matrix",), document)
+    """The matrix's combinations; problems go to `problems`, each at its place in the file.
 
-    def problem(message: str, loc: Loc = ("matrix",), position: Position = where) -> None:
+    Two forms: a mapping of path -> values runs every combination (the first key varies
+    slowest); a list of mappings of path -> value runs exactly those combinations (for values
+    that go together, such as a worker count and the number of answers to wait for)."""
+    where = document.positions.get(("matrix",)) or _nearest(("matrix",), document)
+    in_file = True
+
+    def problem(message: str, loc: Loc = ("matrix",), at_value: bool = False) -> None:
+        """At the key of `loc` (or its value) when the matrix is in this file."""
+        position = where
+        if in_file and loc != ("matrix",):
+            keys = document.positions if at_value else document.key_positions
+            position = keys.get(loc) or document.positions.get(loc) or where
         problems.append(Problem(filename, *position, format_loc(loc), message))
+
+    def path_ok(key: object, loc: Loc) -> bool:
+        if not isinstance(key, str) or not MATRIX_PATH.fullmatch(key):
+            problem(f"{key!r} is not a dotted path such as defaults.retries or agents.0.model", loc)
+            return False
+        reason = _resolve(document.data, key)
+        if reason is not None:
+            problem(reason, loc)
+        return reason is None
 
     if isinstance(raw, str):
         source = Path(filename).parent / raw
         try:
-            loaded = yaml.load(source.read_text(encoding="utf-8"), Loader=_SafeLoader)
+            raw = yaml.load(source.read_text(encoding="utf-8"), Loader=_SafeLoader)
         except OSError as exc:
             problem(f"cannot read the matrix file {str(source)!r}: {exc.strerror or exc}")
             return []
         except yaml.YAMLError as exc:
             problem(f"the matrix file {str(source)!r} is not valid YAML: {exc}")
             return []
-        raw, in_file = loaded, False
+        in_file = False
+    combinations: list[dict[str, JsonValue]] = []
+    if isinstance(raw, list) and raw:
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict) or not item:
+                message = f"a combination maps dotted paths to values, got {describe_value(item)}"
+                problem(message, ("matrix", i), at_value=True)
+                continue
+            if all([path_ok(key, ("matrix", i, str(key))) for key in item]):
+                combinations.append(cast(dict[str, JsonValue], item))
+        if len(combinations) != len(raw):
+            return []
+    elif isinstance(raw, dict) and raw:
+        axes: list[tuple[str, list[JsonValue]]] = []
+        for key, values in raw.items():
+            loc: Loc = ("matrix", str(key))
+            if not path_ok(key, loc):
+                continue
+            if not isinstance(values, list) or not values:
+                message = f"the values must be a non-empty list, got {describe_value(values)}"
+                problem(message, loc, at_value=True)
+                continue
+            axes.append((key, cast(list[JsonValue], values)))
+        if len(axes) != len(raw):
+            return []
+        total = math.prod(len(values) for _, values in axes)
+        if total > MAX_VARIANTS:
+            problem(f"the matrix makes {total} combinations; at most {MAX_VARIANTS} are allowed")
+            return []
+        keys = [key for key, _ in axes]
+        combinations = [
+            dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(values for _, values in axes))
+        ]
     else:
-        in_file = True
-    if not isinstance(raw, dict) or not raw:
         problem(
-            "a matrix maps dotted paths to lists of values (or names a YAML file that does),"
-            f" got {describe_value(raw)}"
+            "a matrix maps dotted paths to lists of values, or lists combinations (mappings"
+            f" of dotted paths to values), or names a YAML file with either; got"
+            f" {describe_value(raw)}"
         )
+    if len(combinations) > MAX_VARIANTS:
+        problem(f"the matrix lists {len(combinations)} combinations; at most {MAX_VARIANTS}")
         return []
-    axes: list[tuple[str, list[JsonValue]]] = []
-    for key, values in raw.items():
-        loc: Loc = ("matrix", str(key))
-        key_at = document.key_positions.get(loc, where) if in_file else where
-        value_at = document.positions.get(loc, where) if in_file else where
-        if not isinstance(key, str) or not MATRIX_PATH.fullmatch(key):
-            problem(
-                f"{key!r} is not a dotted path such as defaults.retries or agents.0.model",
-                loc,
-                key_at,
-            )
-            continue
-        reason = _resolve(document.data, key)
-        if reason is not None:
-            problem(reason, loc, key_at)
-            continue
-        if not isinstance(values, list) or not values:
-            problem(
-                f"the values must be a non-empty list, got {describe_value(values)}", loc, value_at
-            )
-            continue
-        axes.append((key, cast(list[JsonValue], values)))
-    if len(axes) != len(raw):
-        return []
-    total = math.prod(len(values) for _, values in axes)
-    if total > MAX_VARIANTS:
-        problem(f"the matrix makes {total} combinations; at most {MAX_VARIANTS} are allowed")
-        return []
-    keys = [key for key, _ in axes]
-    return [
-        dict(zip(keys, values, strict=True))
-        for values in itertools.product(*(values for _, values in axes))
-    ]
+    return combinations
 
 
 def _resolve(data: object, key: str) -> str | None:

@@ -74,7 +74,11 @@ class RunView:
     metrics: Mapping[str, Mapping[str, JsonValue]] = field(
         default_factory=lambda: MappingProxyType({})
     )
-    """Per agent: messages in/out, peak RSS, latency summary... (empty before the end)."""
+    """Per agent, the numbers of its report entry (see docs/reports.md): messages_in/out,
+    retries, dead_letters, handler_errors, store_rows, memory.peak_rss_bytes,
+    delivery_latency.p99_ms... Empty before the end (inline asserts, stop conditions)."""
+    agents: tuple[str, ...] = ()
+    """Every agent of the scenario (`count` expanded), in file order."""
 
     def events(self) -> Iterator[Event]:
         return self._events()

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
+from pydantic import JsonValue
+
 from orchestrator.assertions import (
     AssertionResult,
     ErrorFact,
@@ -149,6 +151,14 @@ def agent_configs(
     return configs
 
 
+def _metrics(agent: AgentReport) -> dict[str, JsonValue]:
+    """What a custom rule sees of an agent: its report's numbers (not the series, the action
+    list or the final state, which `RunView.final_states` has)."""
+    return agent.model_dump(
+        mode="json", exclude={"memory": {"rss_series"}, "actions": True, "final_state": True}
+    )
+
+
 def plugin_env(source: Path) -> dict[str, str]:
     """Plugins are imported by path relative to the scenario file's folder (as well as from
     wherever Python finds them), so `plugins.todo:plugin` next to the file works from any
@@ -231,6 +241,8 @@ class ScenarioRun:
         self.sampler: Sampler | None = None
         self.bus: Bus | None = None
         self.stop_reason: str | None = None
+        self.agent_reports: list[AgentReport] = []
+        """Built once the agents have stopped, before judging (custom rules see metrics)."""
         self._script_t0 = 0.0
 
     async def execute(self) -> ScenarioReport:
@@ -323,7 +335,16 @@ class ScenarioRun:
             }
             facts = self._facts(events, events.replay, sampler, t_script_end - t_ready)
             facts.final_states = final_states
-            facts.view = RunView(self.scenario.name, events.replay, MappingProxyType(final_states))
+            self.agent_reports = [
+                self._agent_report(link, supervisor, sampler) for link in bus.links.values()
+            ]
+            facts.view = RunView(
+                self.scenario.name,
+                events.replay,
+                MappingProxyType(final_states),
+                MappingProxyType({a.id: _metrics(a) for a in self.agent_reports}),
+                tuple(self.scenario.agent_ids),
+            )
             inline = list(self.executor.inline.values()) if self.executor else []
             for result in inline:
                 result.inline = True
@@ -391,7 +412,7 @@ class ScenarioRun:
         return Facts(
             events=stream,
             members=self.members,
-            view=RunView(self.scenario.name, stream),
+            view=RunView(self.scenario.name, stream, agents=tuple(self.scenario.agent_ids)),
             step_durations={s.id: s.durations for s in steps if s.id is not None},
             script_s=script_s,
             memory={
@@ -498,7 +519,9 @@ class ScenarioRun:
                         detail=step.traceback,
                     )
                 )
-        agents = [self._agent_report(link, supervisor, sampler) for link in bus.links.values()]
+        agents = self.agent_reports or [
+            self._agent_report(link, supervisor, sampler) for link in bus.links.values()
+        ]
         overall = LatencyHistogram()
         for link in bus.links.values():
             overall.merge(link.stats.latency)

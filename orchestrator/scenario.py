@@ -318,22 +318,30 @@ MatrixPath = Annotated[
 ]
 
 Matrix = Annotated[
-    dict[MatrixPath, Annotated[list[JsonValue], Field(min_length=1)]] | str,
+    dict[MatrixPath, Annotated[list[JsonValue], Field(min_length=1)]]
+    | Annotated[
+        list[Annotated[dict[MatrixPath, JsonValue], Field(min_length=1)]], Field(min_length=1)
+    ]
+    | str,
     Field(
-        description="values by dotted path (every combination runs), or the name of a YAML"
-        " file beside the scenario that holds that mapping"
+        description="values by dotted path (every combination runs), or a list of"
+        " combinations (path -> value; exactly those run), or the name of a YAML file beside"
+        " the scenario that holds either"
     ),
 ]
 
 
 def short_paths(paths: list[str]) -> dict[str, str]:
-    """Each dotted path -> its shortest tail of segments that no other path ends with
-    (`agents.0.model.rules.0.chance` -> `chance`, unless another path also ends in `chance`)."""
+    """Each dotted path -> its shortest tail of segments that no other path ends with and that
+    does not start with a list index (`agents.0.model.rules.0.chance` -> `chance`, unless
+    another path also ends in `chance`; then `rules.0.chance`)."""
     split = {p: p.split(".") for p in paths}
     short: dict[str, str] = {}
     for path, segments in split.items():
         for n in range(1, len(segments) + 1):
             tail = segments[-n:]
+            if tail[0].isdigit():
+                continue
             if not any(o != path and other[-n:] == tail for o, other in split.items()):
                 break
         short[path] = ".".join(tail)

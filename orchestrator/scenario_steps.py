@@ -76,6 +76,9 @@ class WaitForArgs(SpecModel):
     event: EventMatch | None = None
     # None: the step's own timeout, or the scenario's defaults, or its deadline.
     timeout: Duration | None = None
+    count: Annotated[int, Field(strict=True, ge=1)] = 1
+    """How many matching messages, actions or events to wait for (after the timeline's
+    previous wait), e.g. an answer from every worker."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
@@ -88,6 +91,8 @@ class WaitForArgs(SpecModel):
                 "wait_for needs exactly one of 'message', 'action', 'state' or 'event'"
                 + (f"; this one has {' and '.join(chosen)}" if chosen else ""),
             )
+        if self.state is not None and self.count != 1:
+            raise spec_error("wait_for", "'count' does not apply to a state condition")
         return self
 
 

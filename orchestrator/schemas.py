@@ -18,6 +18,8 @@ from orchestrator.scenario import Scenario
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
+_ACTING_ARGS = {"send": "SendArgs", "action": "ActionArgs", "set_state": "SetStateArgs"}
+
 
 class _Generator(GenerateJsonSchema):
     def encode_default(self, dft: Any) -> Any:
@@ -30,6 +32,16 @@ class _Generator(GenerateJsonSchema):
 
 def scenario_schema() -> JsonSchemaValue:
     schema = Scenario.model_json_schema(mode="validation", schema_generator=_Generator)
+    # In an actor's script, send / action / set_state act as the actor unless they name an
+    # agent; both kinds of timeline share these definitions, so here `agent` is optional.
+    # `validate` still requires it in the main script.
+    for step, args in _ACTING_ARGS.items():
+        definition = schema["$defs"][args]
+        definition["required"] = [k for k in definition["required"] if k != "agent"]
+        definition["properties"]["agent"]["description"] = (
+            f"Who does it; required in the main script, the actor by default in an actor's"
+            f" script ({step} step)"
+        )
     return {
         "$schema": DRAFT,
         "$id": "https://scenario-runner.dev/schema/scenario.json",

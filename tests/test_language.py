@@ -259,3 +259,35 @@ assertions:
     assert report.verdict is Verdict.PASS, report.verification
     send = next(s for s in report.steps if s.path == "script[0].repeat.steps[0]")
     assert send.runs == 1
+
+
+def test_wait_for_count_waits_for_that_many(private_tmp: Path) -> None:
+    report = run_yaml(
+        f"""
+name: wait-count
+timeout: 20s
+agents:
+{BOT}
+  - id: alice
+rooms:
+  - {{id: lobby, members: [bot, alice]}}
+script:
+  - send: {{agent: alice, room: lobby, text: ping}}
+  - send: {{agent: alice, room: lobby, text: ping}}
+  - id: two
+    wait_for: {{message: {{from: bot, contains: pong}}, count: 2, timeout: 3s}}
+  - id: a-third
+    wait_for: {{message: {{from: bot, contains: pong}}, count: 2, timeout: 300ms}}
+assertions:
+  - message: {{from: bot, contains: pong, count: {{exactly: 2}}}}
+""",
+        private_tmp / "report",
+    )
+    steps = {s.id: s for s in report.steps}
+    assert steps["two"].status == "passed"
+    # Both pongs were consumed by the first wait; there is no third.
+    assert steps["a-third"].status == "failed"
+    assert steps["a-third"].error == (
+        "no message from bot containing 'pong' within 300ms (wanted 2, saw 0)"
+    )
+    assert report.verdict is Verdict.ERROR

@@ -355,3 +355,23 @@ def test_report_schema_describes_a_real_report(
     report["verdict"] = "MAYBE"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(report)
+
+
+def test_matrix_listing_its_combinations(tmp_path: Path) -> None:
+    text = MATRIX.split("matrix:\n")[0] + (
+        "matrix:\n"
+        "  - {agents.0.model.rules.0.chance: 0.0, timeout: 5s}\n"
+        "  - {agents.0.model.rules.0.chance: 1.0}\n"
+    )
+    variants = load_variants_text(text, "m.yaml")
+    assert [v.label for v in variants] == [
+        "coin-matrix[chance=0.0,timeout=5s]",
+        "coin-matrix[chance=1.0]",
+    ]
+    assert [v.agents[0].model.rules[0].chance for v in variants] == [0.0, 1.0]  # type: ignore[union-attr,index]
+    with pytest.raises(ScenarioError) as caught:
+        load_variants_text(MATRIX.split("matrix:\n")[0] + "matrix:\n  - {}\n  - 3\n", "m.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "m.yaml:21:5: matrix[0]: a combination maps dotted paths to values, got a mapping",
+        "m.yaml:22:5: matrix[1]: a combination maps dotted paths to values, got a number (3)",
+    ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -150,19 +152,41 @@ def test_timed_out_wait_is_an_error_exit_3(tmp_path: Path, private_tmp: Path) ->
     assert report["steps"][1]["status"] == "failed" and "300ms" in report["steps"][1]["error"]
 
 
+def _header(example: Path) -> tuple[str, list[str]]:
+    """An example's expected outcome (`# expect: PASS`) and extra arguments (`# args: ...`),
+    from the comment lines at its top."""
+    expect, args = None, []
+    for line in example.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        key, _, value = line.lstrip("# ").partition(":")
+        if key == "expect":
+            expect = value.strip()
+        elif key == "args":
+            args = shlex.split(value)
+    assert expect in ("PASS", "FAIL", "ERROR", "FLAKY"), f"{example}: no '# expect:' line"
+    return expect, args
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_examples_pass_through_the_installed_command(
+def test_examples_give_their_expected_verdict_through_the_installed_command(
     example: Path, tmp_path: Path, private_tmp: Path
 ) -> None:
+    expect, args = _header(example)
     script = Path(sys.executable).parent / "scenario-runner"
     done = subprocess.run(
-        [str(script), "run", str(example), "--report-dir", str(tmp_path)],
+        [str(script), "run", str(example), "--report-dir", str(tmp_path), *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(private_tmp)},  # where its run directories go
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert json.loads((tmp_path / "report.json").read_text())["verdict"] == "PASS"
+    output = done.stdout + done.stderr
+    assert done.returncode == {"PASS": 0, "FAIL": 1, "FLAKY": 1, "ERROR": 3}[expect], output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["outcome"] for s in summary["scenarios"]] == [expect] * len(summary["scenarios"])
+    assert f"{expect} " in output
+    assert list(private_tmp.glob("sr-*")) == []  # every run directory was removed
 
 
 def test_plugin_that_fails_to_import_exits_2_with_one_line(

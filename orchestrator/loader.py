@@ -131,8 +131,9 @@ def load_variants_text(text: str, filename: str) -> list[Scenario]:
             raise ScenarioError(_in_file_order(problems))
         return [scenario]
     combinations = _matrix(data["matrix"], document, filename, problems)
-    if problems:
-        raise ScenarioError(_in_file_order(problems))
+    if problems:  # the rest of the file is still checked, as written, so all is said at once
+        _, found = _validate({k: v for k, v in data.items() if k != "matrix"}, document, filename)
+        raise ScenarioError(_in_file_order(problems + found))
     # A problem with a value the matrix set is shown at the matrix's entry for it.
     matrix_at = document.positions.get(("matrix",)) or _nearest(("matrix",), document)
     entries = {
@@ -710,8 +711,15 @@ def _message(error: ErrorDetails) -> str:
     ctx = error.get("ctx", {})
     if kind == "literal_error":
         return f"expected {ctx.get('expected')}, got {got}"
-    if kind == "greater_than_equal":
-        return f"must be at least {ctx.get('ge')}, got {got}"
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "greater_than": ("more than", "gt"),
+        "less_than_equal": ("at most", "le"),
+        "less_than": ("less than", "lt"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"must be {words} {ctx.get(key)}, got {got}"
     message = error["msg"]
     for prefix in _PYDANTIC_PREFIXES:
         message = message.removeprefix(prefix)
@@ -731,16 +739,23 @@ T = TypeVar("T")
 def _references_of_valid_parts(data: dict[str, object]) -> list[ReferenceIssue]:
     """Reference problems among the parts of an invalid scenario that are valid on their own.
 
-    So that one file's structural errors and reference errors are reported in the same run. Only
-    done when every agent and room is valid: with one of them missing, references to it would be
-    reported as undefined when they are not.
+    So that one file's structural errors and reference errors are reported in the same run. An
+    agent or room with an error elsewhere (a bad regex in its model) still counts by its
+    identity (id and count; id, type and members). Only when an identity itself is broken are
+    references not checked: with an agent missing, references to it would be reported as
+    undefined when they are not.
     """
     raw_agents, raw_rooms = data.get("agents"), data.get("rooms", [])
     if not isinstance(raw_agents, list) or not raw_agents or not isinstance(raw_rooms, list):
         return []
     try:
-        agents = {i: AgentSpec.model_validate(item) for i, item in enumerate(raw_agents)}
-        rooms = {i: RoomSpec.model_validate(item) for i, item in enumerate(raw_rooms)}
+        agents = {
+            i: _identity(AgentSpec, item, ("id", "count")) for i, item in enumerate(raw_agents)
+        }
+        rooms = {
+            i: _identity(RoomSpec, item, ("id", "type", "members"))
+            for i, item in enumerate(raw_rooms)
+        }
     except ValidationError:
         return []
     return find_reference_issues(
@@ -753,6 +768,20 @@ def _references_of_valid_parts(data: dict[str, object]) -> list[ReferenceIssue]:
             stop_when=_valid_items(data, "stop_when", _STOP),
         )
     )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _identity(model: type[M], item: object, keys: tuple[str, ...]) -> M:
+    """`item` as `model`, or, when it is invalid, only its identifying `keys` as `model` (the
+    ValidationError of that when even those are wrong)."""
+    try:
+        return model.model_validate(item)
+    except ValidationError:
+        if not isinstance(item, dict):
+            raise
+        return model.model_validate({k: item[k] for k in keys if k in item})
 
 
 def _valid_items(data: dict[str, object], key: str, adapter: TypeAdapter[T]) -> dict[int, T]:

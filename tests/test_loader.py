@@ -847,3 +847,36 @@ def test_duration_as_a_pydantic_field() -> None:
         Timed.model_validate({"after": "soon"})
     schema = Timed.model_json_schema()["properties"]["after"]
     assert {"type": "number", "minimum": 0} in schema["anyOf"]
+
+
+def test_references_are_checked_even_when_an_agent_has_errors_of_its_own() -> None:
+    text = """\
+name: all-at-once
+agents:
+  - id: a
+    model:
+      rules:
+        - {when: {regex: "(unclosed"}, reply: hi, chance: 2}
+  - id: a
+  - id: b
+rooms:
+  - {id: r, members: [a, ghost]}
+  - {id: s, members: [b]}
+script:
+  - send: {agent: a, room: s, text: hi}
+  - send: {agent: a, room: nowhere, text: x}
+assertions:
+  - timing: {step: missing-step, max: 1s}
+"""
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario_text(text, "x.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "x.yaml:6:26: agents[0].model.rules[0].when.regex: bad regex '(unclosed': missing ),"
+        " unterminated subpattern at position 0",
+        "x.yaml:6:59: agents[0].model.rules[0].chance: must be at most 1.0, got a number (2)",
+        "x.yaml:7:9: agents[1].id: duplicate agent id 'a' (first defined at agents[0])",
+        "x.yaml:10:26: rooms[0].members[1]: undefined agent 'ghost'",
+        "x.yaml:13:19: script[0].send.agent: agent 'a' is not a member of room 's'",
+        "x.yaml:14:28: script[1].send.room: undefined room 'nowhere'",
+        "x.yaml:16:20: assertions[0].timing.step: undefined step id 'missing-step'",
+    ]

@@ -10,6 +10,7 @@ CI server never shows a broken run as green.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,24 @@ from pathlib import Path
 from orchestrator.report import ScenarioReport
 
 RUN_CASE = "(run)"
+
+# Characters XML 1.0 cannot carry at all, even escaped (NUL, ESC, other C0 controls, lone
+# surrogates, U+FFFE/U+FFFF). Agent text reaches assertion messages, so they do occur.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str) -> str:
+    """`text` with each character XML cannot hold written as its Python escape (`\\x1b`)."""
+    return _NOT_XML.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _clean(root: ET.Element) -> None:
+    """Make every attribute and text in the tree writable as XML 1.0."""
+    for element in root.iter():
+        for key, value in element.attrib.items():
+            element.attrib[key] = _xml(value)
+        if element.text is not None:
+            element.text = _xml(element.text)
 
 
 def suite_name(report: ScenarioReport, repeats: int | None) -> str:
@@ -89,6 +108,7 @@ def write_junit(path: Path, reports: Sequence[ScenarioReport], repeats: int | No
             totals[key] += value
     root.attrib.update({k: str(v) for k, v in totals.items()})
     root.attrib["time"] = f"{sum(r.duration_s for r in reports):.3f}"
+    _clean(root)
     ET.indent(root)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
     return path

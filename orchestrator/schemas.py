@@ -8,8 +8,7 @@ schema cannot drift from what `scenario-runner validate` accepts. What a JSON Sc
 
 from __future__ import annotations
 
-from typing import Any
-
+from pydantic import JsonValue
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
 from orchestrator.durations import Duration
@@ -22,12 +21,13 @@ _ACTING_ARGS = {"send": "SendArgs", "action": "ActionArgs", "set_state": "SetSta
 
 
 class _Generator(GenerateJsonSchema):
-    def encode_default(self, dft: Any) -> Any:
+    def encode_default(self, dft: object) -> JsonValue:
         # A Duration default is a dataclass, which pydantic would show as {"seconds": 60.0}; a
         # scenario file writes it as "60s", and the schema's default must be a valid value.
         if isinstance(dft, Duration):
             return str(dft)
-        return super().encode_default(dft)
+        encoded: JsonValue = super().encode_default(dft)
+        return encoded
 
 
 def scenario_schema() -> JsonSchemaValue:

@@ -17,7 +17,9 @@ from click.testing import CliRunner
 from junitparser import Error, Failure, JUnitXml
 
 from orchestrator.cli import main
+from orchestrator.junit import write_junit
 from orchestrator.loader import ScenarioError, load_variants_text
+from orchestrator.report import ScenarioReport
 from orchestrator.runner import agent_seed
 from orchestrator.scenario import Scenario
 
@@ -375,3 +377,14 @@ def test_matrix_listing_its_combinations(tmp_path: Path) -> None:
         "m.yaml:21:5: matrix[0]: a combination maps dotted paths to values, got a mapping",
         "m.yaml:22:5: matrix[1]: a combination maps dotted paths to values, got a number (3)",
     ]
+
+
+def test_junit_carries_text_xml_cannot(files: Path, tmp_path: Path, private_tmp: Path) -> None:
+    _invoke(str(files / "junit-mix.yaml"), "--report-dir", str(tmp_path / "r"))
+    report = ScenarioReport.model_validate_json((tmp_path / "r" / "report.json").read_text())
+    failed = next(a for a in report.assertions if not a.passed and a.error is None)
+    failed.message = "agent said \x1b[31mred\x1b[0m and \x00"
+    path = write_junit(tmp_path / "junit.xml", [report])
+    (suite,) = JUnitXml.fromfile(str(path))
+    (case,) = [c for c in suite if c.name == failed.id]
+    assert case.result[0].message == "agent said \\x1b[31mred\\x1b[0m and \\x00"

@@ -6,8 +6,12 @@ and `scenario-runner schema` (checked with jsonschema against every example)."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import shutil
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -388,3 +392,24 @@ def test_junit_carries_text_xml_cannot(files: Path, tmp_path: Path, private_tmp:
     (suite,) = JUnitXml.fromfile(str(path))
     (case,) = [c for c in suite if c.name == failed.id]
     assert case.result[0].message == "agent said \\x1b[31mred\\x1b[0m and \\x00"
+
+
+def test_progress_bar_on_a_terminal_only(files: Path, tmp_path: Path, private_tmp: Path) -> None:
+    script = Path(sys.executable).parent / "scenario-runner"
+    terminal = {**os.environ, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}  # rich's switches
+    args = [str(script), "run", str(files / "coin.yaml"), "--repeat", "3", "--seed", "1"]
+
+    def run(*extra: str, env: dict[str, str]) -> str:
+        done = subprocess.run(
+            [*args, *extra, "--report-dir", str(tmp_path / str(len(extra)))],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        return done.stdout
+
+    live = "\x1b[?25l"  # rich hides the cursor while it draws a live display
+    bar = run(env=terminal)
+    assert live in bar and re.search(r"coin.*\d/3", bar)  # what runs, and runs done of 3
+    piped = run("--verbose", env=dict(os.environ))
+    assert "\x1b[" not in piped and "coin (run 3)" in piped  # a log gets results, no codes
+    quiet = run("-q", env=terminal)
+    assert live not in quiet and len(quiet.splitlines()) == 1

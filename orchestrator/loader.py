@@ -134,42 +134,19 @@ def load_variants_text(text: str, filename: str) -> list[Scenario]:
     if problems:  # the rest of the file is still checked, as written, so all is said at once
         _, found = _validate({k: v for k, v in data.items() if k != "matrix"}, document, filename)
         raise ScenarioError(_in_file_order(problems + found))
-    # A problem with a value the matrix set is shown at the matrix's entry for it.
-    matrix_at = document.positions.get(("matrix",)) or _nearest(("matrix",), document)
-    entries = {
-        format_loc(tuple(int(x) if x.isdigit() else x for x in key.split("."))): (
-            document.key_positions.get(("matrix", key), matrix_at)
-        )
-        for combination in combinations
-        for key in combination
-    }
-
-    def located(p: Problem) -> Problem:
-        for path, position in entries.items():
-            if (
-                p.path == path
-                or p.path.startswith((f"{path}.", f"{path}["))
-                or (
-                    path.startswith((f"{p.path}.", f"{p.path}["))
-                    and p.message.startswith("unknown")
-                )
-            ):
-                return dataclasses.replace(p, line=position[0], column=position[1])
-        return p
-
     base = {k: v for k, v in data.items() if k != "matrix"}
     scenarios: list[Scenario] = []
     by_variant: list[tuple[str, list[Problem]]] = []
     for combination in combinations:
         variant = copy.deepcopy(base)
-        for key, value in combination.items():
+        for key, value in combination.values.items():
             _set_path(variant, key, value)  # every path was checked to resolve in `_matrix`
         scenario, found = _validate(variant, document, filename)
-        found = [located(p) for p in found]
+        found = [combination.locate(p) for p in found]
         if scenario is not None:
-            scenario._parameters = combination
+            scenario._parameters = combination.values
             scenarios.append(scenario)
-        label = ", ".join(f"{k}={json.dumps(v)}" for k, v in combination.items())
+        label = ", ".join(f"{k}={json.dumps(v)}" for k, v in combination.values.items())
         by_variant.append((label, found))
     # A problem every combination has is the file's and is said once; one that depends on the
     # values is said for each combination that has it.
@@ -261,26 +238,73 @@ MAX_VARIANTS = 1000
 """More combinations than this is a mistake in the matrix, not a test plan."""
 
 
+@dataclass(frozen=True)
+class _Combination:
+    values: dict[str, JsonValue]
+    entries: dict[str, tuple[str, Position]]
+    """Where each value was written: (file, position), the scenario's or a matrix file's."""
+
+    def locate(self, problem: Problem) -> Problem:
+        """A problem with a value this combination set, moved to the entry that set it."""
+        for key, (file, (line, column)) in self.entries.items():
+            path = format_loc(tuple(int(x) if x.isdigit() else x for x in key.split(".")))
+            below = problem.path.startswith((f"{path}.", f"{path}["))
+            # An unknown key the matrix made: `defautls` of `defautls.retries`.
+            made = path.startswith((f"{problem.path}.", f"{problem.path}[")) and (
+                problem.message.startswith("unknown key")
+            )
+            if problem.path == path or below or made:
+                return dataclasses.replace(problem, file=file, line=line, column=column)
+        return problem
+
+
+def _plain(value: object) -> bool:
+    """Whether `value` is JSON-like: what a matrix value may be (no dates, sets, bytes)."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 def _matrix(
     raw: object, document: _Document, filename: str, problems: list[Problem]
-) -> list[dict[str, JsonValue]]:
-    """The matrix's combinations; problems go to `problems`, each at its place in the file.
+) -> list[_Combination]:
+    """The matrix's combinations; problems go to `problems`, each at its place in the file
+    (the scenario's, or the matrix file's when `raw` names one).
 
     Two forms: a mapping of path -> values runs every combination (the first key varies
     slowest); a list of mappings of path -> value runs exactly those combinations (for values
     that go together, such as a worker count and the number of answers to wait for)."""
-    where = document.positions.get(("matrix",)) or _nearest(("matrix",), document)
-    in_file = True
+    doc, file = document, filename
+    prefix: Loc = ("matrix",)
+    if isinstance(raw, str):
+        source = Path(filename).parent / raw
+        try:
+            text = _read(source)
+        except ScenarioError as exc:
+            at = document.positions[("matrix",)]
+            problems += [
+                Problem(filename, *at, "matrix", f"matrix file {str(source)!r}: {p.message}")
+                for p in exc.problems
+            ]
+            return []
+        parsed, found = _parse(text, str(source))
+        problems += found
+        if parsed is None or found:
+            return []
+        doc, file, prefix, raw = parsed, str(source), (), parsed.data
 
-    def problem(message: str, loc: Loc = ("matrix",), at_value: bool = False) -> None:
-        """At the key of `loc` (or its value) when the matrix is in this file."""
-        position = where
-        if in_file and loc != ("matrix",):
-            keys = document.positions if at_value else document.key_positions
-            position = keys.get(loc) or document.positions.get(loc) or where
-        problems.append(Problem(filename, *position, format_loc(loc), message))
+    def position(loc: Loc, of_value: bool = False) -> Position:
+        exact = None if of_value else doc.key_positions.get(loc)
+        return exact or doc.positions.get(loc) or _nearest(loc, doc)
 
-    def path_ok(key: object, loc: Loc) -> bool:
+    def problem(message: str, loc: Loc, of_value: bool = False) -> None:
+        problems.append(Problem(file, *position(loc, of_value), format_loc(loc), message))
+
+    def path_ok(loc: Loc, key: object) -> bool:
         if not isinstance(key, str) or not MATRIX_PATH.fullmatch(key):
             problem(f"{key!r} is not a dotted path such as defaults.retries or agents.0.model", loc)
             return False
@@ -289,60 +313,74 @@ def _matrix(
             problem(reason, loc)
         return reason is None
 
-    if isinstance(raw, str):
-        source = Path(filename).parent / raw
-        try:
-            raw = yaml.load(source.read_text(encoding="utf-8"), Loader=_SafeLoader)
-        except OSError as exc:
-            problem(f"cannot read the matrix file {str(source)!r}: {exc.strerror or exc}")
-            return []
-        except yaml.YAMLError as exc:
-            problem(f"the matrix file {str(source)!r} is not valid YAML: {exc}")
-            return []
-        in_file = False
-    combinations: list[dict[str, JsonValue]] = []
-    if isinstance(raw, list) and raw:
-        for i, item in enumerate(raw):
-            if not isinstance(item, dict) or not item:
-                message = f"a combination maps dotted paths to values, got {describe_value(item)}"
-                problem(message, ("matrix", i), at_value=True)
-                continue
-            if all([path_ok(key, ("matrix", i, str(key))) for key in item]):
-                combinations.append(cast(dict[str, JsonValue], item))
-        if len(combinations) != len(raw):
-            return []
-    elif isinstance(raw, dict) and raw:
+    def value_ok(loc: Loc, value: object) -> bool:
+        if not _plain(value):
+            problem(
+                "a matrix value is text, a number, a boolean, null, or a list or mapping of"
+                f" those; got {describe_value(value)}",
+                loc,
+                of_value=True,
+            )
+        return _plain(value)
+
+    combinations: list[_Combination] = []
+    if isinstance(raw, dict) and raw:
         axes: list[tuple[str, list[JsonValue]]] = []
         for key, values in raw.items():
-            loc: Loc = ("matrix", str(key))
-            if not path_ok(key, loc):
+            loc = (*prefix, str(key))
+            if not path_ok(loc, key):
                 continue
             if not isinstance(values, list) or not values:
                 message = f"the values must be a non-empty list, got {describe_value(values)}"
-                problem(message, loc, at_value=True)
+                problem(message, loc, of_value=True)
+            elif all([value_ok((*loc, i), value) for i, value in enumerate(values)]):
+                axes.append((str(key), cast(list[JsonValue], values)))
+        if len(axes) == len(raw):
+            total = math.prod(len(values) for _, values in axes)
+            if total > MAX_VARIANTS:
+                problem(
+                    f"the matrix makes {total} combinations; at most {MAX_VARIANTS} are allowed",
+                    prefix,
+                )
+                return []
+            entries = {key: (file, position((*prefix, key))) for key, _ in axes}
+            combinations = [
+                _Combination(dict(zip(entries, values, strict=True)), entries)
+                for values in itertools.product(*(values for _, values in axes))
+            ]
+    elif isinstance(raw, list) and raw:
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict) or not item:
+                empty = "an empty mapping" if item == {} else describe_value(item)
+                message = f"a combination maps dotted paths to values, got {empty}"
+                problem(message, (*prefix, i), of_value=True)
                 continue
-            axes.append((key, cast(list[JsonValue], values)))
-        if len(axes) != len(raw):
-            return []
-        total = math.prod(len(values) for _, values in axes)
-        if total > MAX_VARIANTS:
-            problem(f"the matrix makes {total} combinations; at most {MAX_VARIANTS} are allowed")
-            return []
-        keys = [key for key, _ in axes]
-        combinations = [
-            dict(zip(keys, values, strict=True))
-            for values in itertools.product(*(values for _, values in axes))
-        ]
+            usable = [
+                path_ok((*prefix, i, str(k)), k) and value_ok((*prefix, i, str(k)), v)
+                for k, v in item.items()
+            ]
+            if all(usable):
+                entries = {k: (file, position((*prefix, i, k))) for k in item}
+                combinations.append(_Combination(cast(dict[str, JsonValue], item), entries))
+        if len(raw) > MAX_VARIANTS:
+            problem(f"the matrix lists {len(raw)} combinations; at most {MAX_VARIANTS}", prefix)
     else:
+        got = "an empty one" if raw in ({}, []) else describe_value(raw)
         problem(
-            "a matrix maps dotted paths to lists of values, or lists combinations (mappings"
-            f" of dotted paths to values), or names a YAML file with either; got"
-            f" {describe_value(raw)}"
+            "a matrix maps dotted paths to lists of values, or lists combinations (mappings of"
+            f" dotted paths to values), or names a YAML file holding either; got {got}",
+            prefix,
+            of_value=True,
         )
-    if len(combinations) > MAX_VARIANTS:
-        problem(f"the matrix lists {len(combinations)} combinations; at most {MAX_VARIANTS}")
-        return []
-    return combinations
+    keys = {key for c in combinations for key in c.values}
+    for long in sorted(keys):
+        for short in sorted(k for k in keys if long.startswith(f"{k}.")):
+            file_of, (line, column) = next(
+                c.entries[long] for c in combinations if long in c.values
+            )
+            message = f"overlaps the matrix's {short!r}: set one or the other"
+            problems.append(Problem(file_of, line, column, long, message))
+    return combinations if not problems else []
 
 
 def _resolve(data: object, key: str) -> str | None:

@@ -1,7 +1,8 @@
 """The `scenario-runner` command line.
 
-Exit codes: 0 every scenario passed; 1 any FAIL; 2 invalid input (a scenario file or the
-command line; nothing is started); 3 any ERROR (the scenario could not be judged).
+Exit codes: 0 every scenario passed; 1 any FAIL or FLAKY; 2 invalid input (a scenario file,
+the command line or the report directory; nothing is started); 3 any run an ERROR (it could not
+be judged); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ from orchestrator.session import (
     matches,
     outcomes,
     plan,
+    prepare,
     run_planned,
 )
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class DurationType(click.ParamType[Duration, object]):
@@ -163,9 +167,12 @@ def run(
 ) -> None:
     """Run scenario files and report a verdict for each.
 
-    Exit status: 0 all passed, 1 a FAIL or FLAKY, 2 invalid input, 3 an ERROR.
+    Exit status: 0 all passed, 1 a FAIL or FLAKY, 2 invalid input, 3 a run was an ERROR,
+    130 interrupted (Ctrl-C; the runs that finished are still reported).
     """
-    loaded, problems = validate_files(list(files))
+    # The same file named twice is one scenario, not two that would share a report group.
+    unique = list({path.resolve(): path for path in files}.values())
+    loaded, problems = validate_files(unique)
     if problems:
         _report_problems(list(problems))
         sys.exit(EXIT_INVALID)
@@ -182,10 +189,15 @@ def run(
         seed = secrets.randbits(32)
     root = report_dir or default_root([s for _, s in selected])
     planned = plan(selected, repeat, root)
-    root.mkdir(parents=True, exist_ok=True)
+    blocked = prepare(planned, root)
+    if blocked:
+        _report_problems(list(blocked))
+        sys.exit(EXIT_INVALID)
     options = RunOptions(timeout=timeout, keep_run_dir=keep_run_dir, seed=seed)
     # soft_wrap: a long report path stays on one line in a CI log (80 columns when not a tty).
     console = Console(stderr=False, soft_wrap=True)
+    done: dict[Path, ScenarioReport] = {}
+    interrupted = False
     with progress_bar(console, disable=quiet) as bar:
         task = bar.add_task("scenarios", total=len(planned))
         running: dict[Path, str] = {}
@@ -195,21 +207,30 @@ def run(
             bar.update(task, description=escape(", ".join(running.values())))
 
         def finished(item: Planned, report: ScenarioReport) -> None:
+            done[item.report_dir] = report
             running.pop(item.report_dir, None)
             bar.update(task, advance=1, description=escape(", ".join(running.values())) or "done")
             if not quiet:
                 print_summary(console, report, verbose)
 
-        reports = asyncio.run(run_planned(planned, options, parallel, started, finished))
-    results = outcomes(planned, reports)
+        try:
+            asyncio.run(run_planned(planned, options, parallel, started, finished))
+        except KeyboardInterrupt:
+            # Every run in flight was cancelled and tore itself down (agents, sockets, run
+            # directories); what finished is still summarised below.
+            interrupted = True
+    finished_runs = [item for item in planned if item.report_dir in done]
+    reports = [done[item.report_dir] for item in finished_runs]
+    results = outcomes(finished_runs, reports)
     junit = write_junit(root / "junit.xml", reports, repeat if repeat > 1 else None)
-    code = exit_code(results, reports)
+    code = EXIT_INTERRUPTED if interrupted else exit_code(results, reports)
     Summary(
         seed=seed,
         repeat=repeat,
         parallel=parallel,
         filters=list(filters),
         exit_code=code,
+        interrupted=interrupted,
         outcomes={o.value: sum(1 for r in results if r.outcome is o) for o in Outcome},
         scenarios=results,
         junit=str(junit),
@@ -225,4 +246,10 @@ def run(
             for error in report.errors:
                 if error.source == "init":
                     click.echo(f"{report.file}: {error.message}", err=True)
+    if interrupted:
+        click.echo(
+            f"interrupted: {len(reports)} of {len(planned)} runs finished; their reports are"
+            f" in {root}",
+            err=True,
+        )
     sys.exit(code)

@@ -92,7 +92,8 @@ def _suite(root: ET.Element, report: ScenarioReport, repeats: int | None) -> dic
             "errors": str(counts["errors"]),
             "skipped": "0",
             "time": f"{report.duration_s:.3f}",
-            "timestamp": report.started_at,
+            # xs:dateTime without a zone, as the JUnit XSD has it (the report's is UTC).
+            "timestamp": report.started_at[:19],
             "file": report.file,
         }
     )

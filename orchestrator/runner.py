@@ -159,6 +159,60 @@ def _metrics(agent: AgentReport) -> dict[str, JsonValue]:
     )
 
 
+def broken_report(
+    scenario: Scenario, source: Path, options: RunOptions, exc: BaseException
+) -> ScenarioReport:
+    """The report of a run that the runner could not carry out at all (it raised before it
+    had a report): an ERROR that says why, so an invocation's other runs are still reported."""
+    message = f"the runner broke: {type(exc).__name__}: {exc}"
+    no_latency = LatencyHistogram().summary()
+    return ScenarioReport(
+        scenario=scenario.name,
+        description=scenario.description,
+        file=str(source),
+        verdict=Verdict.ERROR,
+        exit_code=EXIT_CODES[Verdict.ERROR],
+        started_at=datetime.now(UTC).isoformat(),
+        duration_s=0.0,
+        timings=Timings(launch_s=0.0, script_s=0.0, teardown_s=0.0, total_s=0.0),
+        tags=list(scenario.tags),
+        variant=scenario.label,
+        parameters=dict(scenario.parameters),
+        repeat=options.repeat,
+        seed=options.seed,
+        verification=VerificationReport(
+            score=0.0,
+            threshold=scenario.verification.threshold,
+            assertions_passed=0,
+            assertions_failed=0,
+            reasons=[message],
+            run_errors=[message],
+        ),
+        steps=[],
+        assertions=[],
+        errors=[
+            ErrorReport(
+                source="runner",
+                message=message,
+                detail="".join(traceback.format_exception(exc)),
+            )
+        ],
+        agents=[],
+        bus=BusReport(
+            endpoint="",
+            messages_routed=0,
+            dead_letters=0,
+            retries=0,
+            rejected_frames={},
+            delivery_latency=no_latency,
+        ),
+        events_file="",
+        events=0,
+        report_dir=str(options.report_dir or ""),
+        run_dir=None,
+    )
+
+
 def plugin_env(source: Path) -> dict[str, str]:
     """Plugins are imported by path relative to the scenario file's folder (as well as from
     wherever Python finds them), so `plugins.todo:plugin` next to the file works from any
@@ -246,14 +300,21 @@ class ScenarioRun:
         self._script_t0 = 0.0
 
     async def execute(self) -> ScenarioReport:
-        opts = self.options
         # Custom rules are imported here, like plugins in the agents: from the file's folder.
         folder = str(self.source.resolve().parent)
         if folder not in sys.path:
             sys.path.append(folder)
-        report_dir = opts.report_dir or default_report_dir(self.scenario)
+        report_dir = self.options.report_dir or default_report_dir(self.scenario)
         report_dir.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix="sr-"))  # 0700, and short enough for ipc paths
+        try:
+            return await self._execute(report_dir, run_dir)
+        finally:  # also when cancelled (Ctrl-C) or when the runner itself broke
+            if not self.options.keep_run_dir:
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+    async def _execute(self, report_dir: Path, run_dir: Path) -> ScenarioReport:
+        opts = self.options
         started_at = datetime.now(UTC).isoformat()
         events = EventLog(report_dir / "events.jsonl")
         if self.on_event is not None:
@@ -376,8 +437,6 @@ class ScenarioRun:
             ),
         )
         report.write(report_dir)
-        if not opts.keep_run_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
         return report
 
     async def _launch(self, supervisor: Supervisor, sampler: Sampler, run_dir: Path) -> None:

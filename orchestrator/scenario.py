@@ -349,7 +349,15 @@ def short_paths(paths: list[str]) -> dict[str, str]:
 
 
 def _show(value: JsonValue) -> str:
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    """A matrix value in a label: text as is, unless it would read as another value (`true`,
+    `1`, `[1]`, `"x"`, or with the label's own `,` `=` `[` `]`); then, and for every other
+    value, its compact JSON. So different values never share a label."""
+    if isinstance(value, str) and value and not any(c in value for c in ',=[]"'):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, separators=(",", ":"))
 
 
 class Scenario(SpecModel):
@@ -380,9 +388,16 @@ class Scenario(SpecModel):
     def label(self) -> str:
         """The name, with the matrix values when there are any, each path shortened to the
         fewest last segments that tell it from the others: `chat[retries=2,chance=0.5]`."""
+        return self._label(short_paths(list(self._parameters)))
+
+    @property
+    def full_label(self) -> str:
+        """The label with each matrix path in full: `chat[defaults.retries=2]`."""
+        return self._label({k: k for k in self._parameters})
+
+    def _label(self, keys: dict[str, str]) -> str:
         if not self._parameters:
             return self.name
-        keys = short_paths(list(self._parameters))
         values = ",".join(f"{keys[k]}={_show(v)}" for k, v in self._parameters.items())
         return f"{self.name}[{values}]"
 

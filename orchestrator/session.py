@@ -11,6 +11,7 @@ junit.xml (every run) are always at the top.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import re
@@ -24,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, JsonValue
 
 from orchestrator.report import EXIT_INVALID, ScenarioReport, Verdict
-from orchestrator.runner import RunOptions, run_scenario
+from orchestrator.runner import RunOptions, broken_report, run_scenario
 from orchestrator.scenario import Scenario
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -51,13 +52,14 @@ def outcome_of(verdicts: Sequence[Verdict]) -> Outcome:
 
 
 def matches(scenario: Scenario, patterns: Sequence[str]) -> bool:
-    """Whether `--filter` selects the scenario: any pattern (a shell-style glob, matched
-    case-sensitively) that matches its name, its name with matrix values, or one of its tags.
-    No patterns select everything."""
+    """Whether `--filter` selects the scenario: any pattern that is, or as a shell-style glob
+    (case-sensitive) matches, its name, its label with matrix values (short or full paths),
+    or one of its tags. A label holds `[`, which a glob reads as a character class, so a
+    label is also matched as it is written. No patterns select everything."""
     if not patterns:
         return True
-    names = (scenario.name, scenario.label, *scenario.tags)
-    return any(fnmatchcase(name, pattern) for pattern in patterns for name in names)
+    names = (scenario.name, scenario.label, scenario.full_label, *scenario.tags)
+    return any(p == name or fnmatchcase(name, p) for p in patterns for name in names)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class Planned:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+-]+")
+
+RESERVED = frozenset({"summary.json", "junit.xml", "report.json", "events.jsonl"})
+"""Names at the top of a report directory that no run's directory may take."""
 
 
 def _dirname(label: str) -> str:
@@ -94,7 +99,7 @@ def plan(selected: Sequence[tuple[Path, Scenario]], repeat: int, root: Path) -> 
     if len(selected) == 1 and repeat == 1:
         path, scenario = selected[0]
         return [Planned(path, scenario, None, root)]
-    taken: set[str] = set()
+    taken = set(RESERVED)
     planned: list[Planned] = []
     for path, scenario in selected:
         base = name = _dirname(scenario.label)
@@ -134,12 +139,35 @@ async def run_planned(
             run_options = dataclasses.replace(
                 options, report_dir=item.report_dir, repeat=item.repeat
             )
-            report = await run_scenario(item.scenario, item.source, run_options)
+            try:
+                report = await run_scenario(item.scenario, item.source, run_options)
+            except Exception as exc:  # a runner bug: this run is an ERROR, the others go on
+                report = broken_report(item.scenario, item.source, run_options, exc)
+                with contextlib.suppress(OSError):
+                    report.write(item.report_dir)
             if on_done is not None:
                 on_done(item, report)
             return report
 
     return list(await asyncio.gather(*(one(item) for item in planned)))
+
+
+def prepare(planned: Sequence[Planned], root: Path) -> list[str]:
+    """Create the report directories before anything runs; what stands in the way (a file
+    where a directory must go, no permission), one line each."""
+    directories = [root, *(item.report_dir for item in planned)]
+    problems = [
+        f"{d}: cannot create the report directory: File exists"
+        for d in directories
+        if d.exists() and not d.is_dir()
+    ]
+    for directory in directories if not problems else []:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"{directory}: cannot create the report directory: {exc.strerror}")
+            break
+    return problems
 
 
 # --- outcomes and summary.json ---------------------------------------------------------------
@@ -175,6 +203,8 @@ class Summary(BaseModel):
     parallel: int
     filters: list[str]
     exit_code: int
+    interrupted: bool = False
+    """Ctrl-C ended the invocation; `scenarios` holds the runs that finished."""
     outcomes: dict[str, int]
     """How many scenarios had each outcome."""
     scenarios: list[ScenarioOutcome]
@@ -234,8 +264,11 @@ OUTCOME_EXIT = {Outcome.PASS: 0, Outcome.FAIL: 1, Outcome.FLAKY: 1, Outcome.ERRO
 
 
 def exit_code(scenarios: Sequence[ScenarioOutcome], reports: Sequence[ScenarioReport]) -> int:
-    """2 when an agent's plugins could not load (invalid input), else the worst outcome's:
-    3 for any ERROR, 1 for any FAIL or FLAKY, 0 when everything passed."""
+    """2 when an agent's plugins could not load (invalid input); 3 when any run was an ERROR
+    (a crash in one of ten repeats is FLAKY as an outcome, but still a broken run); else 1 for
+    any FAIL or FLAKY, 0 when everything passed."""
     if any(r.exit_code == EXIT_INVALID for r in reports):
         return EXIT_INVALID
+    if any(r.verdict is Verdict.ERROR for r in reports):
+        return OUTCOME_EXIT[Outcome.ERROR]
     return max((OUTCOME_EXIT[s.outcome] for s in scenarios), default=0)

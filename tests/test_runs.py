@@ -5,27 +5,33 @@ and `scenario-runner schema` (checked with jsonschema against every example)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
 import jsonschema
+import psutil
 import pytest
 from click.testing import CliRunner
 from junitparser import Error, Failure, JUnitXml
 
+from orchestrator import session
 from orchestrator.cli import main
 from orchestrator.junit import write_junit
 from orchestrator.loader import ScenarioError, load_variants_text
 from orchestrator.report import ScenarioReport
-from orchestrator.runner import agent_seed
+from orchestrator.runner import RunOptions, agent_seed
 from orchestrator.scenario import Scenario
+from orchestrator.session import matches
 
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "data" / "runs"
@@ -445,3 +451,103 @@ def test_progress_bar_on_a_terminal_only(files: Path, tmp_path: Path, private_tm
     assert "\x1b[" not in piped and "coin (run 3)" in piped  # a log gets results, no codes
     quiet = run("-q", env=terminal)
     assert live not in quiet and len(quiet.splitlines()) == 1
+
+
+def test_ctrl_c_tears_down_and_reports_what_finished(
+    files: Path, tmp_path: Path, private_tmp: Path
+) -> None:
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(PAUSED.format(name="slow").replace("pause: 1s", "pause: 30s"))
+    report_dir = tmp_path / "r"
+    script = Path(sys.executable).parent / "scenario-runner"
+    env = {**os.environ, "TMPDIR": str(private_tmp)}
+    command = [str(script), "run", str(files / "coin.yaml"), str(slow), "--report-dir",
+               str(report_dir), "--seed", "1"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        # Coin runs first; once its report is written, the slow run has its run directory
+        # (and agents on the way) when the signal lands.
+        deadline = time.monotonic() + 30
+        while not (
+            (report_dir / "coin" / "report.json").exists() and list(private_tmp.glob("sr-*"))
+        ):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert b"interrupted: 1 of 2 runs finished" in err
+    summary = _summary(report_dir)
+    assert summary["interrupted"] is True and summary["exit_code"] == 130
+    assert [s["scenario"] for s in summary["scenarios"]] == ["coin"]
+    assert len(JUnitXml.fromfile(str(report_dir / "junit.xml"))) == 1
+    assert list(private_tmp.glob("sr-*")) == []  # the slow run's directory went with it
+    leftovers = [p.pid for p in psutil.process_iter(["environ"]) if _ran_in(p, private_tmp)]
+    assert leftovers == []
+
+
+def _ran_in(process: psutil.Process, folder: Path) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return (process.info.get("environ") or {}).get("TMPDIR") == str(folder)
+    return False
+
+
+def test_a_run_the_runner_cannot_carry_out_is_an_error_and_the_others_are_reported(
+    files: Path, tmp_path: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = session.run_scenario
+
+    async def breaks_on_coin(scenario: Scenario, source: Path, options: RunOptions) -> object:
+        if scenario.name == "coin":
+            raise RuntimeError("a bug in the runner")
+        return await real(scenario, source, options)
+
+    monkeypatch.setattr(session, "run_scenario", breaks_on_coin)
+    report_dir = tmp_path / "r"
+    code, output = _invoke(
+        str(files / "coin.yaml"), str(files / "junit-mix.yaml"), "--report-dir", str(report_dir)
+    )
+    assert code == 3, output
+    summary = _summary(report_dir)
+    assert [(s["scenario"], s["outcome"]) for s in summary["scenarios"]] == [
+        ("coin", "ERROR"),
+        ("junit-mix", "ERROR"),  # by design (its custom rule raises), and judged
+    ]
+    broken = json.loads((report_dir / "coin" / "report.json").read_text())
+    assert broken["errors"][0]["message"] == "the runner broke: RuntimeError: a bug in the runner"
+    suites = {s.name: s for s in JUnitXml.fromfile(str(report_dir / "junit.xml"))}
+    assert suites["coin"].errors == 1 and suites["junit-mix"].tests == 3
+
+
+def test_report_directories_are_checked_before_anything_runs(
+    files: Path, tmp_path: Path, private_tmp: Path
+) -> None:
+    report_dir = tmp_path / "r"
+    report_dir.mkdir()
+    (report_dir / "coin").write_text("a file where a run's directory must go")
+    result = CliRunner().invoke(
+        main, ["run", str(files / "coin.yaml"), str(files / "junit-mix.yaml"),
+               "--report-dir", str(report_dir)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert f"{report_dir / 'coin'}: cannot create the report directory: File exists" in (
+        result.output
+    )
+    assert sorted(p.name for p in report_dir.iterdir()) == ["coin"]  # nothing ran
+
+
+def test_labels_never_collide_and_filter_takes_them_as_written(tmp_path: Path) -> None:
+    text = MATRIX.split("matrix:\n")[0] + (
+        "matrix:\n  agents.1.settings.x: [true, 'true', 1, '1', [1], '[1]', plain]\n"
+    )
+    variants = load_variants_text(text, "m.yaml")
+    labels = [v.label for v in variants]
+    assert len(set(labels)) == 7
+    assert labels[:2] == ["coin-matrix[x=true]", 'coin-matrix[x="true"]']
+    assert labels[-1] == "coin-matrix[x=plain]"
+    assert matches(variants[1], ['coin-matrix[x="true"]'])
+    assert matches(variants[1], ['coin-matrix[agents.1.settings.x="true"]'])
+    assert not matches(variants[0], ['coin-matrix[x="true"]'])
+    assert matches(variants[0], ["coin-*"])

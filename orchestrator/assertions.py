@@ -205,7 +205,7 @@ class _MessageJudge:
             return _result(
                 self.id, self.assertion, passed=False, expected=expected, actual=actual,
                 message=f"expected {a.count.describe()} x {what}, found {self.n}",
-                evidence=self.matched,
+                evidence=list(self.matched),
             )  # fmt: skip
         if order is not None and self.first is not None:
             ok = self.first_other is not None and (
@@ -223,7 +223,7 @@ class _MessageJudge:
                 )  # fmt: skip
         return _result(
             self.id, self.assertion, passed=True, expected=expected, actual=actual,
-            message=f"{self.n} x {what}", evidence=self.matched,
+            message=f"{self.n} x {what}", evidence=list(self.matched),
         )  # fmt: skip
 
 
@@ -278,7 +278,7 @@ class _ActionJudge:
         message = f"{self.n} x {what}" if ok else f"expected {expected}; {actual}"
         return _result(
             self.id, self.assertion, passed=ok, expected=expected, actual=actual,
-            message=message, evidence=self.matched,
+            message=message, evidence=list(self.matched),
         )  # fmt: skip
 
 
@@ -587,21 +587,58 @@ def assertion_id(index: int, assertion: Assertion) -> str:
     return assertion.id if assertion.id is not None else f"assertions[{index}]"
 
 
-async def judge(items: Iterable[tuple[str, Assertion]], facts: Facts) -> list[AssertionResult]:
-    """Judge each (id, assertion): the event-based ones in one pass over `facts.events()`."""
+def _event_judge(ident: str, a: Assertion, facts: Facts) -> _EventJudge | None:
+    if isinstance(a, MessageAssertion):
+        return _MessageJudge(ident, a, facts)
+    if isinstance(a, ActionAssertion):
+        return _ActionJudge(ident, a, facts)
+    if isinstance(a, TimingAssertion) and a.timing.latency is not None:
+        return _LatencyJudge(ident, a, facts)
+    if isinstance(a, DeliveryAssertion):
+        return _DeliveryJudge(ident, a, facts)
+    return None
+
+
+class JudgeMemo:
+    """Event judges kept between runs of the same inline `assert` step (one in a `repeat`).
+
+    A judge keeps what it has seen, so judging again reads only the events since its last
+    run: each run of the step costs the new events, not the whole log, and a soak with an
+    `assert` in its loop stays linear. `since(id)` yields the events after `id`."""
+
+    def __init__(self, since: Callable[[int], Iterator[Event]]) -> None:
+        self.since = since
+        self._judges: dict[str, tuple[_EventJudge, int]] = {}
+
+    def catch_up(self, ident: str, a: Assertion, facts: Facts) -> _EventJudge | None:
+        kept = self._judges.get(ident)
+        judge_ = kept[0] if kept else _event_judge(ident, a, facts)
+        if judge_ is None:
+            return None
+        last = kept[1] if kept else 0
+        for event in self.since(last):
+            judge_.observe(event)
+            last = event.id
+        self._judges[ident] = (judge_, last)
+        return judge_
+
+
+async def judge(
+    items: Iterable[tuple[str, Assertion]], facts: Facts, memo: JudgeMemo | None = None
+) -> list[AssertionResult]:
+    """Judge each (id, assertion): the event-based ones in one pass over `facts.events()`, or,
+    with a `memo`, over the events their kept judges have not seen yet."""
     pairs = list(items)
     judges: dict[int, _EventJudge] = {}
+    fresh: list[_EventJudge] = []
     for i, (ident, a) in enumerate(pairs):
-        if isinstance(a, MessageAssertion):
-            judges[i] = _MessageJudge(ident, a, facts)
-        elif isinstance(a, ActionAssertion):
-            judges[i] = _ActionJudge(ident, a, facts)
-        elif isinstance(a, TimingAssertion) and a.timing.latency is not None:
-            judges[i] = _LatencyJudge(ident, a, facts)
-        elif isinstance(a, DeliveryAssertion):
-            judges[i] = _DeliveryJudge(ident, a, facts)
-    if judges:
-        observers = [j.observe for j in judges.values()]
+        found = memo.catch_up(ident, a, facts) if memo else _event_judge(ident, a, facts)
+        if found is not None:
+            judges[i] = found
+            if memo is None:
+                fresh.append(found)
+    if fresh:
+        observers = [j.observe for j in fresh]
         for event in facts.events():
             for observe in observers:
                 observe(event)

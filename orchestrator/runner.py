@@ -28,6 +28,7 @@ from orchestrator.assertions import (
     AssertionResult,
     ErrorFact,
     Facts,
+    JudgeMemo,
     MemoryFact,
     assertion_id,
     judge,
@@ -296,6 +297,9 @@ class ScenarioRun:
         self.bus: Bus | None = None
         self.stop_reason: str | None = None
         self.agent_reports: list[AgentReport] = []
+        self.agent_errors: list[ErrorFact] = []
+        """What the agents reported (agent.error events), as they arrive."""
+        self._inline_memo: JudgeMemo | None = None
         """Built once the agents have stopped, before judging (custom rules see metrics)."""
         self._script_t0 = 0.0
 
@@ -317,6 +321,8 @@ class ScenarioRun:
         opts = self.options
         started_at = datetime.now(UTC).isoformat()
         events = EventLog(report_dir / "events.jsonl")
+        events.subscribe(self._collect)
+        self._inline_memo = JudgeMemo(events.since)
         if self.on_event is not None:
             events.subscribe(self.on_event)
         bus = Bus(
@@ -481,7 +487,7 @@ class ScenarioRun:
                 )
                 for agent, samples in sampler.agents.items()
             },
-            errors=self.error_facts(events),
+            errors=self.error_facts(),
         )
 
     def _bye_stats(self, agent: str) -> AgentStats | None:
@@ -501,19 +507,19 @@ class ScenarioRun:
             events, lambda: events.since(0), self.sampler, time.monotonic() - self._script_t0
         )
         facts.live_state = live
-        (result,) = await judge([(ident, assertion)], facts)
+        (result,) = await judge([(ident, assertion)], facts, self._inline_memo)
         return result
 
-    def error_facts(self, events: EventLog | None = None) -> list[ErrorFact]:
-        """Every error so far, classified: the runner's own and those the agents reported."""
-        facts = [ErrorFact(e.source, e.agent, e.message) for e in self.errors]
-        if events is not None:
-            facts += [
-                ErrorFact(_agent_error_kind(e), e.agent, _agent_error_text(e))
-                for e in events.since(0)
-                if e.kind is EventKind.AGENT_ERROR
-            ]
-        return facts
+    def error_facts(self) -> list[ErrorFact]:
+        """Every error so far, classified: the runner's own and those the agents reported
+        (collected as their events arrive, so asking costs no pass over the log)."""
+        return [ErrorFact(e.source, e.agent, e.message) for e in self.errors] + self.agent_errors
+
+    def _collect(self, event: Event) -> None:
+        if event.kind is EventKind.AGENT_ERROR:
+            self.agent_errors.append(
+                ErrorFact(_agent_error_kind(event), event.agent, _agent_error_text(event))
+            )
 
     def _on_crash(self, proc: AgentProcess) -> None:
         assert proc.exit is not None
@@ -534,7 +540,7 @@ class ScenarioRun:
         return decide(
             self.assertions,
             self.steps,
-            self.error_facts(events),
+            self.error_facts(),
             [a for a in self.scenario.assertions if isinstance(a, ErrorsAssertion)]
             + [
                 s.assert_

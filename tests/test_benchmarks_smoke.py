@@ -94,3 +94,21 @@ def test_startup_benchmark_rejects_bad_counts(capsys: pytest.CaptureFixture[str]
         _benchmark("startup").main(["--counts", "1,x"])
     assert exc.value.code == 2
     assert "--counts" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_steps_benchmark_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    r = _run_json("steps", ["--rounds", "30"], capsys)
+    assert r["benchmark"] == "steps" and r["rounds"] == 30
+    assert set(r["step_p50_ms"]) == {"action", "send", "wait", "assert"}
+    assert all(v > 0 for v in r["step_p50_ms"].values())
+    assert r["assert_first_tenth_mean_ms"] > 0 and r["assert_last_tenth_mean_ms"] > 0
+    assert r["events"] > 30 * 4
+    assert isinstance(r["missed"], list)
+
+
+def test_steps_benchmark_rejects_too_few_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _benchmark("steps").main(["--rounds", "3"])
+    assert exc.value.code == 2
+    assert "--rounds" in capsys.readouterr().err

@@ -291,3 +291,39 @@ assertions:
         "no message from bot containing 'pong' within 300ms (wanted 2, saw 0)"
     )
     assert report.verdict is Verdict.ERROR
+
+
+def test_an_assert_in_a_repeat_judges_everything_so_far_each_time(private_tmp: Path) -> None:
+    # The step's judge is kept between runs and reads only the new events; it must still count
+    # every pong so far: at most 2 holds in the first two rounds and not in the next two.
+    report = run_yaml(
+        f"""
+name: inline-in-a-loop
+timeout: 20s
+agents:
+{BOT}
+  - id: alice
+rooms:
+  - {{id: lobby, members: [bot, alice]}}
+script:
+  - repeat:
+      count: 4
+      steps:
+        - send: {{agent: alice, room: lobby, text: ping}}
+        - wait_for: {{message: {{from: bot, contains: pong}}, timeout: 3s}}
+        - id: at-most-two
+          assert:
+            id: at-most-two-pongs
+            required: false
+            message: {{from: bot, contains: pong, count: {{max: 2}}}}
+assertions:
+  - message: {{from: bot, contains: pong, count: {{exactly: 4}}}}
+verification: {{threshold: 0.5}}
+""",
+        private_tmp / "report",
+    )
+    step = next(s for s in report.steps if s.id == "at-most-two")
+    assert (step.runs, step.passed, step.failed) == (4, 2, 2)
+    inline = next(a for a in report.assertions if a.id == "at-most-two-pongs")
+    # The report keeps an inline assertion's first failure: round 3, which had seen three.
+    assert not inline.passed and inline.actual == "3 found" and len(inline.evidence) == 3

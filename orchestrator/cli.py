@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ from orchestrator.session import (
 )
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+LOG_WIDTH = 160
 
 
 class DurationType(click.ParamType[Duration, object]):
@@ -194,8 +196,11 @@ def run(
         _report_problems(list(blocked))
         sys.exit(EXIT_INVALID)
     options = RunOptions(timeout=timeout, keep_run_dir=keep_run_dir, seed=seed)
-    # soft_wrap: a long report path stays on one line in a CI log (80 columns when not a tty).
+    # soft_wrap: a long report path stays on one line in a CI log; and a log is not 80 columns
+    # wide (rich's guess without a terminal), so tables get room unless COLUMNS says otherwise.
     console = Console(stderr=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH
     done: dict[Path, ScenarioReport] = {}
     interrupted = False
     with progress_bar(console, disable=quiet) as bar:

@@ -28,8 +28,8 @@ from orchestrator import session
 from orchestrator.cli import main
 from orchestrator.junit import write_junit
 from orchestrator.loader import ScenarioError, load_variants_text
-from orchestrator.report import ScenarioReport
-from orchestrator.runner import RunOptions, agent_seed
+from orchestrator.report import ScenarioReport, Verdict
+from orchestrator.runner import RunOptions, agent_seed, broken_report
 from orchestrator.scenario import Scenario
 from orchestrator.session import matches
 
@@ -551,3 +551,21 @@ def test_labels_never_collide_and_filter_takes_them_as_written(tmp_path: Path) -
     assert matches(variants[1], ['coin-matrix[agents.1.settings.x="true"]'])
     assert not matches(variants[0], ['coin-matrix[x="true"]'])
     assert matches(variants[0], ["coin-*"])
+
+
+def test_an_error_among_repeats_is_flaky_but_exits_3_and_dirs_avoid_reserved_names(
+    tmp_path: Path,
+) -> None:
+    base = load_variants_text((DATA / "coin.yaml").read_text(), "coin.yaml")[0]
+    error = broken_report(base, Path("coin.yaml"), RunOptions(), RuntimeError("boom"))
+    passed = error.model_copy(update={"verdict": Verdict.PASS, "exit_code": 0})
+    planned = session.plan([(Path("coin.yaml"), base)], 2, tmp_path)
+    results = session.outcomes(planned, [passed, error])
+    assert [(o.outcome, o.pass_rate) for o in results] == [(session.Outcome.FLAKY, 0.5)]
+    assert session.exit_code(results, [passed, error]) == 3  # a broken run is never just flaky
+    assert session.exit_code(results[:0], [passed]) == 0
+
+    named = base.model_copy(update={"name": "junit.xml"})
+    dirs = [p.report_dir.name for p in session.plan([(Path("a"), named), (Path("b"), base)], 1,
+                                                     tmp_path)]  # fmt: skip
+    assert dirs == ["junit.xml-2", "coin"]

@@ -20,6 +20,7 @@ thread-safe for that reason.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import functools
 import inspect
@@ -55,8 +56,12 @@ from agent_worker.state import StatePathError, get_path, set_path
 from agent_worker.store import MemoryStore
 from agent_worker.transport import Transport
 from protocol import (
+    ActionFinished,
     ActionInfo,
+    ActionStarted,
     AgentConfig,
+    AgentErrorEvent,
+    AgentErrorKind,
     AgentStats,
     Bye,
     CmdAction,
@@ -68,8 +73,10 @@ from protocol import (
     Event,
     Msg,
     Origin,
+    PluginEvent,
     Ready,
     Result,
+    StateChanged,
 )
 from protocol.statepath import NO_STATE_AT
 
@@ -81,6 +88,10 @@ SERVICE_TIMEOUT_S = 10.0
 """How long one service may take to start or to stop."""
 
 T = TypeVar("T")
+
+_ORIGIN: contextvars.ContextVar[Origin] = contextvars.ContextVar("origin", default=Origin.AGENT)
+"""Whose words the agent is saying now: inside an action the script ran, every message the
+action posts (through its callback or `runtime.send`) is the script's, not the agent's own."""
 
 
 @dataclass(slots=True)
@@ -138,6 +149,7 @@ class AgentRuntime:
         self.counters = Counters()
         self.plugins: list[Plugin] = []
         self.actions: dict[str, Action] = {a.name: a for a in BUILTIN_ACTIONS}
+        self._infos: tuple[ActionInfo, ...] | None = None
         self.providers: list[tuple[str, Plugin]] = []
         self.services: dict[str, Service] = {}
         self.model: ModelProvider | None = None
@@ -176,20 +188,18 @@ class AgentRuntime:
         with self._lock:
             previous = set_path(self.state, path, copy.deepcopy(value))
             self.transport.send(
-                Event(
-                    name="state.changed",
-                    data={"path": path, "value": value, "previous": previous},
-                )
+                Event(event=StateChanged(path=path, value=value, previous=previous))
             )
             return previous
 
     def send(self, room: str, text: str, in_reply_to: str | None = None) -> Msg:
-        """Post `text` to `room` as this agent (the model's or a plugin's own words)."""
-        return self.post(room, text, Origin.AGENT, in_reply_to)
+        """Post `text` to `room` as this agent: the model's or a plugin's own words, or the
+        script's when an action the script ran is what posts it."""
+        return self.post(room, text, _ORIGIN.get(), in_reply_to)
 
     def emit(self, name: str, data: dict[str, JsonValue]) -> None:
         """Send an event of the plugin's own to the coordinator's event log."""
-        self.transport.send(Event(name=name, data=data))
+        self.transport.send(Event(event=PluginEvent(name=name, data=data)))
 
     # -- main loop ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -214,7 +224,7 @@ class AgentRuntime:
             Ready(
                 pid=os.getpid(),
                 store_path=str(self.memory.path),
-                actions=[self._action_info(a) for a in self.actions.values()],
+                actions=list(self._action_infos()),
                 services=list(self.services),
                 error=self.init_error,
             )
@@ -278,6 +288,15 @@ class AgentRuntime:
                 )
             self.actions[action.name] = action
         self.plugins.append(plugin)
+        self._infos = None
+
+    def _action_infos(self) -> tuple[ActionInfo, ...]:
+        """What the agent can do, as the model and READY see it: built once, since the JSON
+        Schema of a parameters model costs about 0.35 ms to generate and was once generated
+        for every message (a third of an agent's CPU in a ping/pong run)."""
+        if self._infos is None:
+            self._infos = tuple(self._action_info(a) for a in self.actions.values())
+        return self._infos
 
     @staticmethod
     def _action_info(action: Action) -> ActionInfo:
@@ -304,11 +323,11 @@ class AgentRuntime:
                     agent_name=self.name,
                     system=self._system_text(state),
                     message=msg,
-                    actions=tuple(self._action_info(a) for a in self.actions.values()),
+                    actions=self._action_infos(),
                 )
             )
         except ModelError as exc:
-            self._report_error("model", f"answering {msg.msg_id}: {exc}")
+            self._report_error(AgentErrorKind.MODEL, "model", f"answering {msg.msg_id}: {exc}")
             return
         except Exception as exc:
             self._handler_error("handling message " + msg.msg_id, exc)
@@ -349,6 +368,7 @@ class AgentRuntime:
                     continue
                 if not isinstance(result, ProviderResult):
                     self._report_error(
+                        AgentErrorKind.HANDLER,
                         f"provider {provider.name}",
                         f"returned {type(result).__name__}, not ProviderResult",
                     )
@@ -378,10 +398,26 @@ class AgentRuntime:
         state: State,
         origin: str,
     ) -> ActionOutcome:
-        """Validate and run one action, recording it with `action.*` events."""
+        """Validate and run one action, recording it with `action.*` events.
+
+        The events carry the parameters the handler receives: validated by the action's
+        model when it has one (a templated "20" read as an int is recorded as 20)."""
         self._call_counter += 1
         call_id = f"{self.agent_id}:{self._call_counter}"
-        base: dict[str, JsonValue] = {
+        says = Origin.SCRIPT if origin == "script" else Origin.AGENT
+        action = self.actions.get(name)
+        parsed: BaseModel | None = None
+        problem: str | None = None
+        if action is None:
+            known = ", ".join(sorted(self.actions))
+            problem = f"unknown action {name!r}; {self.agent_id} has: {known}"
+        elif action.parameters is not None:
+            try:
+                parsed = action.parameters.model_validate(params)
+                params = parsed.model_dump(mode="json")
+            except ValidationError as exc:
+                problem = f"parameters do not fit {name}: {_validation_text(exc)}"
+        common = {
             "action": name,
             "call_id": call_id,
             "params": params,
@@ -389,30 +425,40 @@ class AgentRuntime:
             "msg_id": msg.msg_id,
             "room": msg.room,
         }
-        self.emit("action.started", base)
+        self.transport.send(Event(event=ActionStarted(**common)))  # type: ignore[arg-type]
         started = time.perf_counter()
-        status, result, error = await self._execute(name, params, msg, state)
+        if action is None or problem is not None:
+            status, result, error = "invalid", None, problem
+        else:
+            token = _ORIGIN.set(says)
+            try:
+                status, result, error = await self._execute(action, parsed, msg, state)
+            finally:
+                _ORIGIN.reset(token)
         outcome = ActionOutcome(call_id, status, result, error, time.perf_counter() - started)
         self.counters.actions_run += 1
         if not outcome.succeeded:
             self.counters.actions_failed += 1
-        data = {**base, **outcome.to_json()}
-        self.emit("action.completed" if outcome.succeeded else "action.failed", data)
+        if status == "error":  # the handler raised: an error of the agent, like an evaluator's
+            self._report_error(AgentErrorKind.HANDLER, f"action {name}", error or "raised")
+        self.transport.send(
+            Event(
+                event=ActionFinished(
+                    type="action.completed" if outcome.succeeded else "action.failed",
+                    status=status,  # type: ignore[arg-type]
+                    error=error,
+                    duration_ms=round(outcome.duration_s * 1000.0, 3),
+                    result=None if result is None else result.model_dump(mode="json"),
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+        )
         return outcome
 
     async def _execute(
-        self, name: str, params: dict[str, JsonValue], msg: Message, state: State
+        self, action: Action, parsed: BaseModel | None, msg: Message, state: State
     ) -> tuple[str, ActionResult | None, str | None]:
-        action = self.actions.get(name)
-        if action is None:
-            known = ", ".join(sorted(self.actions))
-            return "invalid", None, f"unknown action {name!r}; {self.agent_id} has: {known}"
-        parsed: BaseModel | None = None
-        if action.parameters is not None:
-            try:
-                parsed = action.parameters.model_validate(params)
-            except ValidationError as exc:
-                return "invalid", None, f"parameters do not fit {name}: {_validation_text(exc)}"
+        name = action.name
         timeout = self.config.action_timeout_s
 
         def callback(text: str) -> None:
@@ -421,9 +467,7 @@ class AgentRuntime:
         try:
             if not await self._call(action.validate, (self, msg, state), timeout):
                 return "invalid", None, f"{name}: validate returned false"
-            result = await self._call(
-                action.handler, (self, msg, state, parsed, callback), timeout
-            )
+            result = await self._call(action.handler, (self, msg, state, parsed, callback), timeout)
         except TimeoutError:
             return "timeout", None, f"{name} timed out after {timeout:g}s"
         except Exception as exc:
@@ -436,16 +480,20 @@ class AgentRuntime:
             return "failed", result, result.error or f"{name} reported failure"
         return "succeeded", result, None
 
-    async def _call(self, fn: Callable[..., T | Awaitable[T]], args: tuple[object, ...],
-                    timeout: float) -> T:
+    async def _call(
+        self, fn: Callable[..., T | Awaitable[T]], args: tuple[object, ...], timeout: float
+    ) -> T:
         """Call a plugin function, sync or async, within `timeout` seconds."""
         if inspect.iscoroutinefunction(fn):
             coro: Awaitable[T] = fn(*args)
             return await asyncio.wait_for(coro, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # run_in_executor does not carry context variables (the origin) into the thread.
+        context = contextvars.copy_context()
         value = await asyncio.wait_for(
-            loop.run_in_executor(self._executor, functools.partial(fn, *args)), timeout
+            loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args)),
+            timeout,
         )
         if inspect.isawaitable(value):  # a sync function that returned a coroutine
             return await asyncio.wait_for(value, max(deadline - loop.time(), 0.0))
@@ -539,11 +587,11 @@ class AgentRuntime:
 
     def _handler_error(self, what: str, exc: BaseException) -> None:
         print(f"agent {self.agent_id}: error {what}:\n{traceback.format_exc()}", file=sys.stderr)
-        self._report_error(what, _describe(exc))
+        self._report_error(AgentErrorKind.HANDLER, what, _describe(exc))
 
-    def _report_error(self, where: str, error: str) -> None:
+    def _report_error(self, kind: AgentErrorKind, where: str, error: str) -> None:
         self.counters.handler_errors += 1
-        self.transport.send(Event(name="error", data={"where": where, "error": error}))
+        self.transport.send(Event(event=AgentErrorEvent(kind=kind, where=where, error=error)))
 
     # -- shutdown -------------------------------------------------------------------------
     async def _stop_services(self) -> None:
@@ -553,24 +601,26 @@ class AgentRuntime:
             try:
                 await asyncio.wait_for(service.stop(), SERVICE_TIMEOUT_S)
             except Exception as exc:
-                self._report_error(f"stopping service {name}", _describe(exc))
+                self._report_error(
+                    AgentErrorKind.SERVICE, f"stopping service {name}", _describe(exc)
+                )
 
     async def _shutdown(self, deadline_s: float) -> int:
         deadline = time.monotonic() + deadline_s
         await self._stop_services()
         if self.model is not None:
             for problem in self.model.problems_at_end():
-                self._report_error("model", problem)
+                self._report_error(AgentErrorKind.MODEL, "model", problem)
             try:
                 await self.model.close()
             except Exception as exc:
-                self._report_error("closing the model", _describe(exc))
+                self._report_error(AgentErrorKind.MODEL, "closing the model", _describe(exc))
         drained = self.transport.flush(deadline)
         try:
             by_room = self.memory.counts_by_room()
         except Exception as exc:  # a broken store must not cost the BYE
             by_room = {}
-            self._report_error("counting memories", _describe(exc))
+            self._report_error(AgentErrorKind.AGENT, "counting memories", _describe(exc))
         rows, evicted = self.memory.rows, self.memory.evicted
         self.memory.close()
         t = self.transport

@@ -43,7 +43,7 @@ from benchmarks._common import (
 )
 from benchmarks._raw import RawPeer
 from benchmarks._stats import LatencyStats
-from orchestrator.events import EventKind
+from orchestrator.events import MessageSent
 from orchestrator.launchers import LaunchSpec, SpawnLauncher
 from orchestrator.supervisor import ProcessStatus
 from protocol import AgentConfig, ChannelType, CmdSetState, Msg, Origin, RoomConfig, encode_body
@@ -217,7 +217,8 @@ async def measure_agents(opts: Options) -> AgentFigures:
             cpu_us = {k: (cpu_after[k] - cpu_before[k]) * 1e6 / total for k in cpu_before}
             median = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
 
-            before_pings = c.events.last_id
+            routed: list[MessageSent] = []
+            watch = c.events.subscribe(routed.append, (MessageSent,), SENDER)
             params: dict[str, JsonValue] = {
                 "room": ROOM,
                 "count": opts.latency_samples,
@@ -225,7 +226,8 @@ async def measure_agents(opts: Options) -> AgentFigures:
             }
             rtt = LatencyStats.from_json(await _op(c, SENDER, "bench.pingpong", params, opts))
             report = await _op(c, RECEIVER, "bench.report", {"skip": opts.warmup}, opts)
-            to_coordinator = _ping_hop_latency(c, before_pings, opts.warmup)
+            watch.close()
+            to_coordinator = _ping_hop_latency(c, routed, opts.warmup)
             await c.stop()
 
             procs = list(c.sup.processes.values())
@@ -289,16 +291,13 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def _ping_hop_latency(c: Coordinator, after: int, warmup: int) -> LatencyStats:
+def _ping_hop_latency(c: Coordinator, routed: list[MessageSent], warmup: int) -> LatencyStats:
     """From the event log: each recorded ping's send stamp to the coordinator routing it."""
     samples: list[int] = []
-    for event in c.events.since(after):
-        if event.kind is not EventKind.MESSAGE_SENT or event.agent != SENDER:
+    for event in routed:
+        if not event.text.startswith("p "):
             continue
-        text = event.data.get("text")
-        if not isinstance(text, str) or not text.startswith("p "):
-            continue
-        _, index, sent_ns, _ = text.split(" ", 3)
+        _, index, sent_ns, _ = event.text.split(" ", 3)
         if int(index) >= warmup:
             routed_ns = round((c.events.t0 + event.t) * 1e9)
             samples.append(routed_ns - int(sent_ns))

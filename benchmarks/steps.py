@@ -91,9 +91,8 @@ def _assert_durations(events_file: Path) -> list[float]:
     with events_file.open(encoding="utf-8") as lines:
         for line in lines:
             event = json.loads(line)
-            data = event["data"]
-            if event["kind"] == "step.finished" and data.get("step_id") == "assert":
-                durations.append(float(data["duration_s"]))
+            if event["kind"] == "step.finished" and event.get("step_id") == "assert":
+                durations.append(float(event["duration_s"]))
     return durations
 
 

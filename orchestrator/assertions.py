@@ -1,12 +1,16 @@
-"""The assertion engine: each assertion is judged against what the run did.
+"""The assertion engine: each assertion is judged against what the run did, as it happens.
 
-At the end, assertions are judged over the whole event log (streamed from events.jsonl, so
-memory stays bounded) in one pass, plus the facts that are not events: final states, step
-durations, memory figures, collected errors, and custom rules. Inline (`assert` steps), the same
-judges run over the events so far, with the live state. Every result carries what was expected,
+Every assertion gets a judge when the run starts. A judge of events subscribes to the kinds of
+event it reads and folds each one as it is emitted, so judging at the end (or at an inline
+`assert` step, which reads the same judge's current state) costs nothing more and never replays
+the log. Judges of facts that are not events (final states, step durations, memory figures,
+collected errors, custom rules) read them when asked. Every result carries what was expected,
 what was found, a one-line message and the ids of the events that are its evidence; a judge
 that could not decide (a custom rule that raised) sets `error`, which makes the run an ERROR,
 never a pass.
+
+To add an assertion type: its model in `scenario_assertions.py`, its judge here, registered in
+`JUDGES`.
 """
 
 from __future__ import annotations
@@ -14,20 +18,30 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from pydantic import JsonValue
 
-from orchestrator.events import Event, EventKind
-from orchestrator.jsonschema_lite import validate as validate_json
-from orchestrator.matching import (
-    MessageFilter,
-    Predicate,
-    action_predicate,
-    action_status,
-    event_predicate,
+from orchestrator.events import (
+    ActionCompleted,
+    ActionEnded,
+    ActionFailed,
+    ErrorKind,
+    Event,
+    EventLog,
+    IndexKey,
+    Matcher,
+    MessageDeadLetter,
+    MessageDelivered,
+    MessageRefused,
+    MessageSent,
+    once,
+    subscribe_keys,
 )
+from orchestrator.jsonschema_lite import validate as validate_json
+from orchestrator.matching import ActionMatcher, EventMatcher, MessageFilter
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.rules import RuleError, RunView, call_rule
 from orchestrator.scenario_assertions import (
@@ -71,7 +85,7 @@ class AssertionResult:
 
 @dataclass(frozen=True, slots=True)
 class ErrorFact:
-    kind: str
+    kind: ErrorKind
     agent: str | None
     message: str
 
@@ -84,10 +98,8 @@ class MemoryFact:
 
 @dataclass
 class Facts:
-    """What the judges may look at."""
+    """What the judges may look at besides the events they folded."""
 
-    events: Callable[[], Iterator[Event]]
-    members: Mapping[str, frozenset[str]]
     view: RunView
     final_states: Mapping[str, Mapping[str, JsonValue]] | None = None
     """At the end: each agent's state from BYE. Inline: None (state is read live)."""
@@ -97,6 +109,8 @@ class Facts:
     script_s: float | None = None
     memory: Mapping[str, MemoryFact] = field(default_factory=dict)
     errors: list[ErrorFact] = field(default_factory=list)
+    actions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per agent that reached READY, the actions it announced."""
 
 
 def _result(ident: str, a: Assertion, **fields: object) -> AssertionResult:
@@ -109,54 +123,69 @@ def _result(ident: str, a: Assertion, **fields: object) -> AssertionResult:
     )
 
 
-# --- event judges (one pass over the log) ----------------------------------------------------
+class Judge:
+    """Judges one assertion. Event judges subscribe in their constructor; `result` says how
+    the assertion stands now (inline) or finally (at the end)."""
 
+    def __init__(self, ident: str, assertion: Assertion) -> None:
+        self.id = ident
+        self.assertion = assertion
 
-class _AnchorWatch:
-    """The time of the latest event matching an anchor."""
+    async def result(self, facts: Facts) -> AssertionResult:
+        raise NotImplementedError
 
-    def __init__(self, anchor: Anchor, members: Mapping[str, frozenset[str]]) -> None:
-        self.predicate: Predicate
-        if anchor.message is not None:
-            self.predicate = MessageFilter.of(anchor.message, members)
-        elif anchor.action is not None:
-            self.predicate = action_predicate(anchor.action)
-        else:
-            assert anchor.event is not None
-            self.predicate = event_predicate(anchor.event)
-        self.last_t: float | None = None
+    def _listen(self, log: EventLog, keys: list[IndexKey]) -> None:
+        subscribe_keys(log, keys, once(self.observe))
 
     def observe(self, event: Event) -> None:
-        if self.predicate(event):
-            self.last_t = event.t
+        raise NotImplementedError
 
 
-class _MessageJudge:
-    def __init__(self, ident: str, assertion: MessageAssertion, facts: Facts) -> None:
+def _keys(*matchers: Matcher | None) -> list[IndexKey]:
+    return [key for m in matchers if m is not None for key in m.index_keys()]
+
+
+# --- event judges (folded as the run goes) ----------------------------------------------------
+
+
+def _anchor_matcher(anchor: Anchor) -> Matcher:
+    if anchor.message is not None:
+        return MessageFilter.of(anchor.message)
+    if anchor.action is not None:
+        return ActionMatcher(anchor.action)
+    assert anchor.event is not None
+    return EventMatcher(anchor.event)
+
+
+class _MessageJudge(Judge):
+    def __init__(self, ident: str, assertion: MessageAssertion, log: EventLog) -> None:
+        super().__init__(ident, assertion)
         a = assertion.message
-        self.id, self.assertion, self.args = ident, assertion, a
-        self.filter = MessageFilter.of(a.match(), facts.members)
-        self.before = MessageFilter.of(a.before, facts.members) if a.before else None
-        self.after = MessageFilter.of(a.after, facts.members) if a.after else None
-        self.within = _AnchorWatch(a.within.of, facts.members) if a.within else None
+        self.args = a
+        self.filter = MessageFilter.of(a.match())
+        self.before = MessageFilter.of(a.before) if a.before else None
+        self.after = MessageFilter.of(a.after) if a.after else None
+        self.anchor = _anchor_matcher(a.within.of) if a.within else None
+        self.anchor_t: float | None = None
         self.first: int | None = None
         self.first_other: int | None = None
         self.matched: list[int] = []
         self.n = 0
         self.outside_window = 0
         self.violations: list[tuple[int, str]] = []
+        self.violation_count = 0
+        self._listen(log, _keys(self.anchor, self.before or self.after, self.filter))
 
     def observe(self, event: Event) -> None:
-        if self.within is not None:
-            self.within.observe(event)
+        if self.anchor is not None and self.anchor(event):
+            self.anchor_t = event.t
         other = self.before or self.after
         if other is not None and self.first_other is None and other(event):
             self.first_other = event.id
         if not self.filter(event):
             return
-        if self.within is not None:
-            assert self.args.within is not None
-            start = self.within.last_t
+        if self.args.within is not None:
+            start = self.anchor_t
             if start is None or event.t - start > self.args.within.window.seconds:
                 self.outside_window += 1
                 return
@@ -165,20 +194,23 @@ class _MessageJudge:
             self.first = event.id
         if len(self.matched) < EVIDENCE_LIMIT:
             self.matched.append(event.id)
-        text = event.data.get("text")
-        assert isinstance(text, str)  # the filter checked it
         a = self.args
-        if a.not_contains is not None and a.not_contains in text:
-            self.violations.append((event.id, f"contains {a.not_contains!r}: {text[:80]!r}"))
-        if a.json_schema is not None:
-            problem = _json_problem(text, a.json_schema)
-            if problem is not None:
+        if not isinstance(event, MessageSent):
+            return  # a delivery (`to`): its text was checked when it was sent
+        problem: str | None = None
+        if a.not_contains is not None and a.not_contains in event.text:
+            problem = f"contains {a.not_contains!r}: {event.text[:80]!r}"
+        elif a.json_schema is not None:
+            problem = _json_problem(event.text, a.json_schema)
+        if problem is not None:
+            self.violation_count += 1
+            if len(self.violations) < EVIDENCE_LIMIT:
                 self.violations.append((event.id, problem))
 
-    def result(self) -> AssertionResult:
+    async def result(self, facts: Facts) -> AssertionResult:
         a = self.args
         what = self.filter.describe()
-        if self.within is not None and a.within is not None:
+        if a.within is not None:
             what += f" within {a.within.window} of its anchor"
         expected = f"{a.count.describe()} x {what}"
         if a.not_contains is not None:
@@ -193,13 +225,15 @@ class _MessageJudge:
         actual = f"{self.n} found"
         if self.outside_window:
             actual += f" ({self.outside_window} more outside the window)"
+        if self.filter.forgotten:
+            actual += f" ({self.filter.forgotten} sent too long before delivery to track)"
         if self.violations:
             first_id, problem = self.violations[0]
             return _result(
                 self.id, self.assertion, passed=False, expected=expected,
-                actual=f"{len(self.violations)} of {self.n} break the rule",
+                actual=f"{self.violation_count} of {self.n} break the rule",
                 message=f"{what}: {problem} (event {first_id})",
-                evidence=[i for i, _ in self.violations][:EVIDENCE_LIMIT],
+                evidence=[i for i, _ in self.violations],
             )  # fmt: skip
         if not a.count.holds(self.n):
             return _result(
@@ -236,45 +270,63 @@ def _json_problem(text: str, schema: dict[str, JsonValue]) -> str | None:
     return f"breaks json_schema: {problems[0]}" if problems else None
 
 
-def params_include(params: object, wanted: Mapping[str, JsonValue]) -> bool:
+def params_include(params: Mapping[str, object], wanted: Mapping[str, JsonValue]) -> bool:
     """Every key of `wanted` is in `params` with an equal value."""
-    return isinstance(params, dict) and all(
-        k in params and params[k] == v for k, v in wanted.items()
-    )
+    return all(k in params and params[k] == v for k, v in wanted.items())
 
 
-class _ActionJudge:
-    def __init__(self, ident: str, assertion: ActionAssertion, facts: Facts) -> None:
-        self.id, self.assertion, self.args = ident, assertion, assertion.action
+SEEN_PARAMS_LIMIT = 3
+"""Distinct parameter sets of non-matching runs quoted in a failure."""
+
+
+class _ActionJudge(Judge):
+    def __init__(self, ident: str, assertion: ActionAssertion, log: EventLog) -> None:
+        super().__init__(ident, assertion)
+        self.args = assertion.action
         self.matched: list[int] = []
         self.n = 0
         self.other: Counter[str] = Counter()
+        self.seen_params: list[str] = []
+        agent = self.args.agent
+        self._listen(log, [(ActionCompleted, agent), (ActionFailed, agent)])
 
     def observe(self, event: Event) -> None:
         a = self.args
-        status = action_status(event)
-        if status is None or event.agent != a.agent or event.data.get("action") != a.name:
+        if not isinstance(event, ActionEnded) or event.action != a.name:
             return
-        if not params_include(event.data.get("params"), a.params):
+        if not params_include(event.params, a.params):
             self.other["other parameters"] += 1
-        elif a.status is not None and status != a.status:
-            self.other[status] += 1
+            text = json.dumps(event.params, sort_keys=True)[:120]
+            if len(self.seen_params) < SEEN_PARAMS_LIMIT and text not in self.seen_params:
+                self.seen_params.append(text)
+        elif a.status is not None and event.status != a.status:
+            self.other[event.status] += 1
         else:
             self.n += 1
             if len(self.matched) < EVIDENCE_LIMIT:
                 self.matched.append(event.id)
 
-    def result(self) -> AssertionResult:
+    async def result(self, facts: Facts) -> AssertionResult:
         a = self.args
         what = f"{a.name} run by {a.agent}"
         if a.status is not None:
             what += f" that {a.status}"
         if a.params:
             what += f" with params including {json.dumps(a.params, sort_keys=True)}"
+        expected = f"{a.count.describe()} x {what}"
+        announced = facts.actions.get(a.agent)
+        if announced is not None and a.name not in announced:
+            return _result(
+                self.id, self.assertion, passed=False, expected=expected,
+                actual=f"{a.agent} has no action {a.name}",
+                message=f"{a.agent} has no action {a.name!r}; it announced: "
+                + (", ".join(sorted(announced)) or "none"),
+            )  # fmt: skip
         others = ", ".join(f"{k}: {v}" for k, v in sorted(self.other.items()))
         actual = f"{self.n} found" + (f" (other runs: {others})" if others else "")
+        if self.seen_params:
+            actual += f"; parameters seen: {'; '.join(self.seen_params)}"
         ok = a.count.holds(self.n)
-        expected = f"{a.count.describe()} x {what}"
         message = f"{self.n} x {what}" if ok else f"expected {expected}; {actual}"
         return _result(
             self.id, self.assertion, passed=ok, expected=expected, actual=actual,
@@ -282,55 +334,41 @@ class _ActionJudge:
         )  # fmt: skip
 
 
-class _LatencyJudge:
+class _LatencyJudge(Judge):
     """Delivery or reply latency percentiles, per agent and/or room."""
 
-    def __init__(self, ident: str, assertion: TimingAssertion, facts: Facts) -> None:
-        self.id, self.assertion, self.args = ident, assertion, assertion.timing
+    def __init__(self, ident: str, assertion: TimingAssertion, log: EventLog) -> None:
+        super().__init__(ident, assertion)
+        t = self.args = assertion.timing
         self.hist = LatencyHistogram()
-        self.rooms: OrderedDict[str, str] = OrderedDict()
         self.delivered: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.dropped = 0
-
-    def _remember(self, table: OrderedDict[object, object], key: object, value: object) -> None:
-        table[key] = value
-        if len(table) > PENDING_LIMIT:
-            table.popitem(last=False)
-            self.dropped += 1
+        keys: list[IndexKey] = [(MessageDelivered, t.agent)]
+        if t.latency == "reply":
+            keys.append((MessageSent, t.agent))
+        self._listen(log, keys)
 
     def observe(self, event: Event) -> None:
         t = self.args
-        if event.kind is EventKind.MESSAGE_SENT:
-            msg_id, room = event.data.get("msg_id"), event.data.get("room")
-            if t.room is not None and isinstance(msg_id, str) and isinstance(room, str):
-                self._remember(self.rooms, msg_id, room)  # type: ignore[arg-type]
-            if t.latency == "reply":
-                reply_to = event.data.get("in_reply_to")
-                if not isinstance(reply_to, str) or event.agent is None:
-                    return
-                if t.agent is not None and event.agent != t.agent:
-                    return
-                if t.room is not None and room != t.room:
-                    return
-                start = self.delivered.pop((event.agent, reply_to), None)
-                if start is not None:
-                    self.hist.add(event.t - start)
-        elif event.kind is EventKind.MESSAGE_DELIVERED and event.agent is not None:
-            msg_id = event.data.get("msg_id")
-            if not isinstance(msg_id, str):
+        if isinstance(event, MessageDelivered):
+            if t.room is not None and event.room != t.room:
                 return
             if t.latency == "reply":
-                self._remember(self.delivered, (event.agent, msg_id), event.t)  # type: ignore[arg-type]
+                assert event.agent is not None
+                self.delivered[(event.agent, event.msg_id)] = event.t
+                if len(self.delivered) > PENDING_LIMIT:
+                    self.delivered.popitem(last=False)
+                    self.dropped += 1
+            else:
+                self.hist.add(event.latency_ms / 1000.0)
+        elif isinstance(event, MessageSent) and event.in_reply_to is not None:
+            if t.room is not None and event.room != t.room:
                 return
-            if t.agent is not None and event.agent != t.agent:
-                return
-            if t.room is not None and self.rooms.get(msg_id) != t.room:
-                return
-            latency_ms = event.data.get("latency_ms")
-            if isinstance(latency_ms, int | float):
-                self.hist.add(latency_ms / 1000.0)
+            start = self.delivered.pop((event.agent or "", event.in_reply_to), None)
+            if start is not None:
+                self.hist.add(event.t - start)
 
-    def result(self) -> AssertionResult:
+    async def result(self, facts: Facts) -> AssertionResult:
         t = self.args
         scope = " ".join(
             part
@@ -341,6 +379,7 @@ class _LatencyJudge:
             if part
         )
         what = f"{t.latency} latency" + (f" {scope}" if scope else "")
+        assert isinstance(self.assertion, TimingAssertion)
         return _limits_result(self.id, self.assertion, what, self.hist, self.dropped)
 
 
@@ -381,38 +420,45 @@ def _seconds(value: float) -> str:
     return f"{value * 1e6:.3g}us"
 
 
-class _DeliveryJudge:
-    def __init__(self, ident: str, assertion: DeliveryAssertion, facts: Facts) -> None:
-        self.id, self.assertion, self.agent = ident, assertion, assertion.delivery.agent
-        self.members = facts.members
+class _DeliveryJudge(Judge):
+    def __init__(
+        self,
+        ident: str,
+        assertion: DeliveryAssertion,
+        log: EventLog,
+        members: Mapping[str, frozenset[str]],
+    ) -> None:
+        super().__init__(ident, assertion)
+        self.agent = assertion.delivery.agent
+        self.members = members
         self.waiting: OrderedDict[str, set[str]] = OrderedDict()
         self.done: OrderedDict[str, None] = OrderedDict()
         self.sent = 0
         self.dead: list[int] = []
+        self.dead_count = 0
         self.duplicates: list[int] = []
+        self.duplicate_count = 0
         self.forgotten = 0
+        kinds = (MessageSent, MessageDelivered, MessageDeadLetter, MessageRefused)
+        self._listen(log, [(k, None) for k in kinds])
 
     def _mine(self, sender: str | None, recipient: str | None) -> bool:
         return self.agent is None or self.agent in (sender, recipient)
 
     def observe(self, event: Event) -> None:
-        d = event.data
-        msg_id = d.get("msg_id")
-        if not isinstance(msg_id, str):
-            return
-        if event.kind is EventKind.MESSAGE_SENT:
-            room = _str(d.get("room")) or ""
-            recipients = set(self.members.get(room, frozenset())) - {event.agent or ""}
+        if isinstance(event, MessageSent):
+            recipients = set(self.members.get(event.room, frozenset())) - {event.agent or ""}
             recipients = {r for r in recipients if self._mine(event.agent, r)}
             if recipients:
                 self.sent += 1
-                self.waiting[msg_id] = recipients
+                self.waiting[event.msg_id] = recipients
                 if len(self.waiting) > PENDING_LIMIT:
                     self.waiting.popitem(last=False)
                     self.forgotten += 1
-        elif event.kind is EventKind.MESSAGE_DELIVERED:
-            if not self._mine(_str(d.get("sender")), event.agent):
+        elif isinstance(event, MessageDelivered):
+            if not self._mine(event.sender, event.agent):
                 return
+            msg_id = event.msg_id
             left = self.waiting.get(msg_id)
             if left is not None and event.agent in left:
                 left.discard(event.agent or "")
@@ -422,21 +468,27 @@ class _DeliveryJudge:
                     if len(self.done) > PENDING_LIMIT:
                         self.done.popitem(last=False)
             elif msg_id in self.done or left is not None:
-                self.duplicates.append(event.id)
-        elif event.kind is EventKind.MESSAGE_DEAD_LETTER and self._mine(
-            event.agent, _str(d.get("recipient"))
-        ):
-            self.dead.append(event.id)
+                self.duplicate_count += 1
+                if len(self.duplicates) < EVIDENCE_LIMIT:
+                    self.duplicates.append(event.id)
+        elif (
+            isinstance(event, MessageDeadLetter)
+            and event.msg_id is not None
+            and self._mine(event.agent, event.recipient)
+        ) or (isinstance(event, MessageRefused) and self._mine(event.agent, None)):
+            self.dead_count += 1
+            if len(self.dead) < EVIDENCE_LIMIT:
+                self.dead.append(event.id)
 
-    def result(self) -> AssertionResult:
+    async def result(self, facts: Facts) -> AssertionResult:
         scope = f" to or from {self.agent}" if self.agent else ""
         expected = (
             f"every message{scope} acknowledged by each recipient, no dead letter, no duplicate"
         )
         unacked = sum(len(v) for v in self.waiting.values())
         actual = (
-            f"{self.sent} sent, {unacked} unacknowledged, {len(self.dead)} dead letters, "
-            f"{len(self.duplicates)} duplicates"
+            f"{self.sent} sent, {unacked} unacknowledged, {self.dead_count} dead letters, "
+            f"{self.duplicate_count} duplicates"
         )
         if self.forgotten:
             actual += f" ({self.forgotten} too old to track)"
@@ -445,23 +497,18 @@ class _DeliveryJudge:
             first = next(iter(self.waiting))
             problems.append(f"{unacked} deliveries never acknowledged (first: {first})")
         if self.dead:
-            problems.append(f"{len(self.dead)} dead letters (first: event {self.dead[0]})")
+            problems.append(
+                f"{self.dead_count} dead letters or refused (first: event {self.dead[0]})"
+            )
         if self.duplicates:
             problems.append(
-                f"{len(self.duplicates)} duplicate deliveries (first: event {self.duplicates[0]})"
+                f"{self.duplicate_count} duplicate deliveries (first: event {self.duplicates[0]})"
             )
         return _result(
             self.id, self.assertion, passed=not problems, expected=expected, actual=actual,
             message="; ".join(problems) or f"{self.sent} messages{scope} all delivered once",
             evidence=(self.dead + self.duplicates)[:EVIDENCE_LIMIT],
         )  # fmt: skip
-
-
-def _str(value: JsonValue) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-_EventJudge = _MessageJudge | _ActionJudge | _LatencyJudge | _DeliveryJudge
 
 
 # --- judges of facts ---------------------------------------------------------------------------
@@ -486,7 +533,7 @@ async def _state(ident: str, a: StateAssertion, facts: Facts) -> AssertionResult
     return _result(ident, a, passed=ok, expected=expected, actual=actual, message=message)
 
 
-def _timing_facts(ident: str, a: TimingAssertion, facts: Facts) -> AssertionResult:
+async def _timing_facts(ident: str, a: TimingAssertion, facts: Facts) -> AssertionResult:
     t = a.timing
     if t.step is not None:
         hist = facts.step_durations.get(t.step, LatencyHistogram())
@@ -497,7 +544,7 @@ def _timing_facts(ident: str, a: TimingAssertion, facts: Facts) -> AssertionResu
     return _limits_result(ident, a, "the scenario's duration", hist)
 
 
-def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResult:
+async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResult:
     m = a.memory
     selector = m.agent or "*"
     agents = sorted(
@@ -545,7 +592,7 @@ def error_covered(a: ErrorsAssertion, fact: ErrorFact) -> bool:
     return (e.kind is None or fact.kind in e.kind) and (e.agent is None or fact.agent == e.agent)
 
 
-def _errors(ident: str, a: ErrorsAssertion, facts: Facts) -> AssertionResult:
+async def _errors(ident: str, a: ErrorsAssertion, facts: Facts) -> AssertionResult:
     e = a.errors
     matched = [f for f in facts.errors if error_covered(a, f)]
     scope = ("errors" if e.kind is None else f"errors of kind {', '.join(e.kind)}") + (
@@ -587,75 +634,47 @@ def assertion_id(index: int, assertion: Assertion) -> str:
     return assertion.id if assertion.id is not None else f"assertions[{index}]"
 
 
-def _event_judge(ident: str, a: Assertion, facts: Facts) -> _EventJudge | None:
+A = TypeVar("A", StateAssertion, TimingAssertion, MemoryAssertion, ErrorsAssertion,
+            CustomAssertion)  # fmt: skip
+
+
+class _FactJudge(Judge, Generic[A]):
+    """A judge of facts that are not events: it reads them when asked."""
+
+    def __init__(
+        self,
+        ident: str,
+        assertion: A,
+        judge: Callable[[str, A, Facts], Awaitable[AssertionResult]],
+    ) -> None:
+        super().__init__(ident, assertion)
+        self._assertion: A = assertion
+        self._judge: Callable[[str, A, Facts], Awaitable[AssertionResult]] = judge
+
+    async def result(self, facts: Facts) -> AssertionResult:
+        return await self._judge(self.id, self._assertion, facts)
+
+
+def make_judge(
+    ident: str, a: Assertion, log: EventLog, members: Mapping[str, frozenset[str]]
+) -> Judge:
+    """The judge of `a`, subscribed to `log` from now on when it judges events."""
     if isinstance(a, MessageAssertion):
-        return _MessageJudge(ident, a, facts)
+        return _MessageJudge(ident, a, log)
     if isinstance(a, ActionAssertion):
-        return _ActionJudge(ident, a, facts)
-    if isinstance(a, TimingAssertion) and a.timing.latency is not None:
-        return _LatencyJudge(ident, a, facts)
+        return _ActionJudge(ident, a, log)
+    if isinstance(a, TimingAssertion):
+        if a.timing.latency is not None:
+            return _LatencyJudge(ident, a, log)
+        return _FactJudge(ident, a, _timing_facts)
     if isinstance(a, DeliveryAssertion):
-        return _DeliveryJudge(ident, a, facts)
-    return None
-
-
-class JudgeMemo:
-    """Event judges kept between runs of the same inline `assert` step (one in a `repeat`).
-
-    A judge keeps what it has seen, so judging again reads only the events since its last
-    run: each run of the step costs the new events, not the whole log, and a soak with an
-    `assert` in its loop stays linear. `since(id)` yields the events after `id`."""
-
-    def __init__(self, since: Callable[[int], Iterator[Event]]) -> None:
-        self.since = since
-        self._judges: dict[str, tuple[_EventJudge, int]] = {}
-
-    def catch_up(self, ident: str, a: Assertion, facts: Facts) -> _EventJudge | None:
-        kept = self._judges.get(ident)
-        judge_ = kept[0] if kept else _event_judge(ident, a, facts)
-        if judge_ is None:
-            return None
-        last = kept[1] if kept else 0
-        for event in self.since(last):
-            judge_.observe(event)
-            last = event.id
-        self._judges[ident] = (judge_, last)
-        return judge_
-
-
-async def judge(
-    items: Iterable[tuple[str, Assertion]], facts: Facts, memo: JudgeMemo | None = None
-) -> list[AssertionResult]:
-    """Judge each (id, assertion): the event-based ones in one pass over `facts.events()`, or,
-    with a `memo`, over the events their kept judges have not seen yet."""
-    pairs = list(items)
-    judges: dict[int, _EventJudge] = {}
-    fresh: list[_EventJudge] = []
-    for i, (ident, a) in enumerate(pairs):
-        found = memo.catch_up(ident, a, facts) if memo else _event_judge(ident, a, facts)
-        if found is not None:
-            judges[i] = found
-            if memo is None:
-                fresh.append(found)
-    if fresh:
-        observers = [j.observe for j in fresh]
-        for event in facts.events():
-            for observe in observers:
-                observe(event)
-    results: list[AssertionResult] = []
-    for i, (ident, a) in enumerate(pairs):
-        if i in judges:
-            results.append(judges[i].result())
-        elif isinstance(a, StateAssertion):
-            results.append(await _state(ident, a, facts))
-        elif isinstance(a, TimingAssertion):
-            results.append(_timing_facts(ident, a, facts))
-        elif isinstance(a, MemoryAssertion):
-            results.append(_memory(ident, a, facts))
-        elif isinstance(a, ErrorsAssertion):
-            results.append(_errors(ident, a, facts))
-        elif isinstance(a, CustomAssertion):
-            results.append(await _custom(ident, a, facts))
-        else:  # pragma: no cover - every assertion type is handled above
-            raise AssertionError(f"no judge for {a!r}")
-    return results
+        return _DeliveryJudge(ident, a, log, members)
+    if isinstance(a, StateAssertion):
+        return _FactJudge(ident, a, _state)
+    if isinstance(a, MemoryAssertion):
+        return _FactJudge(ident, a, _memory)
+    if isinstance(a, ErrorsAssertion):
+        return _FactJudge(ident, a, _errors)
+    if isinstance(a, CustomAssertion):
+        return _FactJudge(ident, a, _custom)
+    raise AssertionError(f"no judge for {a!r}")  # pragma: no cover - every type is above

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import zmq
-from pydantic import JsonValue
 
-from orchestrator.events import EventKind, EventLog
+from orchestrator import events as ev
+from orchestrator.events import EventLog
 from orchestrator.metrics import LatencyHistogram
 from protocol import (
     COORDINATOR_ID,
@@ -33,7 +33,10 @@ from protocol import (
     SEQUENCED_KINDS,
     SOCKET_MAX_MSG_BYTES,
     Ack,
+    ActionFinished,
+    ActionStarted,
     AgentConfig,
+    AgentErrorEvent,
     Bye,
     Cmd,
     Configure,
@@ -44,10 +47,12 @@ from protocol import (
     Hello,
     Kind,
     Msg,
+    PluginEvent,
     Pong,
     Ready,
     RejectReason,
     Result,
+    StateChanged,
     Stop,
     WireModel,
     decode_body,
@@ -86,6 +91,7 @@ class Outgoing:
     corr: int = 0
     msg_id: str | None = None
     sender: str | None = None
+    room: str = ""
     accepted_at: float = 0.0
 
 
@@ -98,18 +104,35 @@ class LinkStats:
     retries: int = 0
     duplicates_dropped: int = 0
     dead_letters: int = 0
+    refused: int = 0
+    """Messages this agent posted that the bus refused."""
     rejected: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
-_AGENT_EVENT_KINDS: dict[str, EventKind] = {
-    "state.changed": EventKind.STATE_CHANGED,
-    "error": EventKind.AGENT_ERROR,
-    "action.started": EventKind.ACTION_STARTED,
-    "action.completed": EventKind.ACTION_COMPLETED,
-    "action.failed": EventKind.ACTION_FAILED,
-}
-"""EVENT bodies from agents that are events of the coordinator's own kinds."""
+def _agent_event(agent: str, body: Event) -> ev.Event:
+    """The coordinator's event for an agent's EVENT body (validated by the codec already)."""
+    e = body.event
+    if isinstance(e, StateChanged):
+        return ev.StateChanged(agent=agent, path=e.path, value=e.value, previous=e.previous)
+    if isinstance(e, ActionStarted):
+        return ev.ActionStarted(
+            agent=agent, action=e.action, call_id=e.call_id, params=e.params, origin=e.origin,
+            msg_id=e.msg_id, room=e.room,
+        )  # fmt: skip
+    if isinstance(e, ActionFinished):
+        ended = ev.ActionCompleted if e.type == "action.completed" else ev.ActionFailed
+        return ended(
+            agent=agent, action=e.action, call_id=e.call_id, params=e.params, origin=e.origin,
+            msg_id=e.msg_id, room=e.room, status=e.status, error=e.error,
+            duration_ms=e.duration_ms, result=e.result,
+        )  # fmt: skip
+    if isinstance(e, AgentErrorEvent):
+        return ev.AgentError(
+            agent=agent, error_kind=ev.error_kind_of(e.kind), where=e.where, error=e.error
+        )
+    assert isinstance(e, PluginEvent)
+    return ev.PluginEventRecord(agent=agent, name=e.name, data=e.data)
 
 
 class Link:
@@ -129,6 +152,7 @@ class Link:
         self.bye: Bye | None = None
         self.last_heard = 0.0
         self.last_sent = 0.0
+        self.added_at = time.monotonic()
         self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
         self.bye_future: asyncio.Future[Bye] = asyncio.get_running_loop().create_future()
         self.gone_reason: str | None = None
@@ -158,6 +182,8 @@ class Bus:
         self.rejected: Counter[str] = Counter()
         self.messages_routed = 0
         self.dead_letters = 0
+        self.refused = 0
+        """Messages the bus refused (an unknown room, a room the sender is not in)."""
         self._commands: dict[int, asyncio.Future[Result]] = {}
         self._next_corr = 1
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -236,7 +262,7 @@ class Bus:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._commands[corr] = future
         self.events.emit(
-            EventKind.COMMAND_SENT, agent, corr=corr, command=command.model_dump(mode="json")
+            ev.CommandSent(agent=agent, corr=corr, command=command.model_dump(mode="json"))
         )
         self._enqueue(link, Outgoing(Kind.CMD, encode_body(Cmd(command=command)), corr=corr))
         self._flush()
@@ -252,7 +278,7 @@ class Bus:
         if link.state is LinkState.GONE:
             return link.bye
         link.state = LinkState.STOPPING
-        self.events.emit(EventKind.AGENT_STOPPING, agent, deadline_s=deadline_s)
+        self.events.emit(ev.AgentStopping(agent=agent, deadline_s=deadline_s))
         stop = Stop(deadline_ms=int(deadline_s * 1000))
         self._enqueue(link, Outgoing(Kind.STOP, encode_body(stop)))
         self._flush()
@@ -367,10 +393,12 @@ class Bus:
         if link is not None:
             link.stats.rejected += 1
         self.events.emit(
-            EventKind.WIRE_REJECTED,
-            link.agent_id if link else None,
-            reason=reason.value,
-            detail=detail[:300],
+            ev.WireRejected(
+                agent=link.agent_id if link else None,
+                reason=reason.value,
+                detail=detail[:300],
+                by="coordinator",
+            )
         )
 
     def _on_frames(self, frames: list[bytes], now: float) -> None:
@@ -413,9 +441,11 @@ class Bus:
             self._on_hello(link, header, body)
         elif isinstance(body, Ping):
             self._send(link, Kind.PONG, encode_body(Pong(echo_ns=header.sent_ns)), 0, 0)
-        elif isinstance(body, Err):
+        elif isinstance(body, Err):  # the agent rejected a frame of ours
             self.events.emit(
-                EventKind.AGENT_ERROR, link.agent_id, reason=body.reason, detail=body.detail
+                ev.WireRejected(
+                    agent=link.agent_id, reason=body.reason, detail=body.detail[:300], by="agent"
+                )
             )
 
     def _on_hello(self, link: Link, header: Header, hello: Hello) -> None:
@@ -429,12 +459,9 @@ class Bus:
         link.incarnation = header.incarnation
         link.state = LinkState.CONFIGURED
         self.events.emit(
-            EventKind.AGENT_HELLO,
-            link.agent_id,
-            pid=hello.pid,
-            python=hello.python,
-            pyzmq=hello.pyzmq,
-        )
+            ev.AgentHello(agent=link.agent_id, pid=hello.pid, python=hello.python,
+                          pyzmq=hello.pyzmq)
+        )  # fmt: skip
         self._enqueue(link, Outgoing(Kind.CONFIGURE, encode_body(Configure(config=link.config))))
 
     def _dispatch(
@@ -446,82 +473,70 @@ class Bus:
         elif isinstance(body, Result):
             future = self._commands.pop(header.corr, None)
             self.events.emit(
-                EventKind.COMMAND_RESULT,
-                agent,
-                corr=header.corr,
-                ok=body.ok,
-                value=body.value,
-                error=body.error,
+                ev.CommandResult(
+                    agent=agent, corr=header.corr, ok=body.ok, value=body.value, error=body.error
+                )
             )
             if future is not None and not future.done():
                 future.set_result(body)
         elif isinstance(body, Event):
-            self._on_agent_event(agent, body)
+            self.events.emit(_agent_event(agent, body))
         elif isinstance(body, Ready):
             link.state = LinkState.READY
             link.ready_info = body
-            self.events.emit(EventKind.AGENT_READY, agent, pid=body.pid, store_path=body.store_path)
+            self.events.emit(
+                ev.AgentReady(agent=agent, pid=body.pid, store_path=body.store_path,
+                              startup_s=round(now - link.added_at, 6))
+            )  # fmt: skip
             if not link.ready.done():
                 link.ready.set_result(body)
         elif isinstance(body, Bye):
             link.bye = body
+            stats = body.stats
             self.events.emit(
-                EventKind.AGENT_BYE,
-                agent,
-                undelivered=body.undelivered,
-                **{k: v for k, v in body.stats.model_dump(mode="json").items() if k != "state"},
-            )
+                ev.AgentBye(
+                    agent=agent, undelivered=body.undelivered, messages_in=stats.messages_in,
+                    messages_out=stats.messages_out, handler_errors=stats.handler_errors,
+                    store_rows=stats.store_rows,
+                )
+            )  # fmt: skip
             if not link.bye_future.done():
                 link.bye_future.set_result(body)
         else:
             self._reject(RejectReason.UNEXPECTED_KIND, f"{kind_of(body).name} from an agent", link)
 
-    def _on_agent_event(self, agent: str, event: Event) -> None:
-        kind = _AGENT_EVENT_KINDS.get(event.name)
-        if kind is not None:
-            self.events.emit(kind, agent, **event.data)
-        else:  # a plugin's own event: kept under its name
-            self.events.emit(EventKind.AGENT_EVENT, agent, name=event.name, data=event.data)
-
     def _route(self, link: Link, msg: Msg, raw: bytes, now: float) -> None:
         """Fan `msg` out to the room; `raw` is its validated body frame, forwarded as is."""
         sender = link.agent_id
-        link.stats.posted += 1
-        data: dict[str, JsonValue] = {
-            "msg_id": msg.msg_id,
-            "room": msg.room,
-            "text": msg.text,
-            "origin": msg.origin.value,
-            "in_reply_to": msg.in_reply_to,
-        }
-        members = self.rooms.get(msg.room)
         if msg.sender != sender:
             self._reject(RejectReason.SRC_MISMATCH, f"MSG claims sender {msg.sender!r}", link)
             return
-        self.events.emit(EventKind.MESSAGE_SENT, sender, **data)
-        self.messages_routed += 1
+        members = self.rooms.get(msg.room)
         if members is None or sender not in members:
             reason = (
                 f"unknown room {msg.room!r}"
                 if members is None
                 else f"{sender} is not a member of room {msg.room!r}"
             )
-            self.dead_letters += 1
-            link.stats.dead_letters += 1
+            self.refused += 1
+            link.stats.refused += 1
             self.events.emit(
-                EventKind.MESSAGE_DEAD_LETTER,
-                sender,
-                msg_id=msg.msg_id,
-                recipient=None,
-                reason=reason,
-            )
+                ev.MessageRefused(agent=sender, msg_id=msg.msg_id, room=msg.room, text=msg.text,
+                                  origin=msg.origin.value, reason=reason)
+            )  # fmt: skip
             return
-        body = raw
+        link.stats.posted += 1
+        self.messages_routed += 1
+        self.events.emit(
+            ev.MessageSent(agent=sender, msg_id=msg.msg_id, room=msg.room, text=msg.text,
+                           origin=msg.origin.value, in_reply_to=msg.in_reply_to)
+        )  # fmt: skip
         for member in members:
             if member == sender:
                 continue
             target = self.links.get(member)
-            item = Outgoing(Kind.MSG, body, msg_id=msg.msg_id, sender=sender, accepted_at=now)
+            item = Outgoing(Kind.MSG, raw, msg_id=msg.msg_id, sender=sender, room=msg.room,
+                            accepted_at=now)  # fmt: skip
             if target is None or target.state is LinkState.GONE:
                 why = target.gone_reason if target is not None else "not an agent"
                 self._dead_letter_item(member, item, f"recipient {member} is gone: {why}")
@@ -536,13 +551,11 @@ class Bus:
         link.stats.delivered += 1
         link.stats.latency.add(latency)
         self.events.emit(
-            EventKind.MESSAGE_DELIVERED,
-            link.agent_id,
-            msg_id=item.msg_id,
-            sender=item.sender,
-            attempts=pending.attempts,
-            latency_ms=round(latency * 1000.0, 4),
-        )
+            ev.MessageDelivered(agent=link.agent_id, msg_id=item.msg_id or "",
+                                sender=item.sender or "", room=item.room,
+                                attempts=pending.attempts,
+                                latency_ms=round(latency * 1000.0, 4))
+        )  # fmt: skip
 
     def _dead_letter(self, link: Link, pending: Pending[Outgoing], reason: str) -> None:
         self._dead_letter_item(link.agent_id, pending.item, reason, pending.attempts)
@@ -559,14 +572,9 @@ class Bus:
             if future is not None and not future.done():
                 future.set_exception(AgentGone(reason))
         self.events.emit(
-            EventKind.MESSAGE_DEAD_LETTER,
-            item.sender,
-            msg_id=item.msg_id,
-            kind=item.kind.name,
-            recipient=recipient,
-            attempts=attempts,
-            reason=reason,
-        )
+            ev.MessageDeadLetter(agent=item.sender, msg_id=item.msg_id, frame=item.kind.name,
+                                 recipient=recipient, attempts=attempts, reason=reason)
+        )  # fmt: skip
 
     # -- timers ---------------------------------------------------------------------------
     def _arm_timer(self, when: float) -> None:
@@ -591,11 +599,9 @@ class Bus:
                 link.stats.retries += 1
                 if pending.item.kind is Kind.MSG:
                     self.events.emit(
-                        EventKind.MESSAGE_RETRY,
-                        link.agent_id,
-                        msg_id=pending.item.msg_id,
-                        attempt=pending.attempts,
-                    )
+                        ev.MessageRetry(agent=link.agent_id, msg_id=pending.item.msg_id or "",
+                                        attempt=pending.attempts)
+                    )  # fmt: skip
                 self._send_pending(link, pending)
             for pending in due.expired:
                 self._dead_letter(
@@ -620,7 +626,7 @@ class Bus:
 
     def _declare_hung(self, link: Link, silent: float) -> None:
         reason = f"silent for {silent:.2f}s (hung after {self.hung_after_s:g}s)"
-        self.events.emit(EventKind.AGENT_HUNG, link.agent_id, silent_s=round(silent, 3))
+        self.events.emit(ev.AgentHung(agent=link.agent_id, silent_s=round(silent, 3)))
         if self.on_hung is not None:
             self.on_hung(link.agent_id, reason)
         self.agent_gone(link.agent_id, reason)

@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 import click
+from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.console import print_quiet, print_summary, print_table, progress_bar
 from orchestrator.durations import Duration
+from orchestrator.events import EventStorage, events_schema
 from orchestrator.junit import write_junit
 from orchestrator.loader import validate_files
 from orchestrator.report import EXIT_INVALID, ScenarioReport
@@ -55,6 +57,25 @@ class DurationType(click.ParamType[Duration, object]):
             return Duration.parse(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class SizeType(click.ParamType[int, object]):
+    """A size in bytes, with a unit: 512MiB, 2GiB, 100MB."""
+
+    name = "size"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            size = int(TypeAdapter(ByteSize).validate_python(str(value)))
+        except ValidationError:
+            self.fail(f"{value!r} is not a size (for example 512MiB, 2GiB)", param, ctx)
+        if size < 4096:
+            self.fail(f"{value!r} is under 4KiB: too small to hold an event log", param, ctx)
+        return size
 
 
 def _report_problems(problems: list[object]) -> None:
@@ -93,18 +114,28 @@ def validate(files: tuple[Path, ...]) -> None:
     help="The schema of report.json instead of the scenario format's.",
 )
 @click.option(
+    "--events",
+    "of_events",
+    is_flag=True,
+    help="The schema of one line of events.jsonl instead of the scenario format's.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the schema to this file instead of standard output.",
 )
-def schema(of_report: bool, output: Path | None) -> None:
-    """Print the JSON Schema of scenario files (or, with --report, of report.json).
+def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
+    """Print the JSON Schema of scenario files (or, with --report, of report.json; with
+    --events, of one line of events.jsonl).
 
     Point an editor's YAML language server at it to get completion and checking as you type:
     `# yaml-language-server: $schema=scenario.schema.json` on a scenario's first line.
     """
-    text = json.dumps(report_schema() if of_report else scenario_schema(), indent=2) + "\n"
+    if of_report and of_events:
+        raise click.UsageError("--report and --events: choose one schema")
+    chosen = report_schema() if of_report else events_schema() if of_events else scenario_schema()
+    text = json.dumps(chosen, indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -153,6 +184,24 @@ def schema(of_report: bool, output: Path | None) -> None:
     is_flag=True,
     help="Keep the private run directory (agent stores and logs, the socket).",
 )
+@click.option(
+    "--events",
+    "events_storage",
+    type=click.Choice([e.value for e in EventStorage]),
+    default=EventStorage.FULL.value,
+    show_default=True,
+    help="What events.jsonl keeps: every event (full), all but the per-message ones"
+    " (summary), or nothing (off). Waits and assertions always see every event; the report"
+    " counts what the file left out.",
+)
+@click.option(
+    "--events-max-size",
+    type=SizeType(),
+    default="1GiB",
+    show_default=True,
+    help="With --events full: past this size, events.jsonl keeps only the summary (the report"
+    " says from which event).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print each scenario's verdict only.")
 @click.option("-v", "--verbose", is_flag=True, help="Per-agent table and error details.")
 def run(
@@ -164,6 +213,8 @@ def run(
     seed: int | None,
     filters: tuple[str, ...],
     keep_run_dir: bool,
+    events_storage: str,
+    events_max_size: int,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -195,7 +246,13 @@ def run(
     if blocked:
         _report_problems(list(blocked))
         sys.exit(EXIT_INVALID)
-    options = RunOptions(timeout=timeout, keep_run_dir=keep_run_dir, seed=seed)
+    options = RunOptions(
+        timeout=timeout,
+        keep_run_dir=keep_run_dir,
+        seed=seed,
+        events=EventStorage(events_storage),
+        events_max_bytes=events_max_size,
+    )
     # soft_wrap: a long report path stays on one line in a CI log; and a log is not 80 columns
     # wide (rich's guess without a terminal), so tables get room unless COLUMNS says otherwise.
     console = Console(stderr=False, soft_wrap=True)

@@ -16,24 +16,38 @@ stays small.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from orchestrator.assertions import AssertionResult
 from orchestrator.bus import AgentGone, Bus
 from orchestrator.durations import Duration
-from orchestrator.events import Event, EventKind, EventLog
+from orchestrator.events import (
+    ActionCompleted,
+    ActionFailed,
+    Event,
+    EventLog,
+    Matcher,
+    MessageSent,
+    StateChanged,
+    StepFinished,
+    StepStarted,
+    StopConditionMet,
+    Subscription,
+    Tap,
+)
 from orchestrator.matching import (
+    ActionMatcher,
+    EventMatcher,
     MessageFilter,
-    Predicate,
-    action_predicate,
     describe_action_match,
     describe_event_match,
-    event_predicate,
 )
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.rules import RuleError, RunView, call_rule
@@ -128,6 +142,13 @@ class _Timeline:
     name: str
     cursor: int
     """Message and action waits look after this event id."""
+    root: _Timeline | None = None
+    """For a `parallel` branch, the timeline it branched from."""
+
+    def floor(self) -> int:
+        """The lowest cursor any wait of this timeline may still look after: a branch starts
+        at its timeline's cursor, and cursors only move forward."""
+        return self.root.cursor if self.root is not None else self.cursor
 
 
 def describe(step: Step) -> str:
@@ -166,15 +187,12 @@ class Executor:
         bus: Bus,
         events: EventLog,
         judge: InlineJudge,
-        members: Mapping[str, frozenset[str]],
         action_timeout_s: float = 30.0,
     ) -> None:
         self.scenario = scenario
         self.bus = bus
         self.events = events
         self.judge = judge
-        self.members = members
-        """Room id -> member ids, for message matches with `to`."""
         self.action_timeout_s = action_timeout_s
         self.results: dict[str, StepResult] = {}
         self.inline: dict[str, AssertionResult] = {}
@@ -184,14 +202,21 @@ class Executor:
         """Custom stop rules that could not decide (each makes the run an ERROR)."""
         self._deadline = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._timelines: dict[str, _Timeline] = {}
+        self.taps: dict[str, Tap] = {}
+        """Per `wait_for` step on messages, actions or events: its standing wait, registered
+        before the script starts so that nothing it may look back at is missed."""
         self._register()
 
     # -- set-up ---------------------------------------------------------------------------
     def _register(self) -> None:
+        start = self.events.last_id
+        self._timelines["script"] = _Timeline("script", start)
         for i, step in enumerate(self.scenario.script):
             for loc, s in walk_step(step, ("script", i)):
                 self._record(loc, s, "script")
         for i, actor in enumerate(self.scenario.actors):
+            self._timelines[actor.agent] = _Timeline(actor.agent, start)
             for loc, s in walk_steps(actor.script, ("actors", i, "script")):
                 self._record(loc, s, actor.agent)
 
@@ -200,6 +225,13 @@ class Executor:
         self.results[path] = StepResult(
             path, step.id, step_kind(step), describe(step), timeline, step.critical
         )
+        if isinstance(step, WaitForStep) and step.wait_for.state is None:
+            self.taps[path] = Tap(self.events, _matcher(step), self._timelines[timeline].floor)
+
+    def close(self) -> None:
+        for tap in self.taps.values():
+            tap.close()
+        self.taps.clear()
 
     # -- the run --------------------------------------------------------------------------
     async def run(self, deadline: float) -> list[StepResult]:
@@ -207,7 +239,6 @@ class Executor:
         self._deadline = deadline
         stop = _StopWatch(self, self.scenario.stop_when)
         stop.start()
-        start = self.events.last_id
         timelines: list[tuple[str, list[Step], Loc]] = [
             ("script", self.scenario.script, ("script",))
         ]
@@ -216,7 +247,7 @@ class Executor:
         ]
         self._tasks = [
             asyncio.get_running_loop().create_task(
-                self._run_timeline(_Timeline(name, start), steps, loc), name=f"timeline {name}"
+                self._run_timeline(self._timelines[name], steps, loc), name=f"timeline {name}"
             )
             for name, steps, loc in timelines
             if steps
@@ -225,6 +256,7 @@ class Executor:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             stop.close()
+            self.close()
         for result in self.results.values():
             if result.runs == 0 and result.skipped_reason is None:
                 result.skipped_reason = self.stop_reason or "not reached"
@@ -235,7 +267,7 @@ class Executor:
         if self.stop_reason is not None:
             return
         self.stop_reason = f"stopped: {reason}"
-        self.events.emit(EventKind.STEP_FINISHED, None, kind="stop_when", reason=reason)
+        self.events.emit(StopConditionMet(reason=reason))
         for task in self._tasks:
             task.cancel()
 
@@ -275,10 +307,10 @@ class Executor:
         t0 = time.monotonic()
         if result.started_s is None:
             result.started_s = started
-        self.events.emit(
-            EventKind.STEP_STARTED, timeline.name, path=result.path, step_id=step.id,
-            kind=result.kind, description=result.description,
-        )  # fmt: skip
+        self.events.emit(StepStarted(
+            timeline=timeline.name, path=result.path, step_id=step.id, step_kind=result.kind,
+            description=result.description,
+        ))  # fmt: skip
         error: str | None = None
         tb: str | None = None
         for attempt in range(1, attempts + 1):
@@ -297,11 +329,11 @@ class Executor:
             result.error = result.error or error
             result.last_error = error
             result.traceback = result.traceback or tb
-        self.events.emit(
-            EventKind.STEP_FINISHED, timeline.name, path=result.path, step_id=step.id,
-            kind=result.kind, status="passed" if error is None else "failed",
-            duration_s=round(elapsed, 6), error=error,
-        )  # fmt: skip
+        self.events.emit(StepFinished(
+            timeline=timeline.name, path=result.path, step_id=step.id, step_kind=result.kind,
+            status="passed" if error is None else "failed", duration_s=round(elapsed, 6),
+            error=error,
+        ))  # fmt: skip
         if error is not None and step.critical:
             raise _Stopped(f"not run: critical step {result.path} failed")
 
@@ -314,7 +346,7 @@ class Executor:
                 case SendStep():
                     await self._send(step)
                 case WaitForStep():
-                    await self._wait_for(timeline, step)
+                    await self._wait_for(timeline, step, result.path)
                 case ActionStep():
                     await self._action(step)
                 case SetStateStep():
@@ -381,28 +413,19 @@ class Executor:
         if not result.ok:
             raise StepFailure(f"{a.agent} could not send: {result.error}")
 
-    async def _wait_for(self, timeline: _Timeline, step: WaitForStep) -> None:
+    async def _wait_for(self, timeline: _Timeline, step: WaitForStep, path: str) -> None:
         w = step.wait_for
         timeout = self._timeout(step, w.timeout, None)
         if w.state is not None:
             await self._wait_for_state(w.state, timeout)
             return
-        predicate: Predicate
-        if w.message is not None:
-            match = MessageFilter.of(w.message, self.members)
-            predicate, what = match, match.describe()[2:]
-        elif w.action is not None:
-            predicate, what = action_predicate(w.action), describe_action_match(w.action)
-        else:
-            assert w.event is not None  # WaitForArgs holds exactly one
-            predicate, what = event_predicate(w.event), describe_event_match(w.event)[2:]
+        tap = self.taps[path]
+        what = tap.matcher.describe().removeprefix("a ").removeprefix("an ")
         deadline = time.monotonic() + timeout
         cursor = timeline.cursor
         for seen in range(w.count):
             try:
-                event = await self.events.wait_for(
-                    predicate, deadline - time.monotonic(), after=cursor
-                )
+                event = await tap.next_after(cursor, deadline - time.monotonic())
             except TimeoutError:
                 got = "" if w.count == 1 else f" (wanted {w.count}, saw {seen})"
                 raise StepFailure(
@@ -419,27 +442,28 @@ class Executor:
         between the answer and the wait is not missed. The timeline's cursor does not move.
         """
         deadline = time.monotonic() + timeout
-        watched = self.events.last_id
-        agent = check.agent
-
-        def changed(event: Event) -> bool:
-            return event.kind is EventKind.STATE_CHANGED and event.agent == agent
-
+        changed = asyncio.Event()
+        watch: Subscription = self.events.subscribe(
+            lambda _: changed.set(), (StateChanged,), check.agent
+        )
         found = "nothing (no answer)"
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ok, found = await self.read_state(check, left)
-            if ok:
-                return
-            try:
-                event = await self.events.wait_for(
-                    changed, deadline - time.monotonic(), after=watched
-                )
-            except TimeoutError:
-                break
-            watched = event.id
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                changed.clear()
+                ok, found = await self.read_state(check, left)
+                if ok:
+                    return
+                try:
+                    # Not asyncio.wait_for: see EventLog.next_event.
+                    async with asyncio.timeout_at(deadline):
+                        await changed.wait()
+                except TimeoutError:
+                    break
+        finally:
+            watch.close()
         raise StepFailure(
             f"{describe_state_check(check)} did not hold within {Duration(timeout)} "
             f"(last found: {found})",
@@ -511,7 +535,8 @@ class Executor:
     async def _parallel(self, timeline: _Timeline, step: ParallelStep, loc: Loc) -> None:
         # Each branch consumes events with its own cursor; afterwards the timeline continues
         # after the furthest event any branch matched.
-        branches = [_Timeline(timeline.name, timeline.cursor) for _ in step.parallel]
+        root = timeline.root or timeline
+        branches = [_Timeline(timeline.name, timeline.cursor, root) for _ in step.parallel]
         outcomes = await asyncio.gather(
             *(
                 self._run_step(b, s, (*loc, "parallel", i))
@@ -525,38 +550,58 @@ class Executor:
                 raise outcome
 
 
-_RULE_CUES = frozenset(
-    {
-        EventKind.MESSAGE_SENT,
-        EventKind.ACTION_COMPLETED,
-        EventKind.ACTION_FAILED,
-        EventKind.STATE_CHANGED,
-    }
-)
+def _matcher(step: WaitForStep) -> Matcher:
+    w = step.wait_for
+    if w.message is not None:
+        return MessageFilter.of(w.message)
+    if w.action is not None:
+        return ActionMatcher(w.action)
+    assert w.event is not None  # WaitForArgs holds exactly one
+    return EventMatcher(w.event)
+
+
+_RULE_CUES = (MessageSent, ActionCompleted, ActionFailed, StateChanged)
 """Events after which custom stop rules are asked again."""
+
+NEW_EVENTS_LIMIT = 100_000
+"""Events a stop rule's incremental view holds between two calls; beyond it the oldest are
+dropped and the count is in `view.memo["dropped_events"]`."""
 
 
 class _StopWatch:
     """Watches the `stop_when` conditions and stops the executor when one holds.
 
     Custom rules run one at a time: a cue that arrives while a rule is running marks it to be
-    asked again when it finishes, so a slow rule never piles up calls."""
+    asked again when it finishes, so a slow rule never piles up calls. Each rule sees an
+    incremental view: the events since its previous call, never the whole run again."""
 
     def __init__(self, executor: Executor, conditions: list[StopCondition]) -> None:
         self.executor = executor
         self.conditions = conditions
         self.messages = 0
         self._timers: list[asyncio.TimerHandle] = []
-        self._listening = False
+        self._subscriptions: list[Subscription] = []
         self._custom = [c for c in conditions if c.custom is not None]
+        self._undecided: set[int] = set()
+        """Rules that raised or timed out: an error of the run, asked no more."""
         self._checking: asyncio.Task[None] | None = None
         self._again = False
-        events = executor.events
-        self._view = RunView(
-            executor.scenario.name,
-            lambda: events.since(0),
-            agents=tuple(executor.scenario.agent_ids),
-        )
+        self._new: list[deque[Event]] = [deque(maxlen=NEW_EVENTS_LIMIT) for _ in self._custom]
+        self._views = [
+            RunView(
+                executor.scenario.name,
+                functools.partial(self._drain, i),
+                agents=tuple(executor.scenario.agent_ids),
+                incremental=True,
+            )
+            for i in range(len(self._custom))
+        ]
+
+    def _drain(self, i: int) -> Iterator[Event]:
+        new = self._new[i]
+        taken = list(new)
+        new.clear()
+        return iter(taken)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -566,36 +611,40 @@ class _StopWatch:
                 self._timers.append(
                     loop.call_later(cond.elapsed.seconds, self.executor.stop, reason)
                 )
-        if any(c.elapsed is None for c in self.conditions):
-            self.executor.events.subscribe(self._on_event)
-            self._listening = True
+        events = self.executor.events
+        if any(c.messages is not None or c.keyword is not None for c in self.conditions):
+            self._subscriptions.append(events.subscribe(self._on_message, (MessageSent,)))
+        if self._custom:
+            self._subscriptions.append(events.subscribe(self._on_cue, _RULE_CUES))
 
     def close(self) -> None:
         if self._checking is not None:
             self._checking.cancel()
         for timer in self._timers:
             timer.cancel()
-        if self._listening:
-            self.executor.events.unsubscribe(self._on_event)
-            self._listening = False
+        for subscription in self._subscriptions:
+            subscription.close()
+        self._subscriptions.clear()
 
-    def _on_event(self, event: Event) -> None:
-        if self._custom and event.kind in _RULE_CUES:
-            if self._checking is None or self._checking.done():
-                self._checking = asyncio.get_running_loop().create_task(self._check_rules())
-            else:
-                self._again = True
-        if event.kind is not EventKind.MESSAGE_SENT:
-            return
+    def _on_cue(self, event: Event) -> None:
+        for i, new in enumerate(self._new):
+            if len(new) == new.maxlen:
+                memo = self._views[i].memo
+                memo["dropped_events"] = int(memo.get("dropped_events", 0)) + 1  # type: ignore[call-overload]
+            new.append(event)
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.get_running_loop().create_task(self._check_rules())
+        else:
+            self._again = True
+
+    def _on_message(self, event: MessageSent) -> None:
         self.messages += 1
-        text = event.data.get("text")
         for cond in self.conditions:
             if cond.messages is not None and self.messages >= cond.messages:
                 self.executor.stop(f"{cond.messages} messages sent")
             elif (
                 cond.keyword is not None
-                and isinstance(text, str)
-                and cond.keyword in text
+                and cond.keyword in event.text
                 and (cond.from_ is None or event.agent == cond.from_)
             ):
                 who = f" from {cond.from_}" if cond.from_ else ""
@@ -604,16 +653,17 @@ class _StopWatch:
     async def _check_rules(self) -> None:
         while True:
             self._again = False
-            for cond in self._custom:
-                assert cond.custom is not None
+            for i, cond in enumerate(self._custom):
+                if i in self._undecided or cond.custom is None:
+                    continue
                 try:
-                    outcome = await call_rule(cond.custom, self._view, cond.params, 30.0)
+                    outcome = await call_rule(cond.custom, self._views[i], cond.params, 30.0)
                 except RuleError as exc:
                     self.executor.rule_errors.append(f"stop_when: {exc}")
-                    self._custom = [c for c in self._custom if c is not cond]
+                    self._undecided.add(i)
                     continue
                 if outcome.passed:
                     self.executor.stop(f"rule {cond.custom}: {outcome.message}")
                     return
-            if not self._again or not self._custom:
+            if not self._again or len(self._undecided) == len(self._custom):
                 return

@@ -2,24 +2,40 @@
 like that".
 
 Used by `wait_for` steps, `stop_when`, and assertions, so a wait and an assertion written the
-same way always agree. A message is a `message.sent` event: the bus accepted it from its
-sender, so it exists whoever it reaches.
+same way always agree. Each matcher says which (kind, agent) keys it needs (`keys()`), so the
+event log offers it only the events that can match.
+
+A message is a `message.sent` event: the bus accepted it from its sender, so it exists whoever
+it reaches. A message *to* someone is different: it counts only once that agent has it, so a
+match with `to` is the `message.delivered` event of that recipient, for a message whose
+`message.sent` matched the rest of the filter.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
-from orchestrator.events import Event, EventKind
+from orchestrator.events import (
+    EVENT_KINDS,
+    ActionCompleted,
+    ActionEnded,
+    ActionFailed,
+    Event,
+    Matcher,
+    MessageDelivered,
+    MessageSent,
+)
 from orchestrator.schema import ActionMatch, EventMatch, MessageMatch
 
-Predicate = Callable[[Event], bool]
+PENDING_LIMIT = 100_000
+"""Messages a `to` match remembers between their sending and their delivery; beyond it the
+oldest are forgotten (and counted), so a soak run's matching memory stays bounded."""
 
 
-@dataclass(frozen=True, slots=True)
-class MessageFilter:
+@dataclass(slots=True)
+class MessageFilter(Matcher):
     sender: str | None = None
     room: str | None = None
     contains: str | None = None
@@ -27,8 +43,9 @@ class MessageFilter:
     equals: str | None = None
     to: str | None = None
     origin: str = "any"
-    rooms_of: Mapping[str, frozenset[str]] | None = None
-    """For `to`: the rooms each agent is a member of."""
+    _sent: OrderedDict[str, MessageSent] = field(default_factory=OrderedDict)
+    forgotten: int = 0
+    """Messages to `to` that were forgotten before their delivery (PENDING_LIMIT)."""
 
     @classmethod
     def build(
@@ -37,15 +54,7 @@ class MessageFilter:
         return cls(sender, room, contains, re.compile(regex) if regex is not None else None)
 
     @classmethod
-    def of(
-        cls, match: MessageMatch, members: Mapping[str, frozenset[str]] | None = None
-    ) -> MessageFilter:
-        """The filter for `match`; `members` (room -> member ids) is needed when it has `to`."""
-        rooms_of: dict[str, frozenset[str]] | None = None
-        if match.to is not None:
-            rooms_of = {
-                match.to: frozenset(r for r, ids in (members or {}).items() if match.to in ids)
-            }
+    def of(cls, match: MessageMatch) -> MessageFilter:
         return cls(
             match.from_,
             match.room,
@@ -54,39 +63,49 @@ class MessageFilter:
             match.equals,
             match.to,
             match.origin,
-            rooms_of,
         )
 
-    def __call__(self, event: Event) -> bool:
-        if event.kind is not EventKind.MESSAGE_SENT:
-            return False
+    def index_keys(self) -> list[tuple[type[Event], str | None]]:
+        keys: list[tuple[type[Event], str | None]] = [(MessageSent, self.sender)]
+        if self.to is not None:
+            keys.append((MessageDelivered, self.to))
+        return keys
+
+    def sent(self, event: MessageSent) -> bool:
+        """Whether the message `event` accepted fits every test but `to`."""
         if self.sender is not None and event.agent != self.sender:
             return False
-        data = event.data
-        if self.origin != "any" and data.get("origin") != self.origin:
+        if self.origin != "any" and event.origin != self.origin:
             return False
-        if self.room is not None and data.get("room") != self.room:
+        if self.room is not None and event.room != self.room:
             return False
-        if self.to is not None:
-            if event.agent == self.to or self.rooms_of is None:
-                return False
-            if data.get("room") not in self.rooms_of.get(self.to, frozenset()):
-                return False
-        text = data.get("text")
-        if not isinstance(text, str):
-            return False
+        text = event.text
         if self.equals is not None and text != self.equals:
             return False
         if self.contains is not None and self.contains not in text:
             return False
         return self.regex is None or self.regex.search(text) is not None
 
+    def __call__(self, event: Event) -> bool:
+        if self.to is None:
+            return isinstance(event, MessageSent) and self.sent(event)
+        if isinstance(event, MessageSent):
+            if event.agent != self.to and self.sent(event):
+                self._sent[event.msg_id] = event
+                if len(self._sent) > PENDING_LIMIT:
+                    self._sent.popitem(last=False)
+                    self.forgotten += 1
+            return False
+        if isinstance(event, MessageDelivered) and event.agent == self.to:
+            return self._sent.pop(event.msg_id, None) is not None
+        return False
+
     def describe(self) -> str:
         parts = []
         if self.sender is not None:
             parts.append(f"from {self.sender}")
         if self.to is not None:
-            parts.append(f"to {self.to}")
+            parts.append(f"received by {self.to}")
         if self.room is not None:
             parts.append(f"in {self.room}")
         if self.equals is not None:
@@ -102,25 +121,27 @@ class MessageFilter:
 
 def action_status(event: Event) -> str | None:
     """The status of an action run from its completion event; None for other events."""
-    if event.kind is EventKind.ACTION_COMPLETED:
-        return "succeeded"
-    if event.kind is EventKind.ACTION_FAILED:
-        status = event.data.get("status")
-        return status if isinstance(status, str) else "failed"
-    return None
+    return event.status if isinstance(event, ActionEnded) else None
 
 
-def action_predicate(m: ActionMatch) -> Predicate:
-    def matches(event: Event) -> bool:
-        status = action_status(event)
+@dataclass(frozen=True, slots=True)
+class ActionMatcher(Matcher):
+    match: ActionMatch
+
+    def index_keys(self) -> list[tuple[type[Event], str | None]]:
+        return [(ActionCompleted, self.match.agent), (ActionFailed, self.match.agent)]
+
+    def __call__(self, event: Event) -> bool:
+        m = self.match
         return (
-            status is not None
+            isinstance(event, ActionEnded)
             and event.agent == m.agent
-            and (m.name is None or event.data.get("action") == m.name)
-            and (m.status is None or status == m.status)
+            and (m.name is None or event.action == m.name)
+            and (m.status is None or event.status == m.status)
         )
 
-    return matches
+    def describe(self) -> str:
+        return describe_action_match(self.match)
 
 
 def describe_action_match(m: ActionMatch) -> str:
@@ -130,17 +151,26 @@ def describe_action_match(m: ActionMatch) -> str:
     return text + (f" that {m.status}" if m.status is not None else " to finish")
 
 
-def event_predicate(m: EventMatch) -> Predicate:
-    kind = EventKind(m.kind)
+@dataclass(frozen=True, slots=True)
+class EventMatcher(Matcher):
+    match: EventMatch
 
-    def matches(event: Event) -> bool:
+    def index_keys(self) -> list[tuple[type[Event], str | None]]:
+        return [(EVENT_KINDS[self.match.kind], self.match.agent)]
+
+    def __call__(self, event: Event) -> bool:
+        m = self.match
         return (
-            event.kind is kind
+            m.kind == event.KIND
             and (m.agent is None or event.agent == m.agent)
-            and all(k in event.data and event.data[k] == v for k, v in m.data.items())
+            and all(getattr(event, k, _MISSING) == v for k, v in m.data.items())
         )
 
-    return matches
+    def describe(self) -> str:
+        return describe_event_match(self.match)
+
+
+_MISSING = object()
 
 
 def describe_event_match(m: EventMatch) -> str:

@@ -12,9 +12,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, JsonValue
 
+from orchestrator.events import ErrorKind, EventStorage
 from orchestrator.metrics import LatencySummary
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: typed events (events.jsonl lines are flat, see `scenario-runner schema --events`), error
+kinds from one vocabulary, `event_log`, `coordinator` and `bus.refused`."""
 
 
 class Verdict(StrEnum):
@@ -88,9 +91,10 @@ class VerificationReport(BaseModel):
 
 
 class ErrorReport(BaseModel):
-    source: str
-    """What kind of error: 'init', 'startup', 'runner', 'crash', 'hung', 'step' (fatal), or
-    what an agent reported: 'model', 'handler', 'service', 'agent'."""
+    source: ErrorKind
+    """What kind of error (`ErrorKind`): the run's own, which are fatal (crash, hung, step,
+    rule, init, startup, runner), or what an agent reported (handler, model, service,
+    agent)."""
     agent: str | None = None
     step: str | None = None
     message: str
@@ -161,10 +165,43 @@ class AgentReport(BaseModel):
 class BusReport(BaseModel):
     endpoint: str
     messages_routed: int
+    refused: int = 0
+    """Messages the bus refused: an unknown room, or a room the sender is not in."""
     dead_letters: int
     retries: int
     rejected_frames: dict[str, int]
     delivery_latency: LatencySummary
+
+
+class EventLogReport(BaseModel):
+    """What the run's event log held, and what of it is in events.jsonl."""
+
+    file: str | None
+    storage: EventStorage
+    """As asked (`--events`); `summary_from` says when a `full` log reached its size cap."""
+    emitted: dict[str, int]
+    """Every event of the run, by kind (exact, whatever was written)."""
+    omitted: dict[str, int]
+    """Events left out of the file, by kind (`summary` or `off` storage, the size cap, and
+    `wire.rejected` lines rate-limited to one a second per reason)."""
+    bytes_written: int
+    summary_from: int | None = None
+    """The event id from which a `full` log, past its size cap, kept only the summary."""
+
+
+class CoordinatorReport(BaseModel):
+    """The runner's own process, measured like an agent's: a tool that slows or grows would
+    distort every figure it reports."""
+
+    pid: int
+    cpu_user_s: float
+    cpu_system_s: float
+    """CPU time of the coordinator process during this run (shared with other `--parallel`
+    runs in the same process)."""
+    peak_rss_bytes: int | None
+    """The coordinator's VmHWM at the end of the run."""
+    loop_lag: LatencySummary
+    """How late a probe timer scheduled every 50 ms ran: how long the event loop was busy."""
 
 
 class Timings(BaseModel):
@@ -206,6 +243,8 @@ class ScenarioReport(BaseModel):
     bus: BusReport
     events_file: str
     events: int
+    event_log: EventLogReport | None = None
+    coordinator: CoordinatorReport | None = None
     report_dir: str
     run_dir: str | None
     """The private run directory, when kept with --keep-run-dir (removed otherwise)."""

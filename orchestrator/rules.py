@@ -19,8 +19,7 @@ from types import MappingProxyType
 
 from pydantic import JsonValue
 
-from orchestrator.events import Event, EventKind
-from orchestrator.matching import action_status
+from orchestrator.events import ActionEnded, Event, MessageSent
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +59,18 @@ class ActionView:
 
 @dataclass(frozen=True)
 class RunView:
-    """A read-only view of a run, so far (inline and stop conditions) or complete (at the end).
+    """A read-only view of a run, given to custom rules.
 
-    `events()` streams the whole event log (from events.jsonl when it has spilled), so a rule
-    over a long run does not hold it all in memory unless it collects it itself."""
+    For a `custom` assertion (at the end of the run), `events()` streams the whole event log
+    from events.jsonl, so a rule over a long run holds nothing in memory unless it collects it
+    itself (run sync rules, the default, which are called in a thread: reading the file never
+    blocks the coordinator's loop).
+
+    For a `stop_when: {custom: ...}` rule, asked again after each message, action and state
+    change, the view is *incremental*: `events()`, `messages()` and `actions()` yield what
+    happened since the rule's previous call, and `memo` is a dict the rule keeps between
+    calls (for its running counts). Re-reading the whole run at every cue would make a soak
+    quadratic."""
 
     scenario: str
     _events: Callable[[], Iterator[Event]]
@@ -79,33 +86,28 @@ class RunView:
     delivery_latency.p99_ms... Empty before the end (inline asserts, stop conditions)."""
     agents: tuple[str, ...] = ()
     """Every agent of the scenario (`count` expanded), in file order."""
+    incremental: bool = False
+    """True for a stop rule's view: the iterators yield only what is new since its last call."""
+    memo: dict[str, object] = field(default_factory=dict)
+    """A stop rule's own state between calls (empty for an assertion's rule)."""
 
     def events(self) -> Iterator[Event]:
         return self._events()
 
     def messages(self) -> Iterator[MessageView]:
         for e in self._events():
-            if e.kind is EventKind.MESSAGE_SENT:
-                d = e.data
-                reply_to = d.get("in_reply_to")
+            if isinstance(e, MessageSent):
                 yield MessageView(
-                    e.id, e.t, e.agent or "", str(d.get("room")), str(d.get("text")),
-                    str(d.get("origin")), reply_to if isinstance(reply_to, str) else None,
-                    str(d.get("msg_id")),
-                )  # fmt: skip
+                    e.id, e.t, e.agent or "", e.room, e.text, e.origin, e.in_reply_to, e.msg_id
+                )
 
     def actions(self) -> Iterator[ActionView]:
         for e in self._events():
-            status = action_status(e)
-            if status is None:
-                continue
-            params = e.data.get("params")
-            error = e.data.get("error")
-            yield ActionView(
-                e.id, e.t, e.agent or "", str(e.data.get("action")), status,
-                MappingProxyType(params if isinstance(params, dict) else {}),
-                error if isinstance(error, str) else None,
-            )  # fmt: skip
+            if isinstance(e, ActionEnded):
+                yield ActionView(
+                    e.id, e.t, e.agent or "", e.action, e.status,
+                    MappingProxyType(e.params), e.error,
+                )  # fmt: skip
 
 
 class RuleError(Exception):

@@ -28,16 +28,29 @@ from orchestrator.assertions import (
     AssertionResult,
     ErrorFact,
     Facts,
-    JudgeMemo,
+    Judge,
     MemoryFact,
     assertion_id,
-    judge,
+    make_judge,
 )
 from orchestrator.bus import Bus, Link
 from orchestrator.durations import Duration
-from orchestrator.events import Event, EventKind, EventLog
+from orchestrator.events import (
+    DEFAULT_MAX_BYTES,
+    AgentError,
+    AssertionEvaluated,
+    ErrorKind,
+    Event,
+    EventLog,
+    EventStorage,
+    RunError,
+    RunFinished,
+    RunStarted,
+    read_events,
+)
 from orchestrator.executor import SEND_TIMEOUT_S, Executor, StepResult, StepStatus
 from orchestrator.launchers import LAUNCHERS, LaunchSpec
+from orchestrator.loopwatch import LoopWatch
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.report import (
     EXIT_CODES,
@@ -46,7 +59,9 @@ from orchestrator.report import (
     AgentReport,
     AssertionReport,
     BusReport,
+    CoordinatorReport,
     ErrorReport,
+    EventLogReport,
     MemoryReport,
     ScenarioReport,
     StepReport,
@@ -54,7 +69,7 @@ from orchestrator.report import (
     Verdict,
     VerificationReport,
 )
-from orchestrator.rules import RunView
+from orchestrator.rules import RuleError, RunView
 from orchestrator.sampler import AgentSamples, Sampler
 from orchestrator.scenario import ActionCallSpec, ModelSpec, Scenario, all_steps, channel_type
 from orchestrator.scenario_assertions import Assertion, ErrorsAssertion
@@ -99,6 +114,10 @@ class RunOptions:
     """The run's seed; each agent's seed is derived from it (`agent_seed`)."""
     repeat: int | None = None
     """Which run of a `--repeat` this is, from 1 (None when not repeated)."""
+    events: EventStorage = EventStorage.FULL
+    """What goes to events.jsonl (`--events`)."""
+    events_max_bytes: int = DEFAULT_MAX_BYTES
+    """The size cap of a `full` events.jsonl (`--events-max-size`)."""
 
 
 def default_report_dir(scenario: Scenario) -> Path:
@@ -193,7 +212,7 @@ def broken_report(
         assertions=[],
         errors=[
             ErrorReport(
-                source="runner",
+                source=ErrorKind.RUNNER,
                 message=message,
                 detail="".join(traceback.format_exception(exc)),
             )
@@ -299,8 +318,11 @@ class ScenarioRun:
         self.agent_reports: list[AgentReport] = []
         self.agent_errors: list[ErrorFact] = []
         """What the agents reported (agent.error events), as they arrive."""
-        self._inline_memo: JudgeMemo | None = None
-        """Built once the agents have stopped, before judging (custom rules see metrics)."""
+        self.judges: list[Judge] = []
+        """One per end-of-run assertion, subscribed when the run starts."""
+        self.inline_judges: dict[int, Judge] = {}
+        """Per `assert` step (by the identity of its assertion), subscribed at the start."""
+        self.loop = LoopWatch()
         self._script_t0 = 0.0
 
     async def execute(self) -> ScenarioReport:
@@ -320,11 +342,14 @@ class ScenarioRun:
     async def _execute(self, report_dir: Path, run_dir: Path) -> ScenarioReport:
         opts = self.options
         started_at = datetime.now(UTC).isoformat()
-        events = EventLog(report_dir / "events.jsonl")
-        events.subscribe(self._collect)
-        self._inline_memo = JudgeMemo(events.since)
+        events = EventLog(
+            report_dir / "events.jsonl", storage=opts.events, max_bytes=opts.events_max_bytes
+        )
+        events.subscribe(self._collect, (AgentError,))
         if self.on_event is not None:
             events.subscribe(self.on_event)
+        self._make_judges(events)
+        self.loop.start()
         bus = Bus(
             f"ipc://{run_dir}/bus.sock",
             events,
@@ -338,12 +363,9 @@ class ScenarioRun:
         t_ready = t_script_end = t_start
         try:
             events.emit(
-                EventKind.RUN_STARTED,
-                None,
-                scenario=self.scenario.name,
-                file=str(self.source),
-                endpoint=bus.endpoint,
-            )
+                RunStarted(scenario=self.scenario.name, file=str(self.source),
+                           endpoint=bus.endpoint)
+            )  # fmt: skip
             bus.start()
             bus.set_rooms((room, tuple(ids)) for room, ids in self.members.items())
             supervisor = Supervisor(LAUNCHERS[opts.launcher], bus, events)
@@ -354,9 +376,9 @@ class ScenarioRun:
             except AgentInitError as exc:
                 self.init_errors = exc.lines
                 for line in exc.lines:
-                    self.errors.append(ErrorReport(source="init", message=line))
+                    self._error(ErrorReport(source=ErrorKind.INIT, message=line))
             except StartupError as exc:
-                self.errors.append(ErrorReport(source="startup", message=str(exc)))
+                self._error(ErrorReport(source=ErrorKind.STARTUP, message=str(exc)))
             t_ready = time.monotonic()
             if not self.errors:
                 sampler.start()
@@ -368,22 +390,22 @@ class ScenarioRun:
                     bus,
                     events,
                     self._inline_judge,
-                    self.members,
                     action_timeout_s=action_timeout + 5.0,
                 )
                 self.executor = executor
                 self._script_t0 = t_ready
                 self.steps = await executor.run(t_ready + timeout)
                 self.stop_reason = executor.stop_reason
-                self.errors += [ErrorReport(source="rule", message=m) for m in executor.rule_errors]
+                for message in executor.rule_errors:
+                    self._error(ErrorReport(source=ErrorKind.RULE, message=message))
             t_script_end = time.monotonic()
             sampler.sample_all("before-stop")
             sampler.stop()
             await supervisor.stop_all(opts.stop_deadline_s)
         except Exception as exc:
-            self.errors.append(
+            self._error(
                 ErrorReport(
-                    source="runner",
+                    source=ErrorKind.RUNNER,
                     message=f"{type(exc).__name__}: {exc}",
                     detail=traceback.format_exc(),
                 )
@@ -400,14 +422,15 @@ class ScenarioRun:
                 for agent, link in bus.links.items()
                 if link.bye is not None
             }
-            facts = self._facts(events, events.replay, sampler, t_script_end - t_ready)
+            facts = self._facts(sampler, t_script_end - t_ready)
             facts.final_states = final_states
             self.agent_reports = [
                 self._agent_report(link, supervisor, sampler) for link in bus.links.values()
             ]
+            events.flush()
             facts.view = RunView(
                 self.scenario.name,
-                events.replay,
+                self._whole_log(events),
                 MappingProxyType(final_states),
                 MappingProxyType({a.id: _metrics(a) for a in self.agent_reports}),
                 tuple(self.scenario.agent_ids),
@@ -415,17 +438,23 @@ class ScenarioRun:
             inline = list(self.executor.inline.values()) if self.executor else []
             for result in inline:
                 result.inline = True
-            self.assertions = inline + await judge(
-                ((assertion_id(i, a), a) for i, a in enumerate(self.scenario.assertions)),
-                facts,
-            )
+            self.assertions = inline + [await judge.result(facts) for judge in self.judges]
+            for result in self.assertions:
+                events.emit(
+                    AssertionEvaluated(assertion=result.id, type=result.type,
+                                       passed=result.passed, inline=result.inline,
+                                       message=result.message[:300])
+                )  # fmt: skip
         except Exception as exc:
-            self.errors.append(
+            self._error(
                 ErrorReport(
-                    source="runner", message=f"assertions: {exc}", detail=traceback.format_exc()
+                    source=ErrorKind.RUNNER,
+                    message=f"assertions: {exc}",
+                    detail=traceback.format_exc(),
                 )
             )
-        events.emit(EventKind.RUN_FINISHED, None)
+        events.emit(RunFinished())
+        self.loop.stop()
         events.close()
         report = self._report(
             report_dir,
@@ -466,18 +495,38 @@ class ScenarioRun:
             sampler.sample(proc.agent_id, "ready")
 
     # -- judging ------------------------------------------------------------------------------
-    def _facts(
-        self,
-        events: EventLog,
-        stream: Callable[[], Iterator[Event]],
-        sampler: Sampler,
-        script_s: float,
-    ) -> Facts:
+    def _make_judges(self, events: EventLog) -> None:
+        """Every assertion's judge, subscribed before anything happens: the verdict is folded
+        as the run goes and needs no replay."""
+        self.judges = [
+            make_judge(assertion_id(i, a), a, events, self.members)
+            for i, a in enumerate(self.scenario.assertions)
+        ]
+        for _, step in all_steps(self.scenario):
+            if isinstance(step, AssertStep):
+                self.inline_judges[id(step.assert_)] = make_judge(
+                    step.assert_.id or step.id or "assert", step.assert_, events, self.members
+                )
+
+    def _whole_log(self, events: EventLog) -> Callable[[], Iterator[Event]]:
+        """What a custom assertion's `view.events()` streams: events.jsonl, read where the
+        rule runs (sync rules run in a thread, so the loop never blocks on the file)."""
+        if events.storage is EventStorage.OFF:
+
+            def refuse() -> Iterator[Event]:
+                raise RuleError(
+                    "the event log was not kept (--events off): this rule reads view.events()"
+                )
+
+            return refuse
+        path = events.spill_path
+        return lambda: read_events(path)
+
+    def _facts(self, sampler: Sampler, script_s: float) -> Facts:
         steps = self.executor.results.values() if self.executor else []
+        bus = self.bus
         return Facts(
-            events=stream,
-            members=self.members,
-            view=RunView(self.scenario.name, stream, agents=tuple(self.scenario.agent_ids)),
+            view=RunView(self.scenario.name, _nothing, agents=tuple(self.scenario.agent_ids)),
             step_durations={s.id: s.durations for s in steps if s.id is not None},
             script_s=script_s,
             memory={
@@ -488,6 +537,11 @@ class ScenarioRun:
                 for agent, samples in sampler.agents.items()
             },
             errors=self.error_facts(),
+            actions={
+                agent: tuple(a.name for a in link.ready_info.actions)
+                for agent, link in (bus.links.items() if bus else ())
+                if link.ready_info is not None
+            },
         )
 
     def _bye_stats(self, agent: str) -> AgentStats | None:
@@ -495,19 +549,17 @@ class ScenarioRun:
         return link.bye.stats if link and link.bye else None
 
     async def _inline_judge(self, assertion: Assertion, ident: str) -> AssertionResult:
-        """An `assert` step: the assertion over what has happened so far, state read live."""
-        assert self.executor is not None and self.events is not None and self.sampler
-        events = self.events
+        """An `assert` step: its judge's state now, state read live."""
+        assert self.executor is not None and self.sampler
         executor = self.executor
 
         async def live(check: StateCheck) -> tuple[bool, str]:
             return await executor.read_state(check, SEND_TIMEOUT_S)
 
-        facts = self._facts(
-            events, lambda: events.since(0), self.sampler, time.monotonic() - self._script_t0
-        )
+        facts = self._facts(self.sampler, time.monotonic() - self._script_t0)
         facts.live_state = live
-        (result,) = await judge([(ident, assertion)], facts, self._inline_memo)
+        result = await self.inline_judges[id(assertion)].result(facts)
+        result.id = ident
         return result
 
     def error_facts(self) -> list[ErrorFact]:
@@ -515,17 +567,25 @@ class ScenarioRun:
         (collected as their events arrive, so asking costs no pass over the log)."""
         return [ErrorFact(e.source, e.agent, e.message) for e in self.errors] + self.agent_errors
 
-    def _collect(self, event: Event) -> None:
-        if event.kind is EventKind.AGENT_ERROR:
-            self.agent_errors.append(
-                ErrorFact(_agent_error_kind(event), event.agent, _agent_error_text(event))
+    def _collect(self, event: AgentError) -> None:
+        where = f"{event.where}: " if event.where else ""
+        self.agent_errors.append(
+            ErrorFact(event.error_kind, event.agent, f"agent {event.agent}: {where}{event.error}")
+        )
+
+    def _error(self, report: ErrorReport) -> None:
+        """Collect an error of the run, and put it in the event stream."""
+        self.errors.append(report)
+        if self.events is not None:
+            self.events.emit(
+                RunError(agent=report.agent, error_kind=report.source, message=report.message)
             )
 
     def _on_crash(self, proc: AgentProcess) -> None:
         assert proc.exit is not None
-        self.errors.append(
+        self._error(
             ErrorReport(
-                source="crash",
+                source=ErrorKind.CRASH,
                 agent=proc.agent_id,
                 message=f"agent {proc.agent_id} (pid {proc.pid}) died unexpectedly:"
                 f" {proc.exit.describe()}",
@@ -564,26 +624,21 @@ class ScenarioRun:
     ) -> ScenarioReport:
         decision = self.decide(events)
         verdict = decision.verdict
-        for event in events.replay():
-            if event.kind is EventKind.AGENT_ERROR:
-                self.errors.append(
-                    ErrorReport(
-                        source=_agent_error_kind(event),
-                        agent=event.agent,
-                        message=_agent_error_text(event),
-                    )
-                )
+        for fact in self.agent_errors:
+            self.errors.append(ErrorReport(source=fact.kind, agent=fact.agent,
+                                           message=fact.message))  # fmt: skip
         for step in self.steps:
             if step.status is StepStatus.FAILED and step.kind != "assert":
                 self.errors.append(
                     ErrorReport(
-                        source="step",
+                        source=ErrorKind.STEP,
                         step=step.path,
                         message=f"step {step.path} ({step.description}): {step.error}"
                         + (f" [failed {step.failed} of {step.runs} runs]" if step.runs > 1 else ""),
                         detail=step.traceback,
                     )
                 )
+        cpu = self.loop.cpu_s()
         agents = self.agent_reports or [
             self._agent_report(link, supervisor, sampler) for link in bus.links.values()
         ]
@@ -635,13 +690,29 @@ class ScenarioRun:
             bus=BusReport(
                 endpoint=bus.endpoint,
                 messages_routed=bus.messages_routed,
+                refused=bus.refused,
                 dead_letters=bus.dead_letters,
                 retries=sum(lk.stats.retries for lk in bus.links.values()),
                 rejected_frames=dict(bus.rejected),
                 delivery_latency=overall.summary(),
             ),
-            events_file=str(events.spill_path),
+            events_file=str(events.spill_path) if events.storage is not EventStorage.OFF else "",
             events=events.last_id,
+            event_log=EventLogReport(
+                file=str(events.spill_path) if events.storage is not EventStorage.OFF else None,
+                storage=self.options.events,
+                emitted=dict(events.counts),
+                omitted=dict(events.omitted),
+                bytes_written=events.bytes_written,
+                summary_from=events.summary_from,
+            ),
+            coordinator=CoordinatorReport(
+                pid=os.getpid(),
+                cpu_user_s=round(cpu[0], 4),
+                cpu_system_s=round(cpu[1], 4),
+                peak_rss_bytes=LoopWatch.peak_rss(),
+                loop_lag=self.loop.lag.summary(),
+            ),
             report_dir=str(report_dir),
             run_dir=str(run_dir) if self.options.keep_run_dir else None,
         )
@@ -734,26 +805,9 @@ def step_report(s: StepResult) -> StepReport:
     )
 
 
-def _agent_error_kind(event: Event) -> str:
-    """Classify an error an agent reported by where it happened."""
-    where = event.data.get("where")
-    where = where if isinstance(where, str) else ""
-    if where == "model":
-        return "model"
-    if where.startswith(("provider", "evaluator", "handling", "replying")):
-        return "handler"
-    if where.startswith("stopping service"):
-        return "service"
-    return "agent"
-
-
-def _agent_error_text(event: Event) -> str:
-    where, error = event.data.get("where"), event.data.get("error")
-    if isinstance(error, str):
-        return (
-            f"agent {event.agent}: {where}: {error}" if where else f"agent {event.agent}: {error}"
-        )
-    return f"agent {event.agent} reported an error: {event.data}"
+def _nothing() -> Iterator[Event]:
+    """No events: what an inline assert's custom rule sees of the log (it runs mid-run)."""
+    return iter(())
 
 
 def _log_tail(path: Path) -> str | None:

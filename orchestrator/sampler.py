@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from orchestrator.events import EventKind, EventLog
+from orchestrator.events import EventLog, Sample
 from orchestrator.metrics import Series
 
 
@@ -115,11 +115,6 @@ class Sampler:
         s.last_rss = rss
         s.cpu_user_s, s.cpu_system_s = cpu.user, cpu.system
         self.events.emit(
-            EventKind.SAMPLE,
-            agent,
-            reason=reason,
-            rss=rss,
-            cpu_s=round(cpu.user + cpu.system, 4),
-            fds=s.num_fds,
-            threads=s.num_threads,
-        )
+            Sample(agent=agent, reason=reason, rss=rss, cpu_s=round(cpu.user + cpu.system, 4),
+                   fds=s.num_fds, threads=s.num_threads)
+        )  # fmt: skip

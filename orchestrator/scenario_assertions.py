@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from orchestrator.durations import Duration
+from orchestrator.events import ErrorKind
 from orchestrator.jsonschema_lite import SchemaError, check_schema
 from orchestrator.schema import (
     ActionMatch,
@@ -251,18 +252,15 @@ class MemoryAssertion(AssertionBase):
 
 # --- errors and delivery ---------------------------------------------------------------------
 
-ErrorKind = Literal["model", "handler", "service", "agent", "crash", "hung", "step", "runner"]
-ERROR_KINDS: tuple[str, ...] = ErrorKind.__args__  # type: ignore[attr-defined]
-"""What went wrong, as the report classifies errors: `model` (a model call failed, fixture
-problems), `handler` (a message handler, provider or evaluator raised), `service` (a service
-failed to stop), `agent` (anything else an agent reported), `crash` (an agent died unasked),
-`hung` (an agent stopped answering), `step` (a step failed), `runner` (the runner broke)."""
-
 
 class ErrorsAssertionArgs(SpecModel):
     """At most `max` errors (default none) of the given `kind`s (default all), optionally only
     from `agent`. Errors that an `errors` assertion covers are judged by it instead of making
-    the verdict ERROR, except crashes, hangs, step failures and runner errors, which always do."""
+    the verdict ERROR, except the run's own (crash, hung, step, rule, init, startup, runner),
+    which always do. The kinds are `orchestrator.events.ErrorKind`: `handler` (an action
+    handler, a provider or an evaluator raised, or handling a message failed), `model` (a model
+    call failed, fixture problems), `service` (a service failed to stop), `agent` (anything
+    else an agent reported), and the run's own kinds."""
 
     max: Annotated[int, Field(strict=True, ge=0)] = 0
     kind: list[ErrorKind] | None = None

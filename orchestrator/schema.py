@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from orchestrator.events import EventKind
+from orchestrator.events import EVENT_KINDS, event_fields
 
 # Agent and room ids end up in socket routing ids, file names and report keys, hence the narrow
 # alphabet. The coordinator is addressed by name on the bus, so no agent or room may take it.
@@ -419,7 +419,7 @@ class StateCheck(SpecModel):
 
 
 def _check_event_kind(value: str) -> str:
-    known = [k.value for k in EventKind]
+    known = list(EVENT_KINDS)
     if value not in known:
         raise spec_error("event_kind", f"unknown event kind {quote(value)}{suggest(value, known)}")
     return value
@@ -435,3 +435,16 @@ class EventMatch(SpecModel):
     kind: EventKindName
     agent: str | None = None
     data: dict[str, JsonValue] = {}
+    """Fields of that kind of event (see `scenario-runner schema --events`), each equal."""
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> Self:
+        fields = event_fields(EVENT_KINDS[self.kind])
+        for key in self.data:
+            if key not in fields:
+                raise spec_error(
+                    "event_field",
+                    f"a {self.kind} event has no field {quote(key)}{suggest(key, list(fields))}"
+                    f" (it has: {', '.join(fields) or 'none'})",
+                )
+        return self

@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from orchestrator import events as ev
 from orchestrator.bus import AgentGone, Bus
-from orchestrator.events import EventKind, EventLog
+from orchestrator.events import EventLog
 from orchestrator.launchers import Launched, Launcher, LaunchSpec
 from protocol import AgentConfig, Bye
 
@@ -115,12 +116,9 @@ class Supervisor:
         proc = AgentProcess(spec.agent_id, spec, handle, time.monotonic())
         self.processes[spec.agent_id] = proc
         self.events.emit(
-            EventKind.AGENT_LAUNCHED,
-            spec.agent_id,
-            pid=handle.pid,
-            launcher=self.launcher.name,
-            incarnation=spec.incarnation,
-        )
+            ev.AgentLaunched(agent=spec.agent_id, pid=handle.pid, launcher=self.launcher.name,
+                             incarnation=spec.incarnation)
+        )  # fmt: skip
         self._watch(proc)
         return proc
 
@@ -133,13 +131,6 @@ class Supervisor:
             ready = await self.bus.links[proc.agent_id].ready
             proc.ready_at = time.monotonic()
             proc.status = ProcessStatus.READY
-            self.events.emit(
-                EventKind.AGENT_EVENT,
-                proc.agent_id,
-                name="startup",
-                startup_s=round(proc.ready_at - proc.launched_at, 6),
-                pid=ready.pid,
-            )
             return ready.error
 
         tasks = {p.agent_id: asyncio.ensure_future(one(p)) for p in self.processes.values()}
@@ -208,15 +199,12 @@ class Supervisor:
         planned = proc.expected_exit
         proc.status = ProcessStatus.EXITED if planned else ProcessStatus.CRASHED
         proc.exited.set()
-        kind = EventKind.AGENT_EXITED if planned else EventKind.AGENT_CRASHED
+        ended = ev.AgentExited if planned else ev.AgentCrashed
         self.events.emit(
-            kind,
-            proc.agent_id,
-            pid=proc.pid,
-            returncode=info.returncode,
-            signal=signal.Signals(info.signal).name if info.signal else None,
-            escalation=proc.escalation,
-        )
+            ended(agent=proc.agent_id, pid=proc.pid, returncode=info.returncode,
+                  signal=signal.Signals(info.signal).name if info.signal else None,
+                  escalation=proc.escalation)
+        )  # fmt: skip
         self.bus.agent_gone(proc.agent_id, info.describe())
         if not planned:
             self.crashes.append((proc.agent_id, info.describe()))

@@ -249,9 +249,84 @@ class Result(WireModel):
     error: str | None = None
 
 
-class Event(WireModel):
-    name: str
+class AgentErrorKind(StrEnum):
+    """Where in an agent an error happened; the agent says so, nobody parses its text."""
+
+    HANDLER = "handler"
+    """A provider, an evaluator, or handling / replying to a message."""
+    MODEL = "model"
+    """The agent's model provider (e.g. an openai-compatible endpoint that failed)."""
+    SERVICE = "service"
+    """A service failed to stop."""
+    AGENT = "agent"
+    """Anything else in the agent's runtime."""
+
+
+WireAgentErrorKind = Annotated[AgentErrorKind, _from_wire_str(AgentErrorKind)]
+
+
+class StateChanged(WireModel):
+    type: Literal["state.changed"] = "state.changed"
+    path: str
+    value: JsonValue = None
+    previous: JsonValue = None
+
+
+class ActionStarted(WireModel):
+    type: Literal["action.started"] = "action.started"
+    action: str
+    call_id: str
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    """The parameters as the handler received them: validated by the action's model (so a
+    templated "20" that the model reads as an int is recorded as 20), else as given."""
+    origin: Literal["script", "model"]
+    """Who asked for the run: a script step, or the agent's model."""
+    msg_id: str
+    room: str
+
+
+class ActionFinished(WireModel):
+    """An action run ended: `completed` when it succeeded, `failed` otherwise (`status` says
+    how: failed, error, invalid, timeout)."""
+
+    type: Literal["action.completed", "action.failed"]
+    action: str
+    call_id: str
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    origin: Literal["script", "model"]
+    msg_id: str
+    room: str
+    status: Literal["succeeded", "failed", "error", "invalid", "timeout"]
+    error: str | None = None
+    duration_ms: float = 0.0
+    result: dict[str, JsonValue] | None = None
+
+
+class AgentErrorEvent(WireModel):
+    type: Literal["error"] = "error"
+    kind: WireAgentErrorKind
+    where: str
+    error: str
+
+
+class PluginEvent(WireModel):
+    """An event of a plugin's own (`runtime.emit`): its name and free-form data."""
+
+    type: Literal["plugin"] = "plugin"
+    name: str = Field(min_length=1, max_length=200)
     data: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+AgentEvent = Annotated[
+    StateChanged | ActionStarted | ActionFinished | AgentErrorEvent | PluginEvent,
+    Field(discriminator="type"),
+]
+
+
+class Event(WireModel):
+    """Something that happened inside an agent, one typed body per kind of event."""
+
+    event: AgentEvent
 
 
 class Ack(WireModel):

@@ -103,7 +103,7 @@ def test_run_pass_writes_a_complete_report(tmp_path: Path, private_tmp: Path) ->
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output
     report = json.loads((report_dir / "report.json").read_text())
-    assert report["schema_version"] == 2 and report["verdict"] == "PASS"
+    assert report["schema_version"] == 3 and report["verdict"] == "PASS"
     assert (report_dir / "events.jsonl").stat().st_size > 0
     assert [s["status"] for s in report["steps"]] == ["passed", "passed"]
     by_id = {a["id"]: a for a in report["agents"]}

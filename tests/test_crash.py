@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import run_yaml
 
-from orchestrator.events import Event, EventKind
+from orchestrator.events import AgentLaunched, Event, MessageSent
 from orchestrator.report import Verdict
 
 SCENARIO = """
@@ -45,16 +45,10 @@ def test_kill_9_mid_scenario_is_an_error_naming_the_agent(private_tmp: Path) -> 
     pids: dict[str, int] = {}
 
     def probe(event: Event) -> None:
-        if event.kind is EventKind.AGENT_LAUNCHED and event.agent is not None:
-            pid = event.data["pid"]
-            assert isinstance(pid, int)
-            pids[event.agent] = pid
+        if isinstance(event, AgentLaunched) and event.agent is not None:
+            pids[event.agent] = event.pid
         # kill the victim as soon as the bus has accepted alice's "ping", before it can answer
-        if (
-            event.kind is EventKind.MESSAGE_SENT
-            and event.agent == "alice"
-            and event.data.get("text") == "ping"
-        ):
+        if isinstance(event, MessageSent) and event.agent == "alice" and event.text == "ping":
             os.kill(pids["victim"], signal.SIGKILL)
 
     report = run_yaml(SCENARIO, private_tmp / "report", on_event=probe)
@@ -72,7 +66,7 @@ def test_kill_9_mid_scenario_is_an_error_naming_the_agent(private_tmp: Path) -> 
     # the crash is in the event log with its signal
     lines = [json.loads(x) for x in (private_tmp / "report" / "events.jsonl").open()]
     crashed = [e for e in lines if e["kind"] == "agent.crashed"]
-    assert [e["agent"] for e in crashed] == ["victim"] and crashed[0]["data"]["signal"] == "SIGKILL"
+    assert [e["agent"] for e in crashed] == ["victim"] and crashed[0]["signal"] == "SIGKILL"
     # nothing left behind: other agents exited cleanly, the run directory is gone
     assert all(a.exit_code == 0 for a in report.agents if a.id != "victim")
     assert report.run_dir is None

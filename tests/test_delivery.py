@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import agent, cluster, room
 
-from orchestrator.events import EventKind
+from orchestrator.events import MessageDelivered
 from protocol import CmdSend
 from protocol.testhooks import DROP_RATE_ENV, DROP_SEED_ENV
 
@@ -29,7 +29,13 @@ async def _burst(
     rooms = [room("hall", MEMBERS)]
     configs = [agent(i, run_dir, rooms) for i in MEMBERS]
     stores: dict[str, str] = {}
+    delivered: Counter[tuple[str, str]] = Counter()
+
+    def count(event: MessageDelivered) -> None:
+        delivered[(str(event.agent), event.msg_id)] += 1
+
     async with cluster(run_dir, configs, rooms, inbox_capacity=inbox_capacity) as c:
+        c.events.subscribe(count, (MessageDelivered,))
         stores = {i: c.bus.links[i].ready_info.store_path for i in MEMBERS}  # type: ignore[union-attr]
         # Commands are pipelined; the agent runs them in order, so msg n is posted n-th.
         results = await asyncio.gather(
@@ -41,15 +47,9 @@ async def _burst(
         assert all(r.ok for r in results)
         expected = MESSAGES * (len(MEMBERS) - 1)
 
-        def delivered_all(_: object) -> bool:
-            return c.events.counts[EventKind.MESSAGE_DELIVERED] >= expected
-
-        if not delivered_all(None):
-            await c.events.wait_for(lambda e: delivered_all(e), 30)
-        delivered: Counter[tuple[str, str]] = Counter()
-        for event in c.events.replay():
-            if event.kind is EventKind.MESSAGE_DELIVERED:
-                delivered[(str(event.agent), str(event.data["msg_id"]))] += 1
+        await c.events.until(
+            lambda: c.events.counts["message.delivered"] >= expected, (MessageDelivered,), 30
+        )
         retries = sum(link.stats.retries for link in c.bus.links.values())
     received: dict[str, list[str]] = {}
     for member in MEMBERS:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from conftest import agent, cluster, room
 
+from orchestrator.events import MessageDelivered
 from protocol import CmdGetState, CmdQueryMemory, CmdSend, CmdSetState
 
 
@@ -42,8 +43,8 @@ def test_agents_are_separate_processes_with_private_stores_and_state(private_tmp
             # memory written by a1's room traffic is only in the stores of that room's members
             sent = await c.bus.command("a1", CmdSend(room="r12", text="for a2 only"), 5)
             assert sent.ok
-            await c.events.wait_for(
-                lambda e: e.kind.value == "message.delivered" and e.agent == "a2", 5
+            await c.events.until(
+                lambda: c.bus.links["a2"].stats.delivered == 1, (MessageDelivered,), 5
             )
             for i, expected in (("a1", 1), ("a2", 1), ("a3", 0)):
                 mem = await c.bus.command(i, CmdQueryMemory(), 5)

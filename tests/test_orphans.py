@@ -14,7 +14,7 @@ from pathlib import Path
 COORDINATOR = r"""
 import asyncio, json, sys
 from pathlib import Path
-from orchestrator.events import EventKind
+from orchestrator.events import AgentLaunched, StepStarted
 from orchestrator.loader import load_scenario_text
 from orchestrator.runner import RunOptions, run_scenario
 
@@ -30,9 +30,9 @@ assertions:
 '''
 pids = {}
 def probe(event):
-    if event.kind is EventKind.AGENT_LAUNCHED:
-        pids[event.agent] = event.data["pid"]
-    if event.kind is EventKind.STEP_STARTED:
+    if isinstance(event, AgentLaunched):
+        pids[event.agent] = event.pid
+    if isinstance(event, StepStarted):
         print(json.dumps(pids), flush=True)
 opts = RunOptions(report_dir=Path(sys.argv[1]), coordinator_timeout_s=float(sys.argv[2]),
                   hung_after_s=60)

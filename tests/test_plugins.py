@@ -6,15 +6,15 @@ from pathlib import Path
 
 from conftest import run_yaml
 
-from orchestrator.events import Event, EventKind
+from orchestrator.events import ActionEnded, Event
 from orchestrator.report import Verdict
 
 
-def _collect(kinds: set[EventKind]) -> tuple[list[Event], object]:
-    seen: list[Event] = []
+def _actions_ended() -> tuple[list[ActionEnded], object]:
+    seen: list[ActionEnded] = []
 
     def probe(event: Event) -> None:
-        if event.kind in kinds:
+        if isinstance(event, ActionEnded):
             seen.append(event)
 
     return seen, probe
@@ -76,15 +76,17 @@ script:
   - send: {agent: admin, room: ops, text: "ping"}
   - wait_for: {message: {from: worker, contains: pong}, timeout: 3s}
 assertions:
-  - action: {agent: worker, name: DIVIDE, params: {a: "6", b: "3"}, count: {min: 1, max: 1}}
+  # Recorded as the handler received them: the templated "6" and "3", validated as floats.
+  - action: {agent: worker, name: DIVIDE, params: {a: 6, b: 3}, count: {min: 1, max: 1}}
   - state: {agent: worker, path: last_quotient, equals: 2.0}
+  - errors: {kind: [handler], agent: worker, max: 1}
 """
 
 
 def test_actions_from_messages_and_steps_are_recorded_with_their_outcome(
     private_tmp: Path,
 ) -> None:
-    seen, probe = _collect({EventKind.ACTION_COMPLETED, EventKind.ACTION_FAILED})
+    seen, probe = _actions_ended()
     report = run_yaml(ACTIONS, private_tmp / "report", on_event=probe)  # type: ignore[arg-type]
     assert report.verdict is Verdict.PASS, report.model_dump_json(indent=1)
     # READY announced the agent's actions with their parameter schemas; the report keeps them.
@@ -92,7 +94,7 @@ def test_actions_from_messages_and_steps_are_recorded_with_their_outcome(
     assert {"DIVIDE", "EXPLODE", "STALL", "ONLY_ADMIN", "REPLY", "IGNORE", "NONE"} <= set(offered)
     schema = offered["DIVIDE"].parameters
     assert schema is not None and set(schema["properties"]) == {"a", "b"}  # type: ignore[arg-type]
-    by_status = {(e.data["action"], e.data["status"]): e for e in seen}
+    by_status = {(e.action, e.status): e for e in seen}
     assert set(by_status) == {
         ("DIVIDE", "succeeded"),
         ("DIVIDE", "failed"),
@@ -102,19 +104,26 @@ def test_actions_from_messages_and_steps_are_recorded_with_their_outcome(
         ("STALL", "timeout"),
         ("NO_SUCH_THING", "invalid"),
     }
-    ok = by_status[("DIVIDE", "succeeded")].data
-    assert ok["origin"] == "model" and ok["params"] == {"a": "6", "b": "3"}
-    assert isinstance(ok["duration_ms"], float) and ok["duration_ms"] >= 0
-    assert ok["result"] == {
+    ok = by_status[("DIVIDE", "succeeded")]
+    assert ok.origin == "model" and ok.params == {"a": 6.0, "b": 3.0}
+    assert isinstance(ok.duration_ms, float) and ok.duration_ms >= 0
+    assert ok.result == {
         "success": True, "text": "2.0", "values": {"quotient": 2.0}, "data": {}, "error": None
     }  # fmt: skip
-    assert by_status[("DIVIDE", "failed")].data["error"] == "division by zero"
-    assert "RuntimeError: EXPLODE always raises" in str(by_status[("EXPLODE", "error")].data)
-    assert "timed out after 0.3s" in str(by_status[("STALL", "timeout")].data["error"])
-    unknown = str(by_status[("NO_SUCH_THING", "invalid")].data["error"])
+    assert by_status[("DIVIDE", "failed")].error == "division by zero"
+    assert "RuntimeError: EXPLODE always raises" in str(by_status[("EXPLODE", "error")].error)
+    assert "timed out after 0.3s" in str(by_status[("STALL", "timeout")].error)
+    unknown = str(by_status[("NO_SUCH_THING", "invalid")].error)
     assert "DIVIDE" in unknown and "EXPLODE" in unknown and "REPLY" in unknown
-    invalid = str(by_status[("DIVIDE", "invalid")].data["error"])
+    invalid = str(by_status[("DIVIDE", "invalid")].error)
     assert "a:" in invalid and "b:" in invalid
+    # Invalid parameters are recorded as given: nothing was validated.
+    assert by_status[("DIVIDE", "invalid")].params == {"a": "one"}
+    # A handler that raised is an error of the agent, like a raising evaluator's.
+    worker = report.agents[0]
+    assert worker.handler_errors == 1
+    raised = [e for e in report.errors if e.source == "handler"]
+    assert len(raised) == 1 and "action EXPLODE" in raised[0].message, report.errors
 
 
 def test_a_failing_action_step_fails_the_run_with_its_reason(private_tmp: Path) -> None:

@@ -25,7 +25,11 @@ from protocol import (
     MAX_ID_BYTES,
     PROTOCOL_VERSION,
     Ack,
+    ActionFinished,
+    ActionStarted,
     AgentConfig,
+    AgentErrorEvent,
+    AgentErrorKind,
     AgentStats,
     Bye,
     ChannelType,
@@ -46,6 +50,7 @@ from protocol import (
     Msg,
     Origin,
     Ping,
+    PluginEvent,
     Pong,
     Ready,
     RejectReason,
@@ -53,6 +58,7 @@ from protocol import (
     RoomConfig,
     RuleConfig,
     RulesModelConfig,
+    StateChanged,
     Stop,
     WireModel,
     decode_body,
@@ -100,7 +106,14 @@ CMD_SEND = Cmd(command=CmdSend(room="hall", text="hello all"))
 CMD_SET = Cmd(command=CmdSetState(path="mood.level", value=NESTED))
 CMD_QUERY = Cmd(command=CmdQueryMemory(room="hall", limit=10_000))
 RESULT = Result(ok=True, value=NESTED)
-EVENT = Event(name="action.completed", data={"action": "send", "detail": NESTED, "n": 3})
+EVENT = Event(event=PluginEvent(name="custom.thing", data={"action": "send", "detail": NESTED}))
+ACTION_DONE = Event(
+    event=ActionFinished(
+        type="action.failed", action="DIVIDE", call_id="a:1", params={"a": 1.5, "b": NESTED},
+        origin="script", msg_id="a:1:script-1", room="hall", status="error",
+        error="ZeroDivisionError", duration_ms=0.25, result=None,
+    )
+)
 ACK = Ack(credit=0)
 PONG = Pong(echo_ns=U64)
 STOP = Stop(deadline_ms=0)
@@ -129,7 +142,11 @@ SAMPLES: list[WireModel] = [
     Result(ok=True, value=[1, 2.5, "x", None, {"a": [True]}]),
     Result(ok=False, error="no such path"),
     EVENT,
-    Event(name="empty"),
+    Event(event=PluginEvent(name="empty")),
+    ACTION_DONE,
+    Event(event=ActionStarted(action="NONE", call_id="a:2", origin="model", msg_id="m", room="r")),
+    Event(event=StateChanged(path="a.b", value=NESTED, previous=None)),
+    Event(event=AgentErrorEvent(kind=AgentErrorKind.MODEL, where="model", error="boom")),
     ACK,
     Ack(credit=1024),
     Ping(),
@@ -252,7 +269,8 @@ def test_round_trip_generated(
     bodies: list[WireModel] = [
         Msg(msg_id=text, sender=sender, room=room, text=text, origin=origin, in_reply_to=text),
         Result(ok=True, value=value),  # type: ignore[arg-type]
-        Event(name=text, data={"v": value, text: [value]}),  # type: ignore[dict-item,list-item]
+        Event(event=PluginEvent(name=sender, data={"v": value, text: [value]})),  # type: ignore[dict-item,list-item]
+        Event(event=StateChanged(path=text, value=value, previous=[value])),  # type: ignore[arg-type,list-item]
         Cmd(command=CmdSetState(path=text, value=value)),  # type: ignore[arg-type]
         Bye(stats=AgentStats(state={"v": value})),  # type: ignore[dict-item]
     ]
@@ -462,8 +480,13 @@ STRICT_CASES: list[tuple[WireModel, tuple[str | int, ...], object]] = [
     (RESULT, ("ok",), 1),
     (RESULT, ("ok",), "true"),
     (RESULT, ("value",), msgpack.ExtType(5, b"x")),
-    (EVENT, ("data",), []),
-    (EVENT, ("data", "detail"), {"k": b"bin"}),
+    (EVENT, ("event", "data"), []),
+    (EVENT, ("event", "data", "detail"), {"k": b"bin"}),
+    (EVENT, ("event", "type"), "no.such.event"),
+    (EVENT, ("event", "name"), ""),
+    (ACTION_DONE, ("event", "status"), "exploded"),
+    (ACTION_DONE, ("event", "origin"), "agent"),
+    (ACTION_DONE, ("event", "extra"), 1),
     (ACK, ("credit",), -1),
     (ACK, ("credit",), "3"),
     (ACK, ("credit",), 3.0),

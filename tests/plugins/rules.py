@@ -25,5 +25,7 @@ def not_a_result(view: RunView) -> bool:
 
 
 def enough_messages(view: RunView, n: int) -> RuleResult:
-    count = sum(1 for _ in view.messages())
+    """A stop rule: its view yields the messages since its last call; `memo` keeps the count."""
+    count = int(view.memo.get("count", 0)) + sum(1 for _ in view.messages())  # type: ignore[call-overload]
+    view.memo["count"] = count
     return RuleResult(count >= n, f"{count} messages")

@@ -1,0 +1,58 @@
+"""The coordinator watching itself: event-loop lag, CPU time and memory.
+
+Everything a run does happens on one asyncio loop, so a callback that blocks it delays every
+ack, heartbeat and wait of every agent. `LoopWatch` measures that directly: a probe timer is
+scheduled every `interval_s` and records how late it ran. The report's `coordinator` block
+carries the lag distribution with the coordinator's own CPU time and peak RSS, so a run (or
+`python -m benchmarks.scenario`) shows whether the runner itself kept up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import time
+
+from orchestrator.metrics import LatencyHistogram
+from orchestrator.sampler import vm_hwm_bytes
+
+PROBE_INTERVAL_S = 0.05
+
+
+class LoopWatch:
+    def __init__(self, interval_s: float = PROBE_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.lag = LatencyHistogram()
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._cpu0 = 0.0, 0.0
+
+    def start(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._cpu0 = usage.ru_utime, usage.ru_stime
+        self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._due = time.monotonic() + self.interval_s
+        self._handle = loop.call_at(self._due, self._probe)  # the loop's clock is monotonic
+
+    def _probe(self) -> None:
+        self.lag.add(max(0.0, time.monotonic() - self._due))
+        self._arm()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def cpu_s(self) -> tuple[float, float]:
+        """User and system CPU seconds of this process since `start`."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime - self._cpu0[0], usage.ru_stime - self._cpu0[1]
+
+    @staticmethod
+    def peak_rss() -> int | None:
+        """This process's own high-water RSS (shared by `--parallel` runs in one process)."""
+        return vm_hwm_bytes(os.getpid())

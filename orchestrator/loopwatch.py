@@ -2,9 +2,12 @@
 
 Everything a run does happens on one asyncio loop, so a callback that blocks it delays every
 ack, heartbeat and wait of every agent. `LoopWatch` measures that directly: a probe timer is
-scheduled every `interval_s` and records how late it ran. The report's `coordinator` block
-carries the lag distribution with the coordinator's own CPU time and peak RSS, so a run (or
-`python -m benchmarks.scenario`) shows whether the runner itself kept up.
+scheduled every `interval_s` and records how late it ran, per phase of the run (launch,
+script, end), since they fail for different reasons: launching agents competes with dozens
+of interpreters starting at once, the script is the message path, the end judges and
+writes. The report's `coordinator` block carries the lag with the coordinator's own CPU time
+and peak RSS, so a run (or `python -m benchmarks.scenario`) shows whether the runner itself
+kept up.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import os
 import resource
 import time
+from enum import StrEnum
 
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.sampler import vm_hwm_bytes
@@ -20,10 +24,20 @@ from orchestrator.sampler import vm_hwm_bytes
 PROBE_INTERVAL_S = 0.05
 
 
+class Phase(StrEnum):
+    LAUNCH = "launch"
+    """From the first launch to every agent READY."""
+    SCRIPT = "script"
+    """The script: the message path."""
+    END = "end"
+    """Teardown, judging, reporting."""
+
+
 class LoopWatch:
     def __init__(self, interval_s: float = PROBE_INTERVAL_S) -> None:
         self.interval_s = interval_s
-        self.lag = LatencyHistogram()
+        self.lag = {phase: LatencyHistogram() for phase in Phase}
+        self.phase = Phase.LAUNCH
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._cpu0 = 0.0, 0.0
@@ -39,13 +53,19 @@ class LoopWatch:
         self._handle = loop.call_at(self._due, self._probe)  # the loop's clock is monotonic
 
     def _probe(self) -> None:
-        self.lag.add(max(0.0, time.monotonic() - self._due))
+        self.lag[self.phase].add(max(0.0, time.monotonic() - self._due))
         self._arm()
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def whole(self) -> LatencyHistogram:
+        merged = LatencyHistogram()
+        for hist in self.lag.values():
+            merged.merge(hist)
+        return merged
 
     def cpu_s(self) -> tuple[float, float]:
         """User and system CPU seconds of this process since `start`."""

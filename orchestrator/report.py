@@ -201,7 +201,10 @@ class CoordinatorReport(BaseModel):
     peak_rss_bytes: int | None
     """The coordinator's VmHWM at the end of the run."""
     loop_lag: LatencySummary
-    """How late a probe timer scheduled every 50 ms ran: how long the event loop was busy."""
+    """How late a probe timer scheduled every 50 ms ran: how long the event loop was busy
+    (or the coordinator waited for a core)."""
+    loop_lag_by_phase: dict[str, LatencySummary] = {}
+    """The same per phase: `launch` (agents starting), `script`, `end` (teardown, judging)."""
 
 
 class Timings(BaseModel):

@@ -823,15 +823,50 @@ def _identity(model: type[M], item: object, keys: tuple[str, ...]) -> M:
 
 
 def _valid_items(data: dict[str, object], key: str, adapter: TypeAdapter[T]) -> dict[int, T]:
-    """The items of list `key` that validate on their own, by index."""
+    """The items of list `key` that validate on their own, or once what is wrong in them is
+    taken out (so a bad regex beside an undefined agent reports both), by index."""
     raw = data.get(key, [])
     valid: dict[int, T] = {}
     for i, item in enumerate(raw if isinstance(raw, list) else []):
-        try:
-            valid[i] = adapter.validate_python(item)
-        except ValidationError:
-            continue
+        salvaged = _salvage(adapter, item)
+        if salvaged is not None:
+            valid[i] = salvaged
     return valid
+
+
+SALVAGE_ROUNDS = 4
+
+
+def _salvage(adapter: TypeAdapter[T], item: object) -> T | None:
+    """`item` validated, or validated with the fields its errors point at removed (each error
+    is already reported on its own); None when that does not make it valid."""
+    candidate = copy.deepcopy(item)
+    for _ in range(SALVAGE_ROUNDS):
+        try:
+            return adapter.validate_python(candidate)
+        except ValidationError as exc:
+            removed = False
+            for error in exc.errors():
+                loc = _data_loc(error["loc"], candidate)
+                removed = _remove(candidate, loc) or removed
+            if not removed:
+                return None
+    return None
+
+
+def _remove(data: object, loc: Loc) -> bool:
+    """Delete the mapping key at `loc` (a field, never a list item); True if it was there."""
+    if not loc or not isinstance(loc[-1], str):
+        return False
+    parent = data
+    for segment in loc[:-1]:
+        parent = _child(parent, segment)
+        if parent is _ABSENT:
+            return False
+    if isinstance(parent, dict) and loc[-1] in parent:
+        del parent[loc[-1]]
+        return True
+    return False
 
 
 def _reference_problem(issue: ReferenceIssue, document: _Document, filename: str) -> Problem:

@@ -184,7 +184,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scenarios", default="pingpong,burst", help="which scenarios")
     p.add_argument("--json", action="store_true", help="print one JSON object, no table")
     args = p.parse_args(argv)
-    args.sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes takes numbers of messages, comma-separated, not {args.sizes!r}")
+    if any(size < 4 * PAIRS for size in args.sizes):
+        p.error(f"--sizes: each size must be at least {4 * PAIRS} (one round per timeline)")
     args.scenarios = args.scenarios.split(",")
     if unknown := set(args.scenarios) - set(SCENARIOS):
         p.error(f"unknown scenario(s) {sorted(unknown)}; known: {sorted(SCENARIOS)}")

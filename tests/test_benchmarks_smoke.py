@@ -112,3 +112,38 @@ def test_steps_benchmark_rejects_too_few_rounds(capsys: pytest.CaptureFixture[st
         _benchmark("steps").main(["--rounds", "3"])
     assert exc.value.code == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_scenario_benchmark_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    r = _run_json("scenario", ["--sizes", "64,128", "--scenarios", "pingpong,burst"], capsys)
+    assert r["benchmark"] == "scenario" and r["sizes"] == [64, 128]
+    assert set(r["scenarios"]) == {"pingpong", "burst"}
+    for name, entry in r["scenarios"].items():
+        runs = entry["runs"]
+        assert [run["messages"] for run in runs] == [64, 128]
+        for run in runs:
+            assert run["msgs_per_s"] > 0 and run["cpu_us_per_msg"] > 0
+            assert run["coordinator_cpu_us_per_msg"] > 0
+            assert run["coordinator_peak_rss_mib"] > 0
+            assert run["loop_lag_max_ms"] >= run["loop_lag_p99_ms"] >= 0
+            assert run["script_loop_lag_max_ms"] is not None
+        expected = {"cpu_us_per_msg", "loop_lag_max_ms", "cost_ratio", "rss_ratio"}
+        if name == "pingpong":
+            expected.add("msgs_per_s")
+        assert set(entry["targets"]) == expected
+    flagged = [f"{n} {k}" for n, e in r["scenarios"].items()
+               for k, c in e["targets"].items() if not c["met"]]  # fmt: skip
+    assert r["missed"] == flagged
+
+
+def test_scenario_benchmark_rejects_unknown_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _benchmark("scenario").main(["--scenarios", "pingpong,nope"])
+    assert exc.value.code == 2
+    assert "nope" in capsys.readouterr().err
+    for sizes in ("20000,lots", "10"):
+        with pytest.raises(SystemExit) as exc:
+            _benchmark("scenario").main(["--sizes", sizes])
+        assert exc.value.code == 2
+        assert "--sizes" in capsys.readouterr().err

@@ -212,3 +212,61 @@ assertions:
         "ModuleNotFoundError: No module named 'plugins'"
     ]
     assert list(private_tmp.glob("sr-*")) == []  # stopped and cleaned up
+
+
+def test_schema_of_events_validates_a_real_events_file(tmp_path: Path, private_tmp: Path) -> None:
+    import jsonschema
+
+    result = CliRunner().invoke(main, ["schema", "--events"])
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.output)
+    path = _write(tmp_path, "good", GOOD)
+    report_dir = tmp_path / "report"
+    ran = CliRunner().invoke(main, ["run", str(path), "--report-dir", str(report_dir)])
+    assert ran.exit_code == 0, ran.output
+    lines = (report_dir / "events.jsonl").read_text().splitlines()
+    kinds = set()
+    for line in lines:
+        event = json.loads(line)
+        jsonschema.validate(event, schema)
+        kinds.add(event["kind"])
+    assert {"run.started", "agent.ready", "message.sent", "message.delivered",
+            "assertion.evaluated", "run.finished"} <= kinds  # fmt: skip
+    both = CliRunner().invoke(main, ["schema", "--events", "--report"])
+    assert both.exit_code == 2 and "choose one" in both.output
+
+
+@pytest.mark.parametrize(
+    ("storage", "written"),
+    [("full", {"message.sent", "agent.ready"}), ("summary", {"agent.ready"}), ("off", None)],
+)
+def test_events_option_bounds_what_is_written_and_the_report_counts_the_rest(
+    tmp_path: Path, private_tmp: Path, storage: str, written: set[str] | None
+) -> None:
+    path = _write(tmp_path, "good", GOOD)
+    report_dir = tmp_path / "report"
+    args = ["run", str(path), "--report-dir", str(report_dir), "--events", storage]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((report_dir / "report.json").read_text())
+    log = report["event_log"]
+    assert log["storage"] == storage
+    events_file = report_dir / "events.jsonl"
+    if written is None:
+        assert not events_file.exists() and log["file"] is None
+        assert sum(log["omitted"].values()) == report["events"]
+        return
+    kinds = {json.loads(line)["kind"] for line in events_file.open()}
+    assert written <= kinds
+    if storage == "summary":
+        assert "message.sent" not in kinds and log["omitted"]["message.sent"] == 2
+    assert log["emitted"]["message.sent"] == 2
+    assert log["bytes_written"] == events_file.stat().st_size
+
+
+def test_events_max_size_is_checked(tmp_path: Path) -> None:
+    path = _write(tmp_path, "good", GOOD)
+    result = CliRunner().invoke(main, ["run", str(path), "--events-max-size", "lots"])
+    assert result.exit_code == 2 and "is not a size" in result.output
+    result = CliRunner().invoke(main, ["run", str(path), "--events", "some"])
+    assert result.exit_code == 2 and "'some' is not one of" in result.output

@@ -518,17 +518,22 @@ class ScenarioRun:
 
     def _whole_log(self, events: EventLog) -> Callable[[], Iterator[Event]]:
         """What a custom assertion's `view.events()` streams: events.jsonl, read where the
-        rule runs (sync rules run in a thread, so the loop never blocks on the file)."""
-        if events.storage is EventStorage.OFF:
-
-            def refuse() -> Iterator[Event]:
-                raise RuleError(
-                    "the event log was not kept (--events off): this rule reads view.events()"
-                )
-
-            return refuse
+        rule runs (sync rules run in a thread, so the loop never blocks on the file). A log
+        that left events out (`--events summary` or `off`, or past its size cap) is refused:
+        a rule must not judge a part of the run as if it were the whole."""
         path = events.spill_path
-        return lambda: read_events(path)
+
+        def stream() -> Iterator[Event]:
+            if events.storage is not EventStorage.FULL:
+                raise RuleError(
+                    f"the event log is incomplete (--events {self.options.events.value}"
+                    + (f", size cap reached at event {events.summary_from}"
+                       if events.summary_from is not None else "")
+                    + "): this rule reads view.events(); run with --events full"
+                )  # fmt: skip
+            return read_events(path)
+
+        return stream
 
     def _facts(self, sampler: Sampler, script_s: float) -> Facts:
         steps = self.executor.results.values() if self.executor else []

@@ -218,3 +218,9 @@ def test_a_message_to_someone_is_its_delivery_to_them(tmp_path: Path) -> None:
     log.emit(delivered("bob", "m2", "alice"))  # never sent as matching
     assert [e.id for e in matched] == [3]
     log.close()
+
+
+def test_every_kind_is_documented_in_reports_md() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "reports.md").read_text()
+    missing = [kind for kind in EVENT_KINDS if f"`{kind}`" not in text]
+    assert missing == []

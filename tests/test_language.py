@@ -6,6 +6,7 @@ from pathlib import Path
 
 from conftest import run_yaml
 
+from orchestrator.events import EventStorage
 from orchestrator.report import ScenarioReport, Verdict
 
 BOT = """
@@ -116,6 +117,30 @@ assertions:
     assert "raised ValueError: this rule always raises" in errors["raises"]
     assert "returned bool, not RuleResult" in errors["wrong-type"]
     assert "failed to import" in errors["missing"]
+
+
+def test_a_custom_rule_over_an_incomplete_event_log_is_an_error(private_tmp: Path) -> None:
+    text = f"""
+name: summary-rule
+agents:
+{BOT}
+  - id: alice
+rooms:
+  - {{id: lobby, members: [bot, alice]}}
+script:
+  - send: {{agent: alice, room: lobby, text: ping}}
+  - wait_for: {{message: {{from: bot, contains: pong}}}}
+assertions:
+  - {{id: pongs, custom: {{rule: "plugins.rules:pongs_at_least", params: {{n: 1}}}}}}
+"""
+    full = run_yaml(text, private_tmp / "full")
+    assert full.verdict is Verdict.PASS, full.verification.reasons
+    for storage in (EventStorage.SUMMARY, EventStorage.OFF):
+        report = run_yaml(text, private_tmp / storage.value, events=storage)
+        assert report.verdict is Verdict.ERROR
+        (pongs,) = report.assertions
+        assert not pongs.passed
+        assert f"the event log is incomplete (--events {storage.value})" in (pongs.error or "")
 
 
 STEPS = (DATA / "step-types.yaml").read_text()

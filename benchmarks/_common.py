@@ -18,10 +18,10 @@ from types import TracebackType
 
 import psutil
 
-from orchestrator.bus import Bus
+from orchestrator.cluster.bus import Bus
+from orchestrator.cluster.launchers import Launcher
+from orchestrator.cluster.supervisor import Supervisor
 from orchestrator.events import EventLog
-from orchestrator.launchers import Launcher
-from orchestrator.supervisor import Supervisor
 from protocol.reliability import RetryPolicy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

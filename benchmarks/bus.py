@@ -43,9 +43,9 @@ from benchmarks._common import (
 )
 from benchmarks._raw import RawPeer
 from benchmarks._stats import LatencyStats
+from orchestrator.cluster.launchers import LaunchSpec, SpawnLauncher
+from orchestrator.cluster.supervisor import ProcessStatus
 from orchestrator.events import MessageSent
-from orchestrator.launchers import LaunchSpec, SpawnLauncher
-from orchestrator.supervisor import ProcessStatus
 from protocol import AgentConfig, ChannelType, CmdSetState, Msg, Origin, RoomConfig, encode_body
 from protocol.reliability import RetryPolicy
 

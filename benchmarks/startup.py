@@ -33,8 +33,8 @@ from pydantic import JsonValue
 
 from benchmarks._common import Coordinator, print_table, processes_left, run_dir, verdict
 from benchmarks._common import Row as TableRow
-from orchestrator.launchers import LaunchSpec, SpawnLauncher
-from orchestrator.supervisor import ProcessStatus
+from orchestrator.cluster.launchers import LaunchSpec, SpawnLauncher
+from orchestrator.cluster.supervisor import ProcessStatus
 from protocol import AgentConfig, ChannelType, RoomConfig
 
 TARGET_COUNT = 64

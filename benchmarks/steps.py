@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks._common import Row, print_table, verdict
-from orchestrator.loader import load_scenario_text
-from orchestrator.report import Verdict
-from orchestrator.runner import RunOptions, run_scenario
+from orchestrator.report.model import Verdict
+from orchestrator.run.runner import RunOptions, run_scenario
+from orchestrator.scenario.loader import load_scenario_text
 
 TARGET_STEP_MS = 2.0
 TARGET_GROWTH = 2.0

@@ -19,16 +19,12 @@ from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator.console import print_quiet, print_summary, print_table, progress_bar
-from orchestrator.durations import Duration
 from orchestrator.events import EventStorage, events_schema
-from orchestrator.junit import write_junit
-from orchestrator.loader import validate_files
-from orchestrator.report import EXIT_INVALID, ScenarioReport
-from orchestrator.runner import RunOptions
-from orchestrator.scenario import all_steps
-from orchestrator.schemas import report_schema, scenario_schema
-from orchestrator.session import (
+from orchestrator.report.console import print_quiet, print_summary, print_table, progress_bar
+from orchestrator.report.junit import write_junit
+from orchestrator.report.model import EXIT_INVALID, ScenarioReport
+from orchestrator.run.runner import RunOptions
+from orchestrator.run.session import (
     Outcome,
     Planned,
     Summary,
@@ -40,6 +36,10 @@ from orchestrator.session import (
     prepare,
     run_planned,
 )
+from orchestrator.scenario.durations import Duration
+from orchestrator.scenario.loader import validate_files
+from orchestrator.scenario.spec import all_steps
+from orchestrator.schemas import report_schema, scenario_schema
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 LOG_WIDTH = 160

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pydantic import JsonValue
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
-from orchestrator.durations import Duration
-from orchestrator.report import SCHEMA_VERSION, ScenarioReport
-from orchestrator.scenario import Scenario
+from orchestrator.report.model import SCHEMA_VERSION, ScenarioReport
+from orchestrator.scenario.durations import Duration
+from orchestrator.scenario.spec import Scenario
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 

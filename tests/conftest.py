@@ -13,13 +13,13 @@ import psutil
 import pytest
 from fakechat import FakeChatServer
 
-from orchestrator.bus import Bus
+from orchestrator.cluster.bus import Bus
+from orchestrator.cluster.launchers import LaunchSpec, SpawnLauncher
+from orchestrator.cluster.supervisor import Supervisor
 from orchestrator.events import Event, EventLog
-from orchestrator.launchers import LaunchSpec, SpawnLauncher
-from orchestrator.loader import load_scenario_text
-from orchestrator.report import ScenarioReport
-from orchestrator.runner import RunOptions, run_scenario
-from orchestrator.supervisor import Supervisor
+from orchestrator.report.model import ScenarioReport
+from orchestrator.run.runner import RunOptions, run_scenario
+from orchestrator.scenario.loader import load_scenario_text
 from protocol import AgentConfig, ChannelType, RoomConfig, RuleConfig, RulesModelConfig
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import run_yaml
 
 from orchestrator.events import AgentLaunched, Event, MessageSent
-from orchestrator.report import Verdict
+from orchestrator.report.model import Verdict
 
 SCENARIO = """
 name: crash

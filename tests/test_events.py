@@ -29,7 +29,7 @@ from orchestrator.events import (
     events_schema,
     read_events,
 )
-from orchestrator.matching import MessageFilter
+from orchestrator.judge.matching import MessageFilter
 
 
 def sent(agent: str, text: str, room: str = "r", msg_id: str | None = None) -> MessageSent:

@@ -11,7 +11,7 @@ import zmq
 from conftest import agent, cluster, room, run_yaml
 
 from orchestrator.events import AgentReady, Event, MessageDelivered, RunStarted, WireRejected
-from orchestrator.report import Verdict
+from orchestrator.report.model import Verdict
 from protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, CmdSend, Kind
 
 

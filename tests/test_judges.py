@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from orchestrator.assertions import AssertionResult, ErrorFact, Facts, Judge, make_judge
 from orchestrator.events import (
     ActionCompleted,
     ActionFailed,
@@ -25,8 +24,9 @@ from orchestrator.events import (
     MessageRefused,
     MessageSent,
 )
+from orchestrator.judge.judges import AssertionResult, ErrorFact, Facts, Judge, make_judge
 from orchestrator.rules import RunView
-from orchestrator.scenario_assertions import Assertion
+from orchestrator.scenario.assertions import Assertion
 
 ASSERTION: TypeAdapter[Assertion] = TypeAdapter(Assertion)
 MEMBERS = {"r": frozenset({"bot", "user", "other"}), "dm": frozenset({"bot", "user"})}
@@ -203,3 +203,10 @@ def test_judges_are_offered_only_the_kinds_and_agents_they_read(log: EventLog) -
     assert filed == {
         ("action.completed", "bot"), ("action.failed", "bot"), ("message.sent", "bot")
     }  # fmt: skip
+
+
+def test_every_assertion_type_has_a_judge() -> None:
+    from orchestrator.judge.judges import JUDGES
+    from orchestrator.scenario.assertions import ASSERTION_TYPES
+
+    assert set(JUDGES) == set(ASSERTION_TYPES.values())

@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import run_yaml
 
 from orchestrator.events import EventStorage
-from orchestrator.report import ScenarioReport, Verdict
+from orchestrator.report.model import ScenarioReport, Verdict
 
 BOT = """
   - id: bot

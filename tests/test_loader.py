@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.durations import Duration
-from orchestrator.loader import (
+from orchestrator.scenario.assertions import MessageAssertion
+from orchestrator.scenario.durations import Duration
+from orchestrator.scenario.loader import (
     Problem,
     ScenarioError,
     load_scenario,
     load_scenario_text,
     validate_files,
 )
-from orchestrator.scenario import Scenario, channel_type
-from orchestrator.scenario_assertions import MessageAssertion
-from orchestrator.scenario_steps import WaitForStep
+from orchestrator.scenario.spec import Scenario, channel_type
+from orchestrator.scenario.steps import WaitForStep
 
 DATA = Path(__file__).parent / "data"
 HELLO_ROOM = DATA / "valid" / "hello-room.yaml"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import run_yaml
 
-from orchestrator.report import Verdict
+from orchestrator.report.model import Verdict
 
 MIB = 1024 * 1024
 

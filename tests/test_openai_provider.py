@@ -19,7 +19,7 @@ from pydantic import JsonValue
 
 from agent_worker.models import ActionCall, ModelDecision, ModelError, ModelRequest
 from agent_worker.models.openai_compat import OpenAIModel
-from orchestrator.report import Verdict
+from orchestrator.report.model import Verdict
 from protocol import ActionInfo, Msg, OpenAIModelConfig, Origin
 
 FAST_BACKOFF = 0.01

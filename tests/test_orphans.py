@@ -15,8 +15,8 @@ COORDINATOR = r"""
 import asyncio, json, sys
 from pathlib import Path
 from orchestrator.events import AgentLaunched, StepStarted
-from orchestrator.loader import load_scenario_text
-from orchestrator.runner import RunOptions, run_scenario
+from orchestrator.scenario.loader import load_scenario_text
+from orchestrator.run.runner import RunOptions, run_scenario
 
 TEXT = '''
 name: orphan

@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import run_yaml
 
 from orchestrator.events import ActionEnded, Event
-from orchestrator.report import Verdict
+from orchestrator.report.model import Verdict
 
 
 def _actions_ended() -> tuple[list[ActionEnded], object]:

@@ -24,14 +24,16 @@ import pytest
 from click.testing import CliRunner
 from junitparser import Error, Failure, JUnitXml
 
-from orchestrator import session
 from orchestrator.cli import main
-from orchestrator.junit import write_junit
-from orchestrator.loader import ScenarioError, load_variants_text
-from orchestrator.report import ScenarioReport, Verdict
-from orchestrator.runner import RunOptions, agent_seed, broken_report
-from orchestrator.scenario import Scenario
-from orchestrator.session import matches
+from orchestrator.report.junit import write_junit
+from orchestrator.report.model import ScenarioReport, Verdict
+from orchestrator.run import session
+from orchestrator.run.reporting import broken_report
+from orchestrator.run.runner import RunOptions
+from orchestrator.run.session import matches
+from orchestrator.run.wire import agent_seed
+from orchestrator.scenario.loader import ScenarioError, load_variants_text
+from orchestrator.scenario.spec import Scenario
 
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "data" / "runs"
@@ -557,7 +559,7 @@ def test_an_error_among_repeats_is_flaky_but_exits_3_and_dirs_avoid_reserved_nam
     tmp_path: Path,
 ) -> None:
     base = load_variants_text((DATA / "coin.yaml").read_text(), "coin.yaml")[0]
-    error = broken_report(base, Path("coin.yaml"), RunOptions(), RuntimeError("boom"))
+    error = broken_report(base, Path("coin.yaml"), None, None, 0, RuntimeError("boom"))
     passed = error.model_copy(update={"verdict": Verdict.PASS, "exit_code": 0})
     planned = session.plan([(Path("coin.yaml"), base)], 2, tmp_path)
     results = session.outcomes(planned, [passed, error])

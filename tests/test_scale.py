@@ -13,7 +13,7 @@ import pytest
 from conftest import run_yaml
 
 from benchmarks.scenario import burst_scenario, pingpong_scenario
-from orchestrator.report import Verdict
+from orchestrator.report.model import Verdict
 
 RING = 2_000
 """The event log's default ring (orchestrator.events.EventLog): every case goes past it."""

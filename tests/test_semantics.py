@@ -18,9 +18,9 @@ from conftest import TESTS_DIR
 
 from orchestrator.cli import main
 from orchestrator.events import ActionEnded, Event, MessageRefused, MessageSent
-from orchestrator.loader import load_scenario_text
-from orchestrator.report import ScenarioReport
-from orchestrator.runner import RunOptions, run_scenario
+from orchestrator.report.model import ScenarioReport
+from orchestrator.run.runner import RunOptions, run_scenario
+from orchestrator.scenario.loader import load_scenario_text
 
 SCENARIO = """
 name: semantics

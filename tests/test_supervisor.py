@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import agent, cluster, room
 
-from orchestrator.launchers import LaunchSpec
-from orchestrator.supervisor import ProcessStatus
+from orchestrator.cluster.launchers import LaunchSpec
+from orchestrator.cluster.supervisor import ProcessStatus
 
 
 def test_an_agent_launched_after_the_first_wait_ready_starts_and_stops(private_tmp: Path) -> None:

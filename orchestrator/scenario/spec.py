@@ -2,10 +2,10 @@
 by id or pattern), the script and actors' timelines, assertions, defaults, stop conditions and
 verification, as pydantic models.
 
-This module knows nothing of files or YAML; orchestrator/loader.py reads a file, validates it
-against `Scenario` and turns every error into a located `Problem`. Steps are in
-`scenario_steps.py`, assertions in `scenario_assertions.py`, the shared field types in
-`schema.py`, and the checks that tie the parts together in `references.py`.
+This module knows nothing of files or YAML; `loader.py` reads a file, validates it against
+`Scenario` and turns every error into a located `Problem`. Steps are in `steps.py`, assertions
+in `assertions.py`, the shared field types in `schema.py`, and the checks that tie the parts
+together in `references.py` (all in this package).
 """
 
 from __future__ import annotations
@@ -27,18 +27,10 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.durations import Duration
-from orchestrator.references import Parts, ReferenceIssue, find_reference_issues
-from orchestrator.scenario_assertions import ASSERTION_TYPES, Assertion
-from orchestrator.scenario_steps import (
-    STEP_TYPES,
-    Actor,
-    AssertStep,
-    Step,
-    StopCondition,
-    walk_steps,
-)
-from orchestrator.schema import (
+from orchestrator.scenario.assertions import ASSERTION_TYPES, Assertion
+from orchestrator.scenario.durations import Duration
+from orchestrator.scenario.references import Parts, ReferenceIssue, find_reference_issues
+from orchestrator.scenario.schema import (
     CHECK_REFERENCES,
     REPLY_PLACEHOLDERS,
     Count,
@@ -53,6 +45,14 @@ from orchestrator.schema import (
     is_pattern,
     match_agents,
     spec_error,
+)
+from orchestrator.scenario.steps import (
+    STEP_TYPES,
+    Actor,
+    AssertStep,
+    Step,
+    StopCondition,
+    walk_steps,
 )
 
 # --- agents and rooms ------------------------------------------------------------------------

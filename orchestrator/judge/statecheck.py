@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from pydantic import JsonValue
 
-from orchestrator.schema import StateCheck
+from orchestrator.scenario.schema import StateCheck
 from protocol.statepath import StatePathError, get_path
 
 _COMPARE = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}

@@ -3,8 +3,8 @@ the error helpers that make every validation problem one clear line, the keyed-u
 that lets a step or an assertion be "a mapping with one kind key", and the match models that
 waits and assertions share (messages, actions, events, state).
 
-The parts of a scenario are in `scenario.py` (agents, rooms, the whole file and the references
-between its parts), `scenario_steps.py` and `scenario_assertions.py`.
+The parts of a scenario are in `spec.py` (agents, rooms, the whole file and the references
+between its parts), `steps.py` and `assertions.py`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from orchestrator.events import (
     MessageDelivered,
     MessageSent,
 )
-from orchestrator.schema import ActionMatch, EventMatch, MessageMatch
+from orchestrator.scenario.schema import ActionMatch, EventMatch, MessageMatch
 
 PENDING_LIMIT = 100_000
 """Messages a `to` match remembers between their sending and their delivery; beyond it the

@@ -17,8 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from orchestrator.report import ScenarioReport, Verdict
-from orchestrator.session import Outcome, ScenarioOutcome
+from orchestrator.report.model import ScenarioReport, Verdict
+from orchestrator.run.session import Outcome, ScenarioOutcome
 
 _STYLE = {
     Verdict.PASS: "bold green",

@@ -18,8 +18,8 @@ import resource
 import time
 from enum import StrEnum
 
+from orchestrator.cluster.sampler import vm_hwm_bytes
 from orchestrator.metrics import LatencyHistogram
-from orchestrator.sampler import vm_hwm_bytes
 
 PROBE_INTERVAL_S = 0.05
 

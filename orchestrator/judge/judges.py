@@ -9,8 +9,8 @@ what was found, a one-line message and the ids of the events that are its eviden
 that could not decide (a custom rule that raised) sets `error`, which makes the run an ERROR,
 never a pass.
 
-To add an assertion type: its model in `scenario_assertions.py`, its judge here, registered in
-`JUDGES`.
+To add an assertion type: its model in `orchestrator/scenario/assertions.py` (and the
+`Assertion` union there), its judge here, registered in `JUDGES`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import JsonValue
 
@@ -40,11 +40,11 @@ from orchestrator.events import (
     once,
     subscribe_keys,
 )
-from orchestrator.jsonschema_lite import validate as validate_json
-from orchestrator.matching import ActionMatcher, EventMatcher, MessageFilter
+from orchestrator.judge.matching import ActionMatcher, EventMatcher, MessageFilter
+from orchestrator.judge.statecheck import check_state, describe_state_check
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.rules import RuleError, RunView, call_rule
-from orchestrator.scenario_assertions import (
+from orchestrator.scenario.assertions import (
     ActionAssertion,
     Anchor,
     Assertion,
@@ -57,8 +57,8 @@ from orchestrator.scenario_assertions import (
     TimingAssertion,
     assertion_kind,
 )
-from orchestrator.schema import StateCheck, is_pattern
-from orchestrator.statecheck import check_state, describe_state_check
+from orchestrator.scenario.jsonschema_lite import validate as validate_json
+from orchestrator.scenario.schema import SpecModel, StateCheck, is_pattern
 
 EVIDENCE_LIMIT = 20
 PENDING_LIMIT = 100_000
@@ -655,26 +655,29 @@ class _FactJudge(Judge, Generic[A]):
         return await self._judge(self.id, self._assertion, facts)
 
 
-def make_judge(
-    ident: str, a: Assertion, log: EventLog, members: Mapping[str, frozenset[str]]
-) -> Judge:
+Members = Mapping[str, frozenset[str]]
+JudgeFactory = Callable[[str, Any, EventLog, Members], Judge]
+
+
+def _timing(ident: str, a: TimingAssertion, log: EventLog, members: Members) -> Judge:
+    if a.timing.latency is not None:
+        return _LatencyJudge(ident, a, log)
+    return _FactJudge(ident, a, _timing_facts)
+
+
+JUDGES: dict[type[SpecModel], JudgeFactory] = {
+    MessageAssertion: lambda ident, a, log, members: _MessageJudge(ident, a, log),
+    ActionAssertion: lambda ident, a, log, members: _ActionJudge(ident, a, log),
+    TimingAssertion: _timing,
+    DeliveryAssertion: lambda ident, a, log, members: _DeliveryJudge(ident, a, log, members),
+    StateAssertion: lambda ident, a, log, members: _FactJudge(ident, a, _state),
+    MemoryAssertion: lambda ident, a, log, members: _FactJudge(ident, a, _memory),
+    ErrorsAssertion: lambda ident, a, log, members: _FactJudge(ident, a, _errors),
+    CustomAssertion: lambda ident, a, log, members: _FactJudge(ident, a, _custom),
+}
+"""Each assertion model's judge factory (every type of `ASSERTION_TYPES` has one)."""
+
+
+def make_judge(ident: str, a: Assertion, log: EventLog, members: Members) -> Judge:
     """The judge of `a`, subscribed to `log` from now on when it judges events."""
-    if isinstance(a, MessageAssertion):
-        return _MessageJudge(ident, a, log)
-    if isinstance(a, ActionAssertion):
-        return _ActionJudge(ident, a, log)
-    if isinstance(a, TimingAssertion):
-        if a.timing.latency is not None:
-            return _LatencyJudge(ident, a, log)
-        return _FactJudge(ident, a, _timing_facts)
-    if isinstance(a, DeliveryAssertion):
-        return _DeliveryJudge(ident, a, log, members)
-    if isinstance(a, StateAssertion):
-        return _FactJudge(ident, a, _state)
-    if isinstance(a, MemoryAssertion):
-        return _FactJudge(ident, a, _memory)
-    if isinstance(a, ErrorsAssertion):
-        return _FactJudge(ident, a, _errors)
-    if isinstance(a, CustomAssertion):
-        return _FactJudge(ident, a, _custom)
-    raise AssertionError(f"no judge for {a!r}")  # pragma: no cover - every type is above
+    return JUDGES[type(a)](ident, a, log, members)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -23,19 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
-from pydantic import JsonValue
-
-from orchestrator.assertions import (
-    AssertionResult,
-    ErrorFact,
-    Facts,
-    Judge,
-    MemoryFact,
-    assertion_id,
-    make_judge,
-)
-from orchestrator.bus import Bus, Link
-from orchestrator.durations import Duration
+from orchestrator.cluster.bus import Bus
+from orchestrator.cluster.launchers import LAUNCHERS, LaunchSpec
+from orchestrator.cluster.sampler import Sampler
+from orchestrator.cluster.supervisor import AgentInitError, AgentProcess, StartupError, Supervisor
 from orchestrator.events import (
     DEFAULT_MAX_BYTES,
     AgentError,
@@ -49,49 +38,47 @@ from orchestrator.events import (
     RunStarted,
     read_events,
 )
-from orchestrator.executor import SEND_TIMEOUT_S, Executor, StepResult, StepStatus
-from orchestrator.launchers import LAUNCHERS, LaunchSpec
-from orchestrator.loopwatch import LoopWatch, Phase
-from orchestrator.metrics import LatencyHistogram
-from orchestrator.report import (
+from orchestrator.judge.judges import (
+    AssertionResult,
+    ErrorFact,
+    Facts,
+    Judge,
+    MemoryFact,
+    assertion_id,
+    make_judge,
+)
+from orchestrator.report.model import (
     EXIT_CODES,
     EXIT_INVALID,
-    ActionReport,
     AgentReport,
-    AssertionReport,
-    BusReport,
-    CoordinatorReport,
     ErrorReport,
-    EventLogReport,
-    MemoryReport,
     ScenarioReport,
-    StepReport,
     Timings,
     Verdict,
     VerificationReport,
 )
 from orchestrator.rules import RuleError, RunView
-from orchestrator.sampler import AgentSamples, Sampler
-from orchestrator.scenario import ActionCallSpec, ModelSpec, Scenario, all_steps, channel_type
-from orchestrator.scenario_assertions import Assertion, ErrorsAssertion
-from orchestrator.scenario_steps import AssertStep
-from orchestrator.schema import StateCheck
-from orchestrator.supervisor import AgentInitError, AgentProcess, StartupError, Supervisor
-from orchestrator.verdict import Decision, decide
-from protocol import (
-    ActionCallConfig,
-    AgentConfig,
-    AgentStats,
-    ChannelType,
-    FixtureConfig,
-    FixturesModelConfig,
-    ModelConfig,
-    OpenAIModelConfig,
-    RetentionConfig,
-    RoomConfig,
-    RuleConfig,
-    RulesModelConfig,
+from orchestrator.run.executor import SEND_TIMEOUT_S, Executor, StepResult
+from orchestrator.run.loopwatch import LoopWatch, Phase
+from orchestrator.run.reporting import (
+    agent_metrics,
+    agent_report,
+    assertion_report,
+    bus_report,
+    coordinator_report,
+    event_log_report,
+    peak_rss,
+    step_errors,
+    step_report,
 )
+from orchestrator.run.verdict import Decision, decide
+from orchestrator.run.wire import agent_configs, plugin_env, room_members
+from orchestrator.scenario.assertions import Assertion, ErrorsAssertion
+from orchestrator.scenario.durations import Duration
+from orchestrator.scenario.schema import StateCheck
+from orchestrator.scenario.spec import Scenario, all_steps
+from orchestrator.scenario.steps import AssertStep
+from protocol import AgentStats
 
 LOG_TAIL_LINES = 20
 
@@ -125,170 +112,6 @@ class RunOptions:
 def default_report_dir(scenario: Scenario) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return Path("scenario-runs") / f"{stamp}-{scenario.name}"
-
-
-def room_members(scenario: Scenario) -> dict[str, frozenset[str]]:
-    """Room id -> its members, patterns expanded."""
-    return {r.id: frozenset(scenario.room_members(r)) for r in scenario.rooms}
-
-
-def agent_seed(seed: int, scenario: Scenario, repeat: int | None, agent_id: str) -> int:
-    """The agent's own seed: a hash of the run's seed, the scenario (with its matrix values),
-    the repeat number and the agent's id. Agents of one run, repeats of one scenario and
-    scenarios of one invocation each draw differently, and the same `--seed` replays them all."""
-    text = f"{seed}\0{scenario.label}\0{repeat or 0}\0{agent_id}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
-
-
-def agent_configs(
-    scenario: Scenario, run_dir: Path, seed: int = 0, repeat: int | None = None
-) -> list[AgentConfig]:
-    configs = []
-    members = {r.id: scenario.room_members(r) for r in scenario.rooms}
-    for agent_id in scenario.agent_ids:
-        agent = scenario.agent_spec(agent_id)
-        rooms = [
-            RoomConfig(id=r.id, channel=ChannelType(channel_type(r.type)), members=members[r.id])
-            for r in scenario.rooms
-            if agent_id in members[r.id]
-        ]
-        configs.append(
-            AgentConfig(
-                agent_id=agent_id,
-                agent_dir=str(run_dir / "agents" / agent_id),
-                name=agent.name,
-                bio=agent.bio,
-                model=model_config(agent.model),
-                rooms=rooms,
-                plugins=list(agent.plugins),
-                settings=dict(agent.settings),
-                retention=RetentionConfig(
-                    max_per_room=agent.memory.max_per_room,
-                    max_age_s=agent.memory.max_age.seconds if agent.memory.max_age else None,
-                ),
-                action_timeout_s=agent.action_timeout.seconds,
-                seed=agent_seed(seed, scenario, repeat, agent_id),
-            )
-        )
-    return configs
-
-
-def _metrics(agent: AgentReport) -> dict[str, JsonValue]:
-    """What a custom rule sees of an agent: its report's numbers (not the series, the action
-    list or the final state, which `RunView.final_states` has)."""
-    return agent.model_dump(
-        mode="json", exclude={"memory": {"rss_series"}, "actions": True, "final_state": True}
-    )
-
-
-def broken_report(
-    scenario: Scenario, source: Path, options: RunOptions, exc: BaseException
-) -> ScenarioReport:
-    """The report of a run that the runner could not carry out at all (it raised before it
-    had a report): an ERROR that says why, so an invocation's other runs are still reported."""
-    message = f"the runner broke: {type(exc).__name__}: {exc}"
-    no_latency = LatencyHistogram().summary()
-    return ScenarioReport(
-        scenario=scenario.name,
-        description=scenario.description,
-        file=str(source),
-        verdict=Verdict.ERROR,
-        exit_code=EXIT_CODES[Verdict.ERROR],
-        started_at=datetime.now(UTC).isoformat(),
-        duration_s=0.0,
-        timings=Timings(launch_s=0.0, script_s=0.0, teardown_s=0.0, total_s=0.0),
-        tags=list(scenario.tags),
-        variant=scenario.label,
-        parameters=dict(scenario.parameters),
-        repeat=options.repeat,
-        seed=options.seed,
-        verification=VerificationReport(
-            score=0.0,
-            threshold=scenario.verification.threshold,
-            assertions_passed=0,
-            assertions_failed=0,
-            reasons=[message],
-            run_errors=[message],
-        ),
-        steps=[],
-        assertions=[],
-        errors=[
-            ErrorReport(
-                source=ErrorKind.RUNNER,
-                message=message,
-                detail="".join(traceback.format_exception(exc)),
-            )
-        ],
-        agents=[],
-        bus=BusReport(
-            endpoint="",
-            messages_routed=0,
-            dead_letters=0,
-            retries=0,
-            rejected_frames={},
-            delivery_latency=no_latency,
-        ),
-        events_file="",
-        events=0,
-        report_dir=str(options.report_dir or ""),
-        run_dir=None,
-    )
-
-
-def plugin_env(source: Path) -> dict[str, str]:
-    """Plugins are imported by path relative to the scenario file's folder (as well as from
-    wherever Python finds them), so `plugins.todo:plugin` next to the file works from any
-    working directory."""
-    folder = str(source.resolve().parent)
-    existing = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": folder if not existing else f"{folder}{os.pathsep}{existing}"}
-
-
-def _calls(calls: list[ActionCallSpec]) -> list[ActionCallConfig]:
-    return [ActionCallConfig(name=c.name, params=dict(c.params)) for c in calls]
-
-
-def model_config(spec: ModelSpec | None) -> ModelConfig:
-    """The wire form of an agent's model; no model means rules that never answer."""
-    if spec is None or spec.rules is not None:
-        rules = spec.rules if spec is not None and spec.rules is not None else []
-        return RulesModelConfig(
-            rules=[
-                RuleConfig(
-                    contains=r.when.contains,
-                    regex=r.when.regex,
-                    reply=r.reply,
-                    actions=_calls(r.actions),
-                    chance=r.chance,
-                )
-                for r in rules
-            ]
-        )
-    if spec.fixtures is not None:
-        return FixturesModelConfig(
-            fixtures=[
-                FixtureConfig(
-                    position=f.match.position if f.match else None,
-                    prompt_contains=f.match.prompt_contains if f.match else None,
-                    prompt_regex=f.match.prompt_regex if f.match else None,
-                    reply=f.reply,
-                    actions=_calls(f.actions),
-                    label=f"model.fixtures[{i}]",
-                )
-                for i, f in enumerate(spec.fixtures)
-            ]
-        )
-    assert spec.openai is not None  # ModelSpec holds exactly one provider
-    o = spec.openai
-    return OpenAIModelConfig(
-        base_url=o.base_url,
-        model=o.model,
-        api_key_env=o.api_key_env,
-        timeout_s=o.timeout.seconds,
-        max_retries=o.max_retries,
-        temperature=o.temperature,
-        system_prompt=o.system_prompt,
-    )
 
 
 class ScenarioRun:
@@ -428,15 +251,13 @@ class ScenarioRun:
             }
             facts = self._facts(sampler, t_script_end - t_ready)
             facts.final_states = final_states
-            self.agent_reports = [
-                self._agent_report(link, supervisor, sampler) for link in bus.links.values()
-            ]
+            self.agent_reports = self._agent_reports(bus, supervisor, sampler)
             events.flush()
             facts.view = RunView(
                 self.scenario.name,
                 self._whole_log(events),
                 MappingProxyType(final_states),
-                MappingProxyType({a.id: _metrics(a) for a in self.agent_reports}),
+                MappingProxyType({a.id: agent_metrics(a) for a in self.agent_reports}),
                 tuple(self.scenario.agent_ids),
             )
             inline = list(self.executor.inline.values()) if self.executor else []
@@ -544,7 +365,7 @@ class ScenarioRun:
             script_s=script_s,
             memory={
                 agent: MemoryFact(
-                    peak_rss=_peak_rss(self._bye_stats(agent), samples),
+                    peak_rss=peak_rss(self._bye_stats(agent), samples),
                     uss_peak=samples.uss_peak or None,
                 )
                 for agent, samples in sampler.agents.items()
@@ -640,36 +461,21 @@ class ScenarioRun:
         for fact in self.agent_errors:
             self.errors.append(ErrorReport(source=fact.kind, agent=fact.agent,
                                            message=fact.message))  # fmt: skip
-        for step in self.steps:
-            if step.status is StepStatus.FAILED and step.kind != "assert":
-                self.errors.append(
-                    ErrorReport(
-                        source=ErrorKind.STEP,
-                        step=step.path,
-                        message=f"step {step.path} ({step.description}): {step.error}"
-                        + (f" [failed {step.failed} of {step.runs} runs]" if step.runs > 1 else ""),
-                        detail=step.traceback,
-                    )
-                )
-        cpu = self.loop.cpu_s()
-        agents = self.agent_reports or [
-            self._agent_report(link, supervisor, sampler) for link in bus.links.values()
-        ]
-        overall = LatencyHistogram()
-        for link in bus.links.values():
-            overall.merge(link.stats.latency)
+        self.errors += step_errors(self.steps)
+        agents = self.agent_reports or self._agent_reports(bus, supervisor, sampler)
+        scenario = self.scenario
         return ScenarioReport(
-            scenario=self.scenario.name,
-            description=self.scenario.description,
+            scenario=scenario.name,
+            description=scenario.description,
             file=str(self.source),
             verdict=verdict,
             exit_code=EXIT_INVALID if self.init_errors else EXIT_CODES[verdict],
             started_at=started_at,
             duration_s=round(timings.total_s, 6),
             timings=timings,
-            tags=list(self.scenario.tags),
-            variant=self.scenario.label,
-            parameters=dict(self.scenario.parameters),
+            tags=list(scenario.tags),
+            variant=scenario.label,
+            parameters=dict(scenario.parameters),
             repeat=self.options.repeat,
             seed=self.options.seed,
             verification=VerificationReport(
@@ -682,141 +488,30 @@ class ScenarioRun:
             ),
             stop_reason=self.stop_reason,
             steps=[step_report(s) for s in self.steps],
-            assertions=[
-                AssertionReport(
-                    id=a.id,
-                    type=a.type,
-                    passed=a.passed,
-                    expected=a.expected,
-                    actual=a.actual,
-                    message=a.message,
-                    evidence=a.evidence,
-                    weight=a.weight,
-                    required=a.required,
-                    error=a.error,
-                    inline=a.inline,
-                )
-                for a in self.assertions
-            ],
+            assertions=[assertion_report(a) for a in self.assertions],
             errors=self.errors,
             agents=agents,
-            bus=BusReport(
-                endpoint=bus.endpoint,
-                messages_routed=bus.messages_routed,
-                refused=bus.refused,
-                dead_letters=bus.dead_letters,
-                retries=sum(lk.stats.retries for lk in bus.links.values()),
-                rejected_frames=dict(bus.rejected),
-                delivery_latency=overall.summary(),
-            ),
+            bus=bus_report(bus),
             events_file=str(events.spill_path) if events.storage is not EventStorage.OFF else "",
             events=events.last_id,
-            event_log=EventLogReport(
-                file=str(events.spill_path) if events.storage is not EventStorage.OFF else None,
-                storage=self.options.events,
-                emitted=dict(events.counts),
-                omitted=dict(events.omitted),
-                bytes_written=events.bytes_written,
-                summary_from=events.summary_from,
-            ),
-            coordinator=CoordinatorReport(
-                pid=os.getpid(),
-                cpu_user_s=round(cpu[0], 4),
-                cpu_system_s=round(cpu[1], 4),
-                peak_rss_bytes=LoopWatch.peak_rss(),
-                loop_lag=self.loop.whole().summary(),
-                loop_lag_by_phase={p.value: h.summary() for p, h in self.loop.lag.items()},
-            ),
+            event_log=event_log_report(events, self.options.events),
+            coordinator=coordinator_report(self.loop),
             report_dir=str(report_dir),
             run_dir=str(run_dir) if self.options.keep_run_dir else None,
         )
 
-    def _agent_report(
-        self, link: Link, supervisor: Supervisor | None, sampler: Sampler
-    ) -> AgentReport:
-        proc = supervisor.processes.get(link.agent_id) if supervisor else None
-        exit_info = proc.exit if proc else None
-        samples = sampler.agents.get(link.agent_id)
-        stats = link.bye.stats if link.bye else None
-        ready = link.ready_info
-        return AgentReport(
-            id=link.agent_id,
-            pid=proc.pid if proc else None,
-            launcher=self.options.launcher,
-            status=proc.status.value if proc else "not launched",
-            exit_code=exit_info.returncode if exit_info else None,
-            signal=(
-                exit_info.describe().removeprefix("killed by ")
-                if exit_info and exit_info.signal
-                else None
-            ),
-            escalation=proc.escalation if proc else None,
-            startup_s=round(proc.startup_s, 6) if proc and proc.startup_s is not None else None,
-            cpu_user_s=exit_info.cpu_user_s if exit_info else None,
-            cpu_system_s=exit_info.cpu_system_s if exit_info else None,
-            memory=MemoryReport(
-                samples=samples.count if samples else 0,
-                rss_first_bytes=samples.first_rss if samples else None,
-                rss_last_bytes=samples.last_rss if samples else None,
-                rss_peak_sampled_bytes=samples.peak_rss if samples and samples.count else None,
-                peak_rss_bytes=_peak_rss(stats, samples),
-                num_fds=samples.num_fds if samples else None,
-                num_threads=samples.num_threads if samples else None,
-                rss_series=[(round(t, 3), v) for t, v in samples.rss.points] if samples else [],
-            ),
-            messages_in=link.stats.delivered,
-            messages_out=link.stats.posted,
-            retries=link.stats.retries + (stats.retries if stats else 0),
-            duplicates_dropped=link.stats.duplicates_dropped
-            + (stats.duplicates_dropped if stats else 0),
-            dead_letters=link.stats.dead_letters + (stats.dead_letters if stats else 0),
-            rejected_frames=link.stats.rejected + (stats.rejected_frames if stats else 0),
-            handler_errors=stats.handler_errors if stats else None,
-            store_rows=stats.store_rows if stats else None,
-            store_evicted=stats.store_evicted if stats else None,
-            store_rows_by_room=stats.store_rows_by_room if stats else None,
-            delivery_latency=link.stats.latency.summary(),
-            final_state=stats.state if stats else None,
-            actions=[ActionReport.model_validate(a.model_dump()) for a in ready.actions]
-            if ready
-            else [],
-            services=list(ready.services) if ready else [],
-        )
-
-
-def _peak_rss(stats: AgentStats | None, samples: AgentSamples | None) -> int | None:
-    known = [
-        v
-        for v in (
-            stats.peak_rss_bytes if stats else None,
-            samples.hwm if samples else None,
-            samples.peak_rss if samples and samples.count else None,
-        )
-        if v
-    ]
-    return max(known) if known else None
-
-
-def step_report(s: StepResult) -> StepReport:
-    d = s.durations
-    return StepReport(
-        path=s.path,
-        id=s.id,
-        kind=s.kind,
-        description=s.description,
-        timeline=s.timeline,
-        status=s.status.value,
-        runs=s.runs,
-        passed=s.passed,
-        failed=s.failed,
-        retries=s.retries,
-        started_s=round(s.started_s, 6) if s.started_s is not None else None,
-        duration_s=round(s.duration_s, 6),
-        max_duration_s=round(d.max_s, 6) if d.count else None,
-        p50_duration_s=round(p50, 6) if (p50 := d.percentile(0.5)) is not None else None,
-        error=s.error,
-        skipped_reason=s.skipped_reason,
-    )
+    def _agent_reports(
+        self, bus: Bus, supervisor: Supervisor | None, sampler: Sampler
+    ) -> list[AgentReport]:
+        return [
+            agent_report(
+                link,
+                supervisor.processes.get(agent) if supervisor else None,
+                sampler.agents.get(agent),
+                self.options.launcher,
+            )
+            for agent, link in bus.links.items()
+        ]
 
 
 def _nothing() -> Iterator[Event]:

@@ -24,11 +24,9 @@ import yaml
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from orchestrator.references import Parts, ReferenceIssue, find_reference_issues
-from orchestrator.scenario import MATRIX_PATH, UNION_TAGS, AgentSpec, RoomSpec, Scenario
-from orchestrator.scenario_assertions import Assertion
-from orchestrator.scenario_steps import Actor, Step, StopCondition
-from orchestrator.schema import (
+from orchestrator.scenario.assertions import Assertion
+from orchestrator.scenario.references import Parts, ReferenceIssue, find_reference_issues
+from orchestrator.scenario.schema import (
     CHECK_REFERENCES,
     Loc,
     closest,
@@ -37,6 +35,8 @@ from orchestrator.schema import (
     quote,
     suggest,
 )
+from orchestrator.scenario.spec import MATRIX_PATH, UNION_TAGS, AgentSpec, RoomSpec, Scenario
+from orchestrator.scenario.steps import Actor, Step, StopCondition
 
 Position = tuple[int, int]
 """1-based (line, column) in the file."""

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from orchestrator import events as ev
-from orchestrator.bus import AgentGone, Bus
+from orchestrator.cluster.bus import AgentGone, Bus
+from orchestrator.cluster.launchers import Launched, Launcher, LaunchSpec
 from orchestrator.events import EventLog
-from orchestrator.launchers import Launched, Launcher, LaunchSpec
 from protocol import AgentConfig, Bye
 
 TERM_GRACE_S = 1.0

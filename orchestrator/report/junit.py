@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.report import ScenarioReport
+from orchestrator.report.model import ScenarioReport
 
 RUN_CASE = "(run)"
 

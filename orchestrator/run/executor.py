@@ -25,9 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from orchestrator.assertions import AssertionResult
-from orchestrator.bus import AgentGone, Bus
-from orchestrator.durations import Duration
+from orchestrator.cluster.bus import AgentGone, Bus
 from orchestrator.events import (
     ActionCompleted,
     ActionFailed,
@@ -42,18 +40,22 @@ from orchestrator.events import (
     Subscription,
     Tap,
 )
-from orchestrator.matching import (
+from orchestrator.judge.judges import AssertionResult
+from orchestrator.judge.matching import (
     ActionMatcher,
     EventMatcher,
     MessageFilter,
     describe_action_match,
     describe_event_match,
 )
+from orchestrator.judge.statecheck import check_value, describe_state_check
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.rules import RuleError, RunView, call_rule
-from orchestrator.scenario import Scenario
-from orchestrator.scenario_assertions import Assertion, assertion_kind
-from orchestrator.scenario_steps import (
+from orchestrator.scenario.assertions import Assertion, assertion_kind
+from orchestrator.scenario.durations import Duration
+from orchestrator.scenario.schema import Loc, StateCheck, format_loc
+from orchestrator.scenario.spec import Scenario
+from orchestrator.scenario.steps import (
     ActionStep,
     AssertStep,
     ParallelStep,
@@ -68,8 +70,6 @@ from orchestrator.scenario_steps import (
     walk_step,
     walk_steps,
 )
-from orchestrator.schema import Loc, StateCheck, format_loc
-from orchestrator.statecheck import check_value, describe_state_check
 from protocol import CmdAction, CmdGetState, CmdSend, CmdSetState, Result
 from protocol.bodies import Command
 from protocol.statepath import NO_STATE_AT

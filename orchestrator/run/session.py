@@ -24,9 +24,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, JsonValue
 
-from orchestrator.report import EXIT_INVALID, ScenarioReport, Verdict
-from orchestrator.runner import RunOptions, broken_report, run_scenario
-from orchestrator.scenario import Scenario
+from orchestrator.report.model import EXIT_INVALID, ScenarioReport, Verdict
+from orchestrator.run.reporting import broken_report
+from orchestrator.run.runner import RunOptions, run_scenario
+from orchestrator.scenario.spec import Scenario
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -142,7 +143,10 @@ async def run_planned(
             try:
                 report = await run_scenario(item.scenario, item.source, run_options)
             except Exception as exc:  # a runner bug: this run is an ERROR, the others go on
-                report = broken_report(item.scenario, item.source, run_options, exc)
+                report = broken_report(
+                    item.scenario, item.source, run_options.report_dir, run_options.repeat,
+                    run_options.seed, exc,
+                )  # fmt: skip
                 with contextlib.suppress(OSError):
                     report.write(item.report_dir)
             if on_done is not None:

@@ -3,7 +3,8 @@
 every step has (`id`, `timeout`, `retries`, `critical`); and the scenario's `stop_when`
 conditions and per-agent `actors` timelines.
 
-How each step runs is `executor.py`'s business; this module only says what may be written.
+How each step runs is `orchestrator/run/executor.py`'s business; this module only says what
+may be written.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Annotated, Self
 
 from pydantic import Discriminator, Field, JsonValue, Tag, model_validator
 
-from orchestrator.durations import Duration
-from orchestrator.scenario_assertions import Assertion
-from orchestrator.schema import (
+from orchestrator.scenario.assertions import Assertion
+from orchestrator.scenario.durations import Duration
+from orchestrator.scenario.schema import (
     ActionMatch,
     ActionStatus,
     Count,

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from orchestrator.assertions import AssertionResult, ErrorFact, error_covered
-from orchestrator.executor import StepResult, StepStatus
-from orchestrator.report import Verdict
-from orchestrator.scenario_assertions import ErrorsAssertion
+from orchestrator.judge.judges import AssertionResult, ErrorFact, error_covered
+from orchestrator.report.model import Verdict
+from orchestrator.run.executor import StepResult, StepStatus
+from orchestrator.scenario.assertions import ErrorsAssertion
 
 FATAL_KINDS = frozenset({"crash", "hung", "runner", "init", "startup", "step", "rule"})
 """Errors that always make the run an ERROR, whatever an `errors` assertion allows."""

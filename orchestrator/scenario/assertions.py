@@ -2,7 +2,8 @@
 kind key (`message`, `state`, `action`, `timing`, `memory`, `errors`, `delivery`, `custom`)
 plus the shared `id`, `weight` and `required`.
 
-What each one means is judged in `assertions.py`; this module only says what may be written.
+What each one means is judged in `orchestrator/judge/judges.py`; this module only says what
+may be written.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.durations import Duration
 from orchestrator.events import ErrorKind
-from orchestrator.jsonschema_lite import SchemaError, check_schema
-from orchestrator.schema import (
+from orchestrator.scenario.durations import Duration
+from orchestrator.scenario.jsonschema_lite import SchemaError, check_schema
+from orchestrator.scenario.schema import (
     ActionMatch,
     ActionStatus,
     CountRange,

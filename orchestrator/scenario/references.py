@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from orchestrator.scenario_assertions import (
+from orchestrator.scenario.assertions import (
     ActionAssertion,
     Anchor,
     Assertion,
@@ -25,7 +25,16 @@ from orchestrator.scenario_assertions import (
     TimingAssertion,
     assertion_kind,
 )
-from orchestrator.scenario_steps import (
+from orchestrator.scenario.schema import (
+    Loc,
+    MessageMatch,
+    format_loc,
+    is_pattern,
+    match_agents,
+    quote,
+    suggest,
+)
+from orchestrator.scenario.steps import (
     ActionStep,
     Actor,
     AssertStep,
@@ -37,18 +46,9 @@ from orchestrator.scenario_steps import (
     walk_step,
     walk_steps,
 )
-from orchestrator.schema import (
-    Loc,
-    MessageMatch,
-    format_loc,
-    is_pattern,
-    match_agents,
-    quote,
-    suggest,
-)
 
 if TYPE_CHECKING:
-    from orchestrator.scenario import AgentSpec, RoomSpec
+    from orchestrator.scenario.spec import AgentSpec, RoomSpec
 
 
 @dataclass(frozen=True)

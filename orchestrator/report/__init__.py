@@ -1,0 +1,1 @@
+"""Reports: the report.json models, junit.xml, and the console."""

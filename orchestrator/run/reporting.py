@@ -1,0 +1,268 @@
+"""A run's report assembled from its parts: agents (link, process, samples), the bus, the
+event log, the coordinator's own figures, steps and assertions. Each report model is built in
+one place here, from the object that holds its figures."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import JsonValue
+
+from orchestrator.cluster.bus import Bus, Link
+from orchestrator.cluster.sampler import AgentSamples
+from orchestrator.cluster.supervisor import AgentProcess
+from orchestrator.events import ErrorKind, EventLog, EventStorage
+from orchestrator.judge.judges import AssertionResult
+from orchestrator.metrics import LatencyHistogram
+from orchestrator.report.model import (
+    EXIT_CODES,
+    ActionReport,
+    AgentReport,
+    AssertionReport,
+    BusReport,
+    CoordinatorReport,
+    ErrorReport,
+    EventLogReport,
+    MemoryReport,
+    ScenarioReport,
+    StepReport,
+    Timings,
+    Verdict,
+    VerificationReport,
+)
+from orchestrator.run.executor import StepResult, StepStatus
+from orchestrator.run.loopwatch import LoopWatch
+from orchestrator.scenario.spec import Scenario
+from protocol import AgentStats
+
+
+def agent_report(
+    link: Link, proc: AgentProcess | None, samples: AgentSamples | None, launcher: str
+) -> AgentReport:
+    """An agent's entry: how its process ended, its memory, its link's and its own counts."""
+    exit_info = proc.exit if proc else None
+    stats = link.bye.stats if link.bye else None
+    ready = link.ready_info
+    return AgentReport(
+        id=link.agent_id,
+        pid=proc.pid if proc else None,
+        launcher=launcher,
+        status=proc.status.value if proc else "not launched",
+        exit_code=exit_info.returncode if exit_info else None,
+        signal=(
+            exit_info.describe().removeprefix("killed by ")
+            if exit_info and exit_info.signal
+            else None
+        ),
+        escalation=proc.escalation if proc else None,
+        startup_s=round(proc.startup_s, 6) if proc and proc.startup_s is not None else None,
+        cpu_user_s=exit_info.cpu_user_s if exit_info else None,
+        cpu_system_s=exit_info.cpu_system_s if exit_info else None,
+        memory=MemoryReport(
+            samples=samples.count if samples else 0,
+            rss_first_bytes=samples.first_rss if samples else None,
+            rss_last_bytes=samples.last_rss if samples else None,
+            rss_peak_sampled_bytes=samples.peak_rss if samples and samples.count else None,
+            peak_rss_bytes=peak_rss(stats, samples),
+            num_fds=samples.num_fds if samples else None,
+            num_threads=samples.num_threads if samples else None,
+            rss_series=[(round(t, 3), v) for t, v in samples.rss.points] if samples else [],
+        ),
+        messages_in=link.stats.delivered,
+        messages_out=link.stats.posted,
+        retries=link.stats.retries + (stats.retries if stats else 0),
+        duplicates_dropped=link.stats.duplicates_dropped
+        + (stats.duplicates_dropped if stats else 0),
+        dead_letters=link.stats.dead_letters + (stats.dead_letters if stats else 0),
+        rejected_frames=link.stats.rejected + (stats.rejected_frames if stats else 0),
+        handler_errors=stats.handler_errors if stats else None,
+        store_rows=stats.store_rows if stats else None,
+        store_evicted=stats.store_evicted if stats else None,
+        store_rows_by_room=stats.store_rows_by_room if stats else None,
+        delivery_latency=link.stats.latency.summary(),
+        final_state=stats.state if stats else None,
+        actions=[ActionReport.model_validate(a.model_dump()) for a in ready.actions]
+        if ready
+        else [],
+        services=list(ready.services) if ready else [],
+    )
+
+
+
+
+def peak_rss(stats: AgentStats | None, samples: AgentSamples | None) -> int | None:
+    """The agent's own high-water RSS: the largest of what it sent with BYE, the VmHWM read at
+    each sample and the sampled RSS (see reports.md: never ru_maxrss)."""
+    known = [
+        v
+        for v in (
+            stats.peak_rss_bytes if stats else None,
+            samples.hwm if samples else None,
+            samples.peak_rss if samples and samples.count else None,
+        )
+        if v
+    ]
+    return max(known) if known else None
+
+
+def agent_metrics(agent: AgentReport) -> dict[str, JsonValue]:
+    """What a custom rule sees of an agent: its report's numbers (not the series, the action
+    list or the final state, which `RunView.final_states` has)."""
+    return agent.model_dump(
+        mode="json", exclude={"memory": {"rss_series"}, "actions": True, "final_state": True}
+    )
+
+
+def broken_report(
+    scenario: Scenario,
+    source: Path,
+    report_dir: Path | None,
+    repeat: int | None,
+    seed: int,
+    exc: BaseException,
+) -> ScenarioReport:
+    """The report of a run that the runner could not carry out at all (it raised before it
+    had a report): an ERROR that says why, so an invocation's other runs are still reported."""
+    message = f"the runner broke: {type(exc).__name__}: {exc}"
+    no_latency = LatencyHistogram().summary()
+    return ScenarioReport(
+        scenario=scenario.name,
+        description=scenario.description,
+        file=str(source),
+        verdict=Verdict.ERROR,
+        exit_code=EXIT_CODES[Verdict.ERROR],
+        started_at=datetime.now(UTC).isoformat(),
+        duration_s=0.0,
+        timings=Timings(launch_s=0.0, script_s=0.0, teardown_s=0.0, total_s=0.0),
+        tags=list(scenario.tags),
+        variant=scenario.label,
+        parameters=dict(scenario.parameters),
+        repeat=repeat,
+        seed=seed,
+        verification=VerificationReport(
+            score=0.0,
+            threshold=scenario.verification.threshold,
+            assertions_passed=0,
+            assertions_failed=0,
+            reasons=[message],
+            run_errors=[message],
+        ),
+        steps=[],
+        assertions=[],
+        errors=[
+            ErrorReport(
+                source=ErrorKind.RUNNER,
+                message=message,
+                detail="".join(traceback.format_exception(exc)),
+            )
+        ],
+        agents=[],
+        bus=BusReport(
+            endpoint="",
+            messages_routed=0,
+            dead_letters=0,
+            retries=0,
+            rejected_frames={},
+            delivery_latency=no_latency,
+        ),
+        events_file="",
+        events=0,
+        report_dir=str(report_dir or ""),
+        run_dir=None,
+    )
+
+
+def step_report(s: StepResult) -> StepReport:
+    d = s.durations
+    return StepReport(
+        path=s.path,
+        id=s.id,
+        kind=s.kind,
+        description=s.description,
+        timeline=s.timeline,
+        status=s.status.value,
+        runs=s.runs,
+        passed=s.passed,
+        failed=s.failed,
+        retries=s.retries,
+        started_s=round(s.started_s, 6) if s.started_s is not None else None,
+        duration_s=round(s.duration_s, 6),
+        max_duration_s=round(d.max_s, 6) if d.count else None,
+        p50_duration_s=round(p50, 6) if (p50 := d.percentile(0.5)) is not None else None,
+        error=s.error,
+        skipped_reason=s.skipped_reason,
+    )
+
+
+
+
+def step_errors(steps: list[StepResult]) -> list[ErrorReport]:
+    """An error per failed step (an `assert` step's failure is its assertion's, not an error)."""
+    return [
+        ErrorReport(
+            source=ErrorKind.STEP,
+            step=step.path,
+            message=f"step {step.path} ({step.description}): {step.error}"
+            + (f" [failed {step.failed} of {step.runs} runs]" if step.runs > 1 else ""),
+            detail=step.traceback,
+        )
+        for step in steps
+        if step.status is StepStatus.FAILED and step.kind != "assert"
+    ]
+
+
+def assertion_report(a: AssertionResult) -> AssertionReport:
+    return AssertionReport(
+        id=a.id,
+        type=a.type,
+        passed=a.passed,
+        expected=a.expected,
+        actual=a.actual,
+        message=a.message,
+        evidence=a.evidence,
+        weight=a.weight,
+        required=a.required,
+        error=a.error,
+        inline=a.inline,
+    )
+
+
+def bus_report(bus: Bus) -> BusReport:
+    overall = LatencyHistogram()
+    for link in bus.links.values():
+        overall.merge(link.stats.latency)
+    return BusReport(
+        endpoint=bus.endpoint,
+        messages_routed=bus.messages_routed,
+        refused=bus.refused,
+        dead_letters=bus.dead_letters,
+        retries=sum(lk.stats.retries for lk in bus.links.values()),
+        rejected_frames=dict(bus.rejected),
+        delivery_latency=overall.summary(),
+    )
+
+
+def event_log_report(events: EventLog, storage: EventStorage) -> EventLogReport:
+    return EventLogReport(
+        file=str(events.spill_path) if storage is not EventStorage.OFF else None,
+        storage=storage,
+        emitted=dict(events.counts),
+        omitted=dict(events.omitted),
+        bytes_written=events.bytes_written,
+        summary_from=events.summary_from,
+    )
+
+
+def coordinator_report(loop: LoopWatch) -> CoordinatorReport:
+    user, system = loop.cpu_s()
+    return CoordinatorReport(
+        pid=os.getpid(),
+        cpu_user_s=round(user, 4),
+        cpu_system_s=round(system, 4),
+        peak_rss_bytes=LoopWatch.peak_rss(),
+        loop_lag=loop.whole().summary(),
+        loop_lag_by_phase={p.value: h.summary() for p, h in loop.lag.items()},
+    )

@@ -175,17 +175,18 @@ def test_a_tap_finds_a_match_that_came_before_the_wait_and_consumes_in_order(
         log.emit(sent("user", "pong 2"))  # not from bot: never offered to the tap
         log.emit(sent("bot", "pong 3"))
         first = await tap.next_after(cursor[0], 1)
-        assert first.id == 1  # it came before anyone waited, and the ring has moved on
-        cursor[0] = first.id
+        assert first == 1  # it came before anyone waited, and the ring has moved on
+        cursor[0] = first
         second = await tap.next_after(cursor[0], 1)
-        assert second.id == 3
-        cursor[0] = second.id
+        assert second == 3
+        cursor[0] = second
         loop = asyncio.get_running_loop()
         loop.call_later(0.01, log.emit, sent("bot", "pong 4"))
         third = await tap.next_after(cursor[0], 5)
-        assert isinstance(third, MessageSent) and third.text == "pong 4"
+        assert third == 4 and isinstance(log.ring[-1], MessageSent)
+        assert log.ring[-1].text == "pong 4"
         with pytest.raises(TimeoutError):
-            await tap.next_after(third.id, 0.02)
+            await tap.next_after(third, 0.02)
         tap.close()
         log.close()
 

@@ -425,13 +425,12 @@ class Executor:
         cursor = timeline.cursor
         for seen in range(w.count):
             try:
-                event = await tap.next_after(cursor, deadline - time.monotonic())
+                cursor = await tap.next_after(cursor, deadline - time.monotonic())
             except TimeoutError:
                 got = "" if w.count == 1 else f" (wanted {w.count}, saw {seen})"
                 raise StepFailure(
                     f"no {what} within {Duration(timeout)}{got}", transient=True
                 ) from None
-            cursor = event.id
         timeline.cursor = cursor
 
     async def _wait_for_state(self, check: StateCheck, timeout: float) -> None:

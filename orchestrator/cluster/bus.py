@@ -66,7 +66,7 @@ from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
 from protocol.testhooks import DropHook
 
 HWM = 100_000
-BATCH = 512
+BATCH = 64
 """Frames drained per readiness callback before yielding to other tasks."""
 
 

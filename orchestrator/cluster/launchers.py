@@ -7,6 +7,7 @@ reaping are the supervisor's job, the same for every launcher.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,6 +27,8 @@ class LaunchSpec:
     coordinator_timeout_s: float
     inbox_capacity: int
     env: dict[str, str] = field(default_factory=dict)
+    nice: int = 0
+    """Added to the agent's scheduling niceness (the runner uses AGENT_NICE)."""
 
     @property
     def log_path(self) -> Path:
@@ -76,9 +79,16 @@ class _SpawnedProcess:
 
 
 class SpawnLauncher:
-    """A fresh interpreter per agent: `python -m agent_worker ...`, in its own session, with
-    the death pipe's read end and its output in the agent's log. `module` and `extra_args`
-    let a benchmark run its own worker the same way."""
+    """A fresh interpreter per agent: `python -m agent_worker ...`, in its own process group,
+    with the death pipe's read end and its output in the agent's log. `module` and
+    `extra_args` let a benchmark run its own worker the same way.
+
+    A process group, not a session: teardown signals the group, and a terminal's Ctrl-C
+    (sent to the foreground group) does not reach the agents, as with a session. But Linux
+    schedules each session as its own group (autogroup, on by default), so 32 agents in 32
+    sessions took 32 shares of the CPU against the coordinator's one, while every message
+    waits on the coordinator; in the coordinator's session, the agents' niceness is what
+    decides (see AGENT_NICE in run/runner.py)."""
 
     def __init__(
         self, module: str = "agent_worker", extra_args: tuple[str, ...] = (), name: str = "spawn"
@@ -98,12 +108,17 @@ class SpawnLauncher:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 pass_fds=(spec.death_fd,),
-                start_new_session=True,
+                process_group=0,
                 env=env,
             )
         except BaseException:
             log.close()
             raise
+        if spec.nice:
+            # Set from here, before the agent starts its threads (they inherit it); a
+            # preexec_fn would cost Popen its vfork fast path.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, popen.pid, spec.nice)
         return _SpawnedProcess(popen, log)
 
 

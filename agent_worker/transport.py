@@ -44,7 +44,7 @@ from protocol import (
     split_frames,
 )
 from protocol.codec import kind_of
-from protocol.frames_io import recv_frames, send_frames
+from protocol.frames_io import readable, recv_frames, send_frames
 from protocol.reliability import Inbound, Outbox, RetryPolicy
 from protocol.testhooks import DropHook
 
@@ -212,11 +212,9 @@ class Transport:
         return min(deadlines)
 
     def _drain_wake(self) -> None:
-        while True:
-            try:
-                self._wake_rx.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        wake = self._wake_rx
+        while readable(wake):
+            wake.recv(zmq.NOBLOCK)
         while self._requests:
             out = self._requests.popleft()
             if out.kind in SEQUENCED_KINDS:
@@ -225,11 +223,11 @@ class Transport:
                 self._put(out.kind, out.dst, out.body, 0, out.corr)
 
     def _drain_socket(self, now: float) -> None:
+        sock = self._sock
         for _ in range(4096):
-            try:
-                frames = recv_frames(self._sock)
-            except zmq.Again:
+            if not readable(sock):
                 return
+            frames = recv_frames(sock)
             if self.drop is not None and self.drop.drop():
                 continue
             self._on_frames(frames, now)

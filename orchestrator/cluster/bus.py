@@ -61,7 +61,7 @@ from protocol import (
 )
 from protocol.bodies import Command, Ping
 from protocol.codec import kind_of
-from protocol.frames_io import recv_frames, send_frames
+from protocol.frames_io import readable, recv_frames, send_frames
 from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
 from protocol.testhooks import DropHook
 
@@ -325,13 +325,8 @@ class Bus:
                 link.inbound.ack_due = False
         if earliest < self._timer_at:
             self._arm_timer(earliest)
-        if self._sock is not None and self._readable(self._sock):
+        if self._sock is not None and readable(self._sock):
             self._schedule_drain()  # a send can consume the edge of the FD; look again
-
-    @staticmethod
-    def _readable(sock: zmq.Socket[bytes]) -> bool:
-        flags = sock.get(zmq.EVENTS)
-        return isinstance(flags, int) and bool(flags & zmq.POLLIN)
 
     def _send_pending(self, link: Link, pending: Pending[Outgoing]) -> None:
         item = pending.item
@@ -377,10 +372,9 @@ class Bus:
             return
         now = time.monotonic()
         for _ in range(BATCH):
-            try:
-                frames = recv_frames(sock)
-            except zmq.Again:
+            if not readable(sock):
                 break
+            frames = recv_frames(sock)
             if self.drop is not None and self.drop.drop():
                 continue
             self._on_frames(frames, now)

@@ -71,3 +71,44 @@ def test_kill_9_mid_scenario_is_an_error_naming_the_agent(private_tmp: Path) -> 
     assert all(a.exit_code == 0 for a in report.agents if a.id != "victim")
     assert report.run_dir is None
     assert list(private_tmp.glob("sr-*")) == []
+
+
+HANG = """
+name: hang
+timeout: 30s
+agents:
+  - id: sleeper
+    model:
+      rules:
+        - when: {contains: ping}
+          reply: "pong"
+  - id: alice
+rooms:
+  - {id: lobby, members: [sleeper, alice]}
+script:
+  - send: {agent: alice, room: lobby, text: "ping"}
+  - wait_for: {message: {from: sleeper, contains: pong}, timeout: 4s}
+assertions:
+  - message: {from: sleeper, count: {min: 1}}
+"""
+
+
+def test_a_frozen_agent_is_reported_hung_not_crashed(private_tmp: Path) -> None:
+    pids: dict[str, int] = {}
+
+    def probe(event: Event) -> None:
+        if isinstance(event, AgentLaunched) and event.agent is not None:
+            pids[event.agent] = event.pid
+        if isinstance(event, MessageSent) and event.agent == "alice":
+            os.kill(pids["sleeper"], signal.SIGSTOP)  # frozen before it can answer
+
+    report = run_yaml(HANG, private_tmp / "report", on_event=probe, hung_after_s=1.0)
+
+    assert report.verdict is Verdict.ERROR
+    hung = [e for e in report.errors if e.agent == "sleeper"]
+    assert [e.source for e in hung] == ["hung"], report.errors
+    assert "hung: silent for" in hung[0].message
+    sleeper = next(a for a in report.agents if a.id == "sleeper")
+    assert sleeper.status == "hung" and sleeper.signal == "SIGKILL"
+    lines = [json.loads(x) for x in (private_tmp / "report" / "events.jsonl").open()]
+    assert [e["agent"] for e in lines if e["kind"] == "agent.hung"] == ["sleeper"]

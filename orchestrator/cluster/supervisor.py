@@ -40,6 +40,8 @@ class ProcessStatus(Enum):
     """Exited after being asked to stop (or by a planned kill)."""
     CRASHED = "crashed"
     """Exited without being asked to."""
+    HUNG = "hung"
+    """Stopped answering, was declared hung and killed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,8 @@ class AgentProcess:
     expected_exit: bool = False
     escalation: str | None = None
     """'term' or 'kill' when teardown had to signal the process."""
+    hung: str | None = None
+    """Why the bus declared the agent hung (it was then killed), if it did."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -197,7 +201,13 @@ class Supervisor:
         proc.exit = info
         proc.handle.mark_reaped(code)
         planned = proc.expected_exit
-        proc.status = ProcessStatus.EXITED if planned else ProcessStatus.CRASHED
+        proc.status = (
+            ProcessStatus.EXITED
+            if planned
+            else ProcessStatus.HUNG
+            if proc.hung is not None
+            else ProcessStatus.CRASHED
+        )
         proc.exited.set()
         ended = ev.AgentExited if planned else ev.AgentCrashed
         self.events.emit(
@@ -221,7 +231,8 @@ class Supervisor:
             os.killpg(proc.pid, sig)
 
     def on_hung(self, agent: str, reason: str) -> None:
-        """The bus declared `agent` hung: it is killed, and its exit will count as a crash."""
+        """The bus declared `agent` hung: it is killed, and its exit is reported as a hang."""
+        self.processes[agent].hung = reason
         self.kill(agent, signal.SIGKILL, planned=False)
 
     # -- teardown -------------------------------------------------------------------------

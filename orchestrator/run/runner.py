@@ -427,12 +427,22 @@ class ScenarioRun:
 
     def _on_crash(self, proc: AgentProcess) -> None:
         assert proc.exit is not None
+        if proc.hung is not None:
+            kind = ErrorKind.HUNG
+            message = (
+                f"agent {proc.agent_id} (pid {proc.pid}) hung: {proc.hung}; it was killed"
+            )
+        else:
+            kind = ErrorKind.CRASH
+            message = (
+                f"agent {proc.agent_id} (pid {proc.pid}) died unexpectedly: "
+                f"{proc.exit.describe()}"
+            )
         self._error(
             ErrorReport(
-                source=ErrorKind.CRASH,
+                source=kind,
                 agent=proc.agent_id,
-                message=f"agent {proc.agent_id} (pid {proc.pid}) died unexpectedly:"
-                f" {proc.exit.describe()}",
+                message=message,
                 detail=_log_tail(proc.spec.log_path),
             )
         )

@@ -352,3 +352,21 @@ verification: {{threshold: 0.5}}
     inline = next(a for a in report.assertions if a.id == "at-most-two-pongs")
     # The report keeps an inline assertion's first failure: round 3, which had seen three.
     assert not inline.passed and inline.actual == "3 found" and len(inline.evidence) == 3
+
+
+def test_an_errors_assertion_counts_failed_steps(private_tmp: Path) -> None:
+    report = run_yaml(
+        """
+name: step-errors
+agents: [{id: bot}, {id: user}]
+rooms: [{id: r, members: [bot, user]}]
+script:
+  - wait_for: {message: {from: bot}, timeout: 100ms}
+assertions:
+  - {id: no-step-errors, errors: {kind: [step]}}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.ERROR  # a failed step is the run's error in any case
+    (counted,) = report.assertions
+    assert not counted.passed and counted.actual == "1 (step: 1)", counted

@@ -380,7 +380,7 @@ class ScenarioRun:
                 )
                 for agent, samples in sampler.agents.items()
             },
-            errors=self.error_facts(),
+            errors=self.error_facts() + self._step_error_facts(),
             actions={
                 agent: tuple(a.name for a in link.ready_info.actions)
                 for agent, link in (bus.links.items() if bus else ())
@@ -410,6 +410,12 @@ class ScenarioRun:
         """Every error so far, classified: the runner's own and those the agents reported
         (collected as their events arrive, so asking costs no pass over the log)."""
         return [ErrorFact(e.source, e.agent, e.message) for e in self.errors] + self.agent_errors
+
+    def _step_error_facts(self) -> list[ErrorFact]:
+        """The steps that failed so far, as errors of kind `step` (what an `errors` assertion
+        counts; the verdict reads the steps themselves)."""
+        results = list(self.executor.results.values()) if self.executor else []
+        return [ErrorFact(e.source, e.agent, e.message) for e in step_errors(results)]
 
     def _collect(self, event: AgentError) -> None:
         where = f"{event.where}: " if event.where else ""

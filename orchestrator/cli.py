@@ -138,8 +138,13 @@ def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
     text = json.dumps(chosen, indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
-    else:
+        return
+    try:
         output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {output}: {exc.strerror}", param_hint="'-o' / '--output'"
+        ) from None
 
 
 @main.command()
@@ -199,8 +204,8 @@ def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
     type=SizeType(),
     default="1GiB",
     show_default=True,
-    help="With --events full: past this size, events.jsonl keeps only the summary (the report"
-    " says from which event).",
+    help="The most events.jsonl may hold: a full log keeps only the summary from 90% of it,"
+    " and any log stops at it (the report says from which events).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print each scenario's verdict only.")
 @click.option("-v", "--verbose", is_flag=True, help="Per-agent table and error details.")

@@ -21,8 +21,10 @@ Cost per event is constant, whatever the run's length:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import time
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
@@ -89,6 +91,11 @@ class Event(msgspec.Struct, tag_field="kind"):
     KIND: ClassVar[str]
     NOISY: ClassVar[bool] = False
     """Per-message events: left out of `events.jsonl` in `summary` storage."""
+
+    @property
+    def kind(self) -> str:
+        """The event's kind, as in events.jsonl (`message.sent`)."""
+        return self.KIND
 
 
 class RunStarted(Event, tag="run.started", kw_only=True):
@@ -280,6 +287,8 @@ class WireRejected(Event, tag="wire.rejected", kw_only=True):
     detail: str
     by: Literal["coordinator", "agent"]
     suppressed: int = 0
+    summary: bool = False
+    """A line that only counts the rejections held back (at the end of the run)."""
 
 
 class Sample(Event, tag="sample", kw_only=True):
@@ -372,10 +381,16 @@ def events_schema() -> dict[str, Any]:
 _decoder = msgspec.json.Decoder(AnyEvent)
 
 
-def read_events(path: Path) -> Iterator[Event]:
-    """Every event of an `events.jsonl` file, in order (streamed: bounded memory)."""
+def read_events(path: Path, upto: int | None = None) -> Iterator[Event]:
+    """Every event of an `events.jsonl` file, in order (streamed: bounded memory); with
+    `upto`, only its first `upto` bytes (what was written when a reader started, while the
+    run goes on writing)."""
     with path.open("rb") as f:
+        read = 0
         for line in f:
+            read += len(line)
+            if upto is not None and read > upto:
+                return
             event: Event = _decoder.decode(line)
             yield event
 
@@ -396,14 +411,21 @@ class EventStorage(StrEnum):
 
 
 DEFAULT_MAX_BYTES = 1 << 30
-"""The spill's size cap in `full` storage (1 GiB): an hours-long soak stays within it by
-switching to `summary` when it is reached."""
+"""The size cap of events.jsonl (1 GiB). In `full` storage, at SUMMARY_AT of the cap the file
+keeps only the summary; at the cap, nothing more is written. Either way every event is
+counted, and the report says from which event the file was cut."""
+
+SUMMARY_AT = 0.9
+"""The share of the size cap after which a `full` log keeps only the summary, so the run's
+end (its crashes, errors and verdict events) still fits."""
 
 SPILL_BLOCK = 1 << 20
 """Encoded events are written in blocks of about this many bytes."""
 
 REJECTED_EVERY_S = 1.0
 """At most one `wire.rejected` line per (reason, side) per this many seconds."""
+
+LISTENER_ERRORS_KEPT = 20
 
 E = TypeVar("E", bound=Event)
 Listener = Callable[[Any], None]
@@ -457,8 +479,15 @@ class EventLog:
         self.bytes_written = 0
         self.summary_from: int | None = None
         """In `full` storage, the event id from which the size cap turned it to `summary`."""
+        self.full_from: int | None = None
+        """The first event id left out because the file was at its size cap (none after it is
+        in the file either)."""
         self._rejected_at: dict[tuple[str, str], float] = {}
         self._rejected_held: Counter[tuple[str, str]] = Counter()
+        self._dispatching = False
+        self._pending: deque[Event] = deque()
+        self.listener_errors: list[str] = []
+        """Listeners that raised (a bug of the runner's): each is reported as an error."""
 
     @property
     def t0(self) -> float:
@@ -468,62 +497,97 @@ class EventLog:
         return time.monotonic() - self._t0
 
     def emit(self, event: E) -> E:
-        """Number, time, keep, spill and hand `event` to its listeners; returns it."""
+        """Number, time, keep, spill and hand `event` to its listeners; returns it.
+
+        An event emitted by a listener (a stop condition that stops the run) is handed out
+        after the one being handed out, so every listener sees events in id order, each once
+        per key it subscribed to."""
         self.last_id += 1
         event.id = self.last_id
         event.t = round(time.monotonic() - self._t0, 6)
-        cls = type(event)
         self.ring.append(event)
-        self.counts[cls.KIND] += 1
+        self.counts[event.KIND] += 1
         if self._fd is not None:
-            self._spill(event, cls)
+            self._spill(event)
         else:
-            self.omitted[cls.KIND] += 1
-        for listener in self._everything:
-            listener(event)
-        bucket = self._index.get((cls, None))
-        if bucket is not None:
-            for listener in tuple(bucket):
-                listener(event)
-        if event.agent is not None:
-            bucket = self._index.get((cls, event.agent))
-            if bucket is not None:
-                for listener in tuple(bucket):
-                    listener(event)
+            self.omitted[event.KIND] += 1
+        if self._dispatching:
+            self._pending.append(event)
+            return event
+        self._dispatching = True
+        try:
+            self._dispatch(event)
+            while self._pending:
+                self._dispatch(self._pending.popleft())
+        finally:
+            self._dispatching = False
         return event
 
-    def _spill(self, event: Event, cls: type[Event]) -> None:
-        if cls.NOISY and self.storage is EventStorage.SUMMARY:
-            self.omitted[cls.KIND] += 1
+    def _dispatch(self, event: Event) -> None:
+        cls = type(event)
+        buckets = [self._everything, self._index.get((cls, None))]
+        if event.agent is not None:
+            buckets.append(self._index.get((cls, event.agent)))
+        for bucket in buckets:
+            if not bucket:
+                continue
+            for listener in tuple(bucket):
+                try:
+                    listener(event)
+                except Exception as exc:  # one broken listener must not cost the others
+                    if len(self.listener_errors) < LISTENER_ERRORS_KEPT:
+                        self.listener_errors.append(
+                            f"{getattr(listener, '__qualname__', listener)} failed on "
+                            f"{event.KIND} event {event.id}: {type(exc).__name__}: {exc}"
+                        )
+
+    def _spill(self, event: Event) -> None:
+        kind = event.KIND
+        if (event.NOISY and self.storage is EventStorage.SUMMARY) or self.full_from is not None:
+            self.omitted[kind] += 1
             return
         if isinstance(event, WireRejected) and not self._rejected_due(event):
-            self.omitted[cls.KIND] += 1
+            self.omitted[kind] += 1
             return
         buffer = self._buffer
         self._encoder.encode_into(event, buffer, len(buffer))
         buffer += b"\n"
-        if len(buffer) >= SPILL_BLOCK:
+        size = self.bytes_written + len(buffer)
+        if size > self.max_bytes * SUMMARY_AT and self.storage is EventStorage.FULL:
+            self.storage = EventStorage.SUMMARY
+            self.summary_from = event.id + 1  # this one is written whole; the next is not
+        if size >= self.max_bytes:
+            self.full_from = event.id + 1
+            self._write()
+        elif len(buffer) >= SPILL_BLOCK:
             self._write()
 
     def _rejected_due(self, event: WireRejected) -> bool:
         key = (event.reason, event.by)
         last = self._rejected_at.get(key)
-        if last is not None and event.t - last < REJECTED_EVERY_S:
+        if last is not None and event.t - last < REJECTED_EVERY_S and not event.summary:
             self._rejected_held[key] += 1
             return False
         self._rejected_at[key] = event.t
-        event.suppressed = self._rejected_held.pop(key, 0)
+        event.suppressed += self._rejected_held.pop(key, 0)
         return True
+
+    def tell_held_rejections(self) -> None:
+        """Emit, per (reason, side), one `wire.rejected` line that counts the rejections
+        held back since its last line (the run's end calls this before `run.finished`)."""
+        for (reason, by), held in sorted(self._rejected_held.items()):
+            self._rejected_held[(reason, by)] = 0
+            self.emit(
+                WireRejected(reason=reason, by=by, suppressed=held, summary=True,  # type: ignore[arg-type]
+                             detail="rejections left out of this file since the last line")
+            )  # fmt: skip
+        self._rejected_held.clear()
 
     def _write(self) -> None:
         if self._fd is None or not self._buffer:
             return
         data = bytes(self._buffer)
         self._buffer.clear()
-        if self.storage is EventStorage.FULL and self.bytes_written + len(data) > self.max_bytes:
-            self.storage = EventStorage.SUMMARY
-            self.summary_from = self.last_id
-            # The block that crossed the cap is written whole: the file ends on a line.
         os.write(self._fd, data)
         self.bytes_written += len(data)
 
@@ -594,13 +658,7 @@ class EventLog:
 
     def close(self) -> None:
         if self._fd is not None:
-            for (reason, by), held in sorted(self._rejected_held.items()):
-                # What was held since the last line of each reason is still told.
-                line = WireRejected(id=self.last_id, t=self.now(), reason=reason,
-                                    detail="(summary of rejections left out)", by=by,  # type: ignore[arg-type]
-                                    suppressed=held)  # fmt: skip
-                self._buffer += self._encoder.encode(line) + b"\n"
-            self._rejected_held.clear()
+            self.tell_held_rejections()
             self._write()
             os.close(self._fd)
             self._fd = None
@@ -671,33 +729,48 @@ class Tap:
     of its timeline matched (its cursor), so a reply that came before the wait began is found.
     A tap is registered before anything happens, so nothing is missed, and it keeps only the
     matches after the lowest cursor that can still ask (`floor()`), so its memory is what the
-    step may still need, never the log's history. It keeps their ids, not the events: a wait
-    needs only where its match is (measured: a burst of 200,000 messages whose replies waited
-    in taps grew the coordinator by 37 MiB when the taps held the events)."""
+    step may still need, never the log's history; the executor closes it once its step cannot
+    run again. It keeps their ids, 8 bytes each, not the events: a wait needs only where its
+    match is (measured: a burst of 200,000 messages whose replies waited in taps grew the
+    coordinator by 37 MiB when the taps held the events). Asking never consumes, so a step
+    that is retried from its timeline's cursor finds the same matches again."""
+
+    COMPACT_AT = 4096
 
     def __init__(self, log: EventLog, matcher: Matcher, floor: Callable[[], int]) -> None:
         self.matcher = matcher
         self.floor = floor
-        self.matches: deque[int] = deque()
+        self._ids = array("q")
+        self._head = 0
+        """Ids before this index are at or below the floor: no longer needed."""
         self._waiter: asyncio.Future[None] | None = None
         self._subscriptions = subscribe_keys(log, matcher.index_keys(), once(self._on_event))
+
+    @property
+    def held(self) -> int:
+        """How many matches it keeps."""
+        return len(self._ids) - self._head
 
     def _on_event(self, event: Event) -> None:
         if not self.matcher(event):
             return
-        matches = self.matches
-        matches.append(event.id)
+        ids = self._ids
+        ids.append(event.id)
         floor = self.floor()
-        while matches and matches[0] <= floor:
-            matches.popleft()
+        head = self._head
+        while head < len(ids) and ids[head] <= floor:
+            head += 1
+        if head >= self.COMPACT_AT and head * 2 >= len(ids):
+            del ids[:head]
+            head = 0
+        self._head = head
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     def _first_after(self, cursor: int) -> int | None:
-        matches = self.matches
-        while matches and matches[0] <= cursor:
-            matches.popleft()  # cursors only move forward: nobody will ask for these again
-        return matches[0] if matches else None
+        ids = self._ids
+        i = bisect.bisect_right(ids, cursor, self._head)
+        return ids[i] if i < len(ids) else None
 
     async def next_after(self, cursor: int, timeout: float) -> int:
         """The id of the first match after `cursor`, now or when it comes; TimeoutError after
@@ -718,4 +791,6 @@ class Tap:
     def close(self) -> None:
         for subscription in self._subscriptions:
             subscription.close()
-        self.matches.clear()
+        self._subscriptions = []
+        self._ids = array("q")
+        self._head = 0

@@ -152,4 +152,24 @@ async def call_rule(
             f"rule {path!r} returned {type(outcome).__name__}, not RuleResult "
             "(from orchestrator.rules)"
         )
+    problem = _ill_typed(outcome)
+    if problem is not None:
+        raise RuleError(f"rule {path!r} returned a RuleResult whose {problem}")
     return outcome
+
+
+def _ill_typed(result: RuleResult) -> str | None:
+    """What is wrong with a RuleResult's field types, if anything (a dataclass does not check
+    them, and a report cannot carry an int where it says text)."""
+    if not isinstance(result.passed, bool):
+        return f"passed is {type(result.passed).__name__}, not bool"
+    for name in ("message", "expected", "actual"):
+        value = getattr(result, name)
+        if not isinstance(value, str):
+            return f"{name} is {type(value).__name__}, not str"
+    evidence = result.evidence
+    if not isinstance(evidence, tuple | list) or not all(
+        type(i) is int for i in evidence
+    ):
+        return "evidence is not a sequence of event ids (int)"
+    return None

@@ -116,19 +116,22 @@ def test_off_storage_writes_no_file(tmp_path: Path) -> None:
     assert len(seen) == 1 and log.omitted == {"message.sent": 1}
 
 
-def test_a_full_log_turns_to_summary_at_its_size_cap(tmp_path: Path) -> None:
+def test_the_size_cap_bounds_the_file(tmp_path: Path) -> None:
     log = EventLog(tmp_path / "e.jsonl", max_bytes=64 * 1024)
     for i in range(20_000):
         log.emit(sent("a", f"message {i}"))
-    log.emit(AgentCrashed(agent="a", pid=1, returncode=1, signal=None, escalation=None))
+        if i % 10 == 0:  # the summary's own events fill the rest of the cap
+            log.emit(AgentCrashed(agent="a", pid=1, returncode=1, signal=None, escalation=None))
     log.close()
     size = (tmp_path / "e.jsonl").stat().st_size
-    assert log.summary_from is not None
-    # At most one block past the cap, and the file ends on a whole line.
-    assert size <= 64 * 1024 + (1 << 20) + 4096
-    lines = (tmp_path / "e.jsonl").read_text().splitlines()
-    assert json.loads(lines[-1])["kind"] == "agent.crashed"
-    written = sum(1 for line in lines if '"message.sent"' in line)
+    assert log.summary_from is not None and log.full_from is not None
+    assert log.summary_from < log.full_from
+    assert size <= 64 * 1024 + 300  # within one line of the cap, ending on a whole line
+    lines = [json.loads(line) for line in (tmp_path / "e.jsonl").open()]
+    # Past 90% of the cap only the summary (a crash, not messages); past the cap nothing.
+    assert all(e["kind"] != "message.sent" for e in lines if e["id"] >= log.summary_from)
+    assert max(e["id"] for e in lines) < log.full_from
+    written = sum(1 for e in lines if e["kind"] == "message.sent")
     assert written + log.omitted["message.sent"] == 20_000
 
 
@@ -142,11 +145,49 @@ def test_rejected_frames_are_rate_limited_in_the_file_and_counted_exactly(
     log.close()
     lines = [json.loads(line) for line in (tmp_path / "e.jsonl").open()]
     malformed = [e for e in lines if e["reason"] == "malformed"]
-    # The first of the second, then one summary line at the end with what was held back.
-    assert len(malformed) == 2
+    # The first one, then one summary line at the end with what was held back.
+    assert [e["summary"] for e in malformed] == [False, True]
     assert sum(e["suppressed"] for e in malformed) + 1 == 10_000
-    assert log.counts["wire.rejected"] == 10_001
+    assert log.counts["wire.rejected"] == 10_002  # the summary line is an event too
+    ids = [e["id"] for e in lines]
+    assert ids == sorted(set(ids))  # every line its own id
     assert (tmp_path / "e.jsonl").stat().st_size < 2_000
+
+
+def test_a_listener_that_raises_costs_nobody_else_their_event(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "e.jsonl", capacity=1)
+    seen: list[int] = []
+
+    def broken(event: Event) -> None:
+        raise RecursionError("deep")
+
+    log.subscribe(broken, (MessageSent,))
+    log.subscribe(lambda e: seen.append(e.id), (MessageSent,))
+    log.emit(sent("a", "1"))
+    log.emit(sent("a", "2"))
+    assert seen == [1, 2]
+    assert len(log.listener_errors) == 2
+    assert "RecursionError: deep" in log.listener_errors[0]
+    log.close()
+
+
+def test_events_emitted_by_a_listener_come_after_the_event_being_handed_out(
+    tmp_path: Path,
+) -> None:
+    log = EventLog(tmp_path / "e.jsonl", capacity=1)
+    order: list[tuple[str, int]] = []
+
+    def stopper(event: MessageSent) -> None:
+        order.append(("stopper", event.id))
+        if event.text == "stop":
+            log.emit(StateChanged(agent="a", path="p", value=1, previous=None))
+
+    log.subscribe(stopper, (MessageSent,))
+    log.subscribe(lambda e: order.append(("any", e.id)), (MessageSent, StateChanged))
+    log.subscribe(lambda e: order.append(("from a", e.id)), (MessageSent,), agent="a")
+    log.emit(sent("a", "stop"))
+    assert order == [("stopper", 1), ("any", 1), ("from a", 1), ("any", 2)]
+    log.close()
 
 
 def test_until_is_level_triggered(tmp_path: Path) -> None:
@@ -200,7 +241,7 @@ def test_a_tap_keeps_only_what_its_timeline_may_still_ask_for(tmp_path: Path) ->
     for i in range(1, 100_001):
         log.emit(sent("bot", f"m{i}"))
         cursor[0] = log.last_id  # the timeline moves on (another wait of it matched)
-    assert len(tap.matches) <= 1
+    assert tap.held <= 1
     tap.close()
     log.close()
 

@@ -108,6 +108,7 @@ assertions:
   - {id: raises, custom: {rule: "plugins.rules:explodes"}}
   - {id: wrong-type, custom: {rule: "plugins.rules:not_a_result"}}
   - {id: missing, custom: {rule: "plugins.no_such_module:rule"}}
+  - {id: ill-typed, custom: {rule: "plugins.rules:counts_as_int"}}
 """,
         private_tmp / "report",
     )
@@ -117,6 +118,8 @@ assertions:
     assert "raised ValueError: this rule always raises" in errors["raises"]
     assert "returned bool, not RuleResult" in errors["wrong-type"]
     assert "failed to import" in errors["missing"]
+    assert "returned a RuleResult whose actual is int, not str" in errors["ill-typed"]
+    assert report.agents, "the report is whole: the run was judged, not broken"
 
 
 def test_a_custom_rule_over_an_incomplete_event_log_is_an_error(private_tmp: Path) -> None:
@@ -140,7 +143,7 @@ assertions:
         assert report.verdict is Verdict.ERROR
         (pongs,) = report.assertions
         assert not pongs.passed
-        assert f"the event log is incomplete (--events {storage.value})" in (pongs.error or "")
+        assert f"the event log is incomplete (--events {storage.value};" in (pongs.error or "")
 
 
 STEPS = (DATA / "step-types.yaml").read_text()
@@ -370,3 +373,54 @@ assertions:
     assert report.verdict is Verdict.ERROR  # a failed step is the run's error in any case
     (counted,) = report.assertions
     assert not counted.passed and counted.actual == "1 (step: 1)", counted
+
+
+def test_a_stop_rule_that_raises_is_an_error_even_when_the_script_ends_first(
+    private_tmp: Path,
+) -> None:
+    report = run_yaml(
+        f"""
+name: raising-stop-rule
+agents:
+{BOT}
+  - id: alice
+rooms:
+  - {{id: lobby, members: [bot, alice]}}
+script:
+  - send: {{agent: alice, room: lobby, text: ping}}
+  - wait_for: {{message: {{from: bot, contains: pong}}}}
+stop_when:
+  - {{custom: "plugins.rules:slow_to_explode"}}
+assertions:
+  - message: {{from: bot, contains: pong}}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.ERROR, report.verification
+    rule_errors = [e for e in report.errors if e.source == "rule"]
+    assert rule_errors and "raised RuntimeError: this rule raises late" in rule_errors[0].message
+
+
+def test_an_inline_custom_assert_sees_what_happened_so_far(private_tmp: Path) -> None:
+    report = run_yaml(
+        f"""
+name: inline-custom
+agents:
+{BOT}
+  - id: alice
+rooms:
+  - {{id: lobby, members: [bot, alice]}}
+script:
+  - send: {{agent: alice, room: lobby, text: ping}}
+  - wait_for: {{message: {{from: bot, contains: pong}}}}
+  - assert:
+      id: one-pong-so-far
+      custom: {{rule: "plugins.rules:pongs_at_least", params: {{n: 1}}}}
+assertions:
+  - message: {{from: bot, contains: pong}}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    inline = next(a for a in report.assertions if a.id == "one-pong-so-far")
+    assert inline.passed and inline.inline

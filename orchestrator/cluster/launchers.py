@@ -118,7 +118,8 @@ class SpawnLauncher:
             # Set from here, before the agent starts its threads (they inherit it); a
             # preexec_fn would cost Popen its vfork fast path.
             with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, popen.pid, spec.nice)
+                mine = os.getpriority(os.PRIO_PROCESS, 0)
+                os.setpriority(os.PRIO_PROCESS, popen.pid, min(19, mine + spec.nice))
         return _SpawnedProcess(popen, log)
 
 

@@ -61,6 +61,8 @@ from orchestrator.scenario.jsonschema_lite import validate as validate_json
 from orchestrator.scenario.schema import SpecModel, StateCheck, is_pattern
 
 EVIDENCE_LIMIT = 20
+Members = Mapping[str, frozenset[str]]
+"""Room id -> its agents."""
 PENDING_LIMIT = 100_000
 """Messages tracked for reply latency and delivery at once; beyond it the oldest are dropped
 (and said so), so a soak run's judging memory stays bounded."""
@@ -158,13 +160,15 @@ def _anchor_matcher(anchor: Anchor) -> Matcher:
 
 
 class _MessageJudge(Judge):
-    def __init__(self, ident: str, assertion: MessageAssertion, log: EventLog) -> None:
+    def __init__(
+        self, ident: str, assertion: MessageAssertion, log: EventLog, members: Members
+    ) -> None:
         super().__init__(ident, assertion)
         a = assertion.message
         self.args = a
-        self.filter = MessageFilter.of(a.match())
-        self.before = MessageFilter.of(a.before) if a.before else None
-        self.after = MessageFilter.of(a.after) if a.after else None
+        self.filter = MessageFilter.of(a.match(), members)
+        self.before = MessageFilter.of(a.before, members) if a.before else None
+        self.after = MessageFilter.of(a.after, members) if a.after else None
         self.anchor = _anchor_matcher(a.within.of) if a.within else None
         self.anchor_t: float | None = None
         self.first: int | None = None
@@ -266,7 +270,12 @@ def _json_problem(text: str, schema: dict[str, JsonValue]) -> str | None:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"not JSON ({exc.msg}): {text[:60]!r}"
-    problems = validate_json(value, schema)
+    except (RecursionError, ValueError) as exc:  # nested too deep; a number too long
+        return f"not JSON the judge can read ({type(exc).__name__}): {text[:60]!r}"
+    try:
+        problems = validate_json(value, schema)
+    except RecursionError:
+        return f"nested too deep to check against json_schema: {text[:60]!r}"
     return f"breaks json_schema: {problems[0]}" if problems else None
 
 
@@ -655,7 +664,6 @@ class _FactJudge(Judge, Generic[A]):
         return await self._judge(self.id, self._assertion, facts)
 
 
-Members = Mapping[str, frozenset[str]]
 JudgeFactory = Callable[[str, Any, EventLog, Members], Judge]
 
 
@@ -666,7 +674,7 @@ def _timing(ident: str, a: TimingAssertion, log: EventLog, members: Members) -> 
 
 
 JUDGES: dict[type[SpecModel], JudgeFactory] = {
-    MessageAssertion: lambda ident, a, log, members: _MessageJudge(ident, a, log),
+    MessageAssertion: lambda ident, a, log, members: _MessageJudge(ident, a, log, members),
     ActionAssertion: lambda ident, a, log, members: _ActionJudge(ident, a, log),
     TimingAssertion: _timing,
     DeliveryAssertion: lambda ident, a, log, members: _DeliveryJudge(ident, a, log, members),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.events import (
@@ -43,7 +44,11 @@ class MessageFilter(Matcher):
     equals: str | None = None
     to: str | None = None
     origin: str = "any"
-    _sent: OrderedDict[str, MessageSent] = field(default_factory=OrderedDict)
+    to_rooms: frozenset[str] | None = None
+    """With `to`: the rooms that agent is in (None: not known, any room)."""
+    _sent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """With `to`: the ids of matching messages sent to a room of that agent, not yet
+    delivered to it."""
     forgotten: int = 0
     """Messages to `to` that were forgotten before their delivery (PENDING_LIMIT)."""
 
@@ -54,7 +59,14 @@ class MessageFilter(Matcher):
         return cls(sender, room, contains, re.compile(regex) if regex is not None else None)
 
     @classmethod
-    def of(cls, match: MessageMatch) -> MessageFilter:
+    def of(
+        cls, match: MessageMatch, members: Mapping[str, frozenset[str]] | None = None
+    ) -> MessageFilter:
+        """The filter for `match`; `members` (room -> its agents) lets a `to` filter ignore
+        messages to rooms its agent is not in."""
+        to_rooms = None
+        if match.to is not None and members is not None:
+            to_rooms = frozenset(room for room, ids in members.items() if match.to in ids)
         return cls(
             match.from_,
             match.room,
@@ -63,6 +75,7 @@ class MessageFilter(Matcher):
             match.equals,
             match.to,
             match.origin,
+            to_rooms,
         )
 
     def index_keys(self) -> list[tuple[type[Event], str | None]]:
@@ -90,14 +103,20 @@ class MessageFilter(Matcher):
         if self.to is None:
             return isinstance(event, MessageSent) and self.sent(event)
         if isinstance(event, MessageSent):
-            if event.agent != self.to and self.sent(event):
-                self._sent[event.msg_id] = event
+            in_reach = self.to_rooms is None or event.room in self.to_rooms
+            if in_reach and event.agent != self.to and self.sent(event):
+                self._sent[event.msg_id] = None
                 if len(self._sent) > PENDING_LIMIT:
                     self._sent.popitem(last=False)
                     self.forgotten += 1
             return False
-        if isinstance(event, MessageDelivered) and event.agent == self.to:
-            return self._sent.pop(event.msg_id, None) is not None
+        if (
+            isinstance(event, MessageDelivered)
+            and event.agent == self.to
+            and event.msg_id in self._sent
+        ):
+            del self._sent[event.msg_id]
+            return True
         return False
 
     def describe(self) -> str:
@@ -174,7 +193,7 @@ _MISSING = object()
 
 
 def describe_event_match(m: EventMatch) -> str:
-    text = f"a {m.kind} event"
+    text = f"{'an' if m.kind[0] in 'aeiou' else 'a'} {m.kind} event"
     if m.agent is not None:
         text += f" of {m.agent}"
     if m.data:

@@ -103,7 +103,13 @@ def print_summary(console: Console, report: ScenarioReport, verbose: bool = Fals
         f" {report.bus.messages_routed} messages)  report: {esc(report.report_dir)}/report.json"
     )
     for a in report.assertions:
-        mark = "[green]ok[/]  " if a.passed else "[red]FAIL[/]"
+        mark = (
+            "[green]ok[/]   "
+            if a.passed
+            else "[red]ERROR[/]"
+            if a.error is not None
+            else "[red]FAIL[/] "
+        )
         console.print(f"  {mark} {esc(a.id)}: {esc(a.message)}", highlight=False)
     for s in report.steps:
         if s.status == "failed" and s.kind != "assert":

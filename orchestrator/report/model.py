@@ -186,7 +186,9 @@ class EventLogReport(BaseModel):
     `wire.rejected` lines rate-limited to one a second per reason)."""
     bytes_written: int
     summary_from: int | None = None
-    """The event id from which a `full` log, past its size cap, kept only the summary."""
+    """The event id from which a `full` log, at 90% of its size cap, kept only the summary."""
+    full_from: int | None = None
+    """The event id at which the file reached its size cap: no later event is in it."""
 
 
 class CoordinatorReport(BaseModel):

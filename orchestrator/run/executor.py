@@ -21,7 +21,7 @@ import json
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -140,6 +140,10 @@ class StepResult:
 @dataclass
 class _Timeline:
     name: str
+    """Who it is, for people: `script`, or the actor's agent."""
+    key: str
+    """Where it is in the file (`script`, `actors[1].script`): two actors of one agent are two
+    timelines."""
     cursor: int
     """Message and action waits look after this event id."""
     root: _Timeline | None = None
@@ -187,12 +191,15 @@ class Executor:
         bus: Bus,
         events: EventLog,
         judge: InlineJudge,
+        members: Mapping[str, frozenset[str]] | None = None,
         action_timeout_s: float = 30.0,
     ) -> None:
         self.scenario = scenario
         self.bus = bus
         self.events = events
         self.judge = judge
+        self.members = members
+        """Room id -> its agents: a wait for a message `to` someone watches their rooms."""
         self.action_timeout_s = action_timeout_s
         self.results: dict[str, StepResult] = {}
         self.inline: dict[str, AssertionResult] = {}
@@ -211,22 +218,35 @@ class Executor:
     # -- set-up ---------------------------------------------------------------------------
     def _register(self) -> None:
         start = self.events.last_id
-        self._timelines["script"] = _Timeline("script", start)
+        main = self._timelines["script"] = _Timeline("script", "script", start)
         for i, step in enumerate(self.scenario.script):
             for loc, s in walk_step(step, ("script", i)):
-                self._record(loc, s, "script")
+                self._record(loc, s, main)
         for i, actor in enumerate(self.scenario.actors):
-            self._timelines[actor.agent] = _Timeline(actor.agent, start)
-            for loc, s in walk_steps(actor.script, ("actors", i, "script")):
-                self._record(loc, s, actor.agent)
+            loc = ("actors", i, "script")
+            timeline = self._timelines[format_loc(loc)] = _Timeline(
+                actor.agent, format_loc(loc), start
+            )
+            for step_loc, s in walk_steps(actor.script, loc):
+                self._record(step_loc, s, timeline)
 
-    def _record(self, loc: tuple[str | int, ...], step: Step, timeline: str) -> None:
+    def _record(self, loc: tuple[str | int, ...], step: Step, timeline: _Timeline) -> None:
         path = format_loc(loc)
         self.results[path] = StepResult(
-            path, step.id, step_kind(step), describe(step), timeline, step.critical
+            path, step.id, step_kind(step), describe(step), timeline.name, step.critical
         )
         if isinstance(step, WaitForStep) and step.wait_for.state is None:
-            self.taps[path] = Tap(self.events, _matcher(step), self._timelines[timeline].floor)
+            self.taps[path] = Tap(self.events, _matcher(step, self.members), timeline.floor)
+
+    def _done_with(self, path: str) -> None:
+        """The step at `path` (or a block and its steps) has run for the last time, unless a
+        `repeat` around it runs it again: its taps are closed, so a wait that already ran
+        stops collecting matches for the rest of the run."""
+        if ".repeat.steps" in path:
+            return
+        inner = path + "."
+        for tap_path in [p for p in self.taps if p == path or p.startswith(inner)]:
+            self.taps.pop(tap_path).close()
 
     def close(self) -> None:
         for tap in self.taps.values():
@@ -239,21 +259,21 @@ class Executor:
         self._deadline = deadline
         stop = _StopWatch(self, self.scenario.stop_when)
         stop.start()
-        timelines: list[tuple[str, list[Step], Loc]] = [
-            ("script", self.scenario.script, ("script",))
-        ]
+        timelines: list[tuple[list[Step], Loc]] = [(self.scenario.script, ("script",))]
         timelines += [
-            (a.agent, a.script, ("actors", i, "script")) for i, a in enumerate(self.scenario.actors)
+            (actor.script, ("actors", i, "script")) for i, actor in enumerate(self.scenario.actors)
         ]
         self._tasks = [
             asyncio.get_running_loop().create_task(
-                self._run_timeline(self._timelines[name], steps, loc), name=f"timeline {name}"
+                self._run_timeline(self._timelines[format_loc(loc)], steps, loc),
+                name=f"timeline {format_loc(loc)}",
             )
-            for name, steps, loc in timelines
+            for steps, loc in timelines
             if steps
         ]
         try:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await stop.finish()
         finally:
             stop.close()
             self.close()
@@ -275,13 +295,17 @@ class Executor:
         try:
             await self._run_steps(timeline, steps, loc)
         except _Stopped as exc:
-            self._skip_rest(timeline.name, str(exc))
+            self._skip_rest(timeline.key, str(exc))
         except asyncio.CancelledError:
             pass  # a stop condition: the unfinished steps are marked skipped by run()
 
-    def _skip_rest(self, timeline: str, reason: str) -> None:
-        for result in self.results.values():
-            if result.timeline == timeline and result.runs == 0 and result.skipped_reason is None:
+    def _skip_rest(self, key: str, reason: str) -> None:
+        for path, result in self.results.items():
+            if (
+                path.startswith(key + "[")
+                and result.runs == 0
+                and result.skipped_reason is None
+            ):
                 result.skipped_reason = reason
 
     async def _run_steps(self, timeline: _Timeline, steps: list[Step], loc: Loc) -> None:
@@ -295,7 +319,10 @@ class Executor:
             return
         match step:
             case RepeatStep():
-                await self._container(result, self._repeat(timeline, step, loc))
+                try:
+                    await self._container(result, self._repeat(timeline, step, loc))
+                finally:
+                    self._done_with(result.path)
                 return
             case ParallelStep():
                 await self._container(result, self._parallel(timeline, step, loc))
@@ -334,6 +361,7 @@ class Executor:
             status="passed" if error is None else "failed", duration_s=round(elapsed, 6),
             error=error,
         ))  # fmt: skip
+        self._done_with(result.path)
         if error is not None and step.critical:
             raise _Stopped(f"not run: critical step {result.path} failed")
 
@@ -535,7 +563,9 @@ class Executor:
         # Each branch consumes events with its own cursor; afterwards the timeline continues
         # after the furthest event any branch matched.
         root = timeline.root or timeline
-        branches = [_Timeline(timeline.name, timeline.cursor, root) for _ in step.parallel]
+        branches = [
+            _Timeline(timeline.name, timeline.key, timeline.cursor, root) for _ in step.parallel
+        ]
         outcomes = await asyncio.gather(
             *(
                 self._run_step(b, s, (*loc, "parallel", i))
@@ -549,10 +579,10 @@ class Executor:
                 raise outcome
 
 
-def _matcher(step: WaitForStep) -> Matcher:
+def _matcher(step: WaitForStep, members: Mapping[str, frozenset[str]] | None) -> Matcher:
     w = step.wait_for
     if w.message is not None:
-        return MessageFilter.of(w.message)
+        return MessageFilter.of(w.message, members)
     if w.action is not None:
         return ActionMatcher(w.action)
     assert w.event is not None  # WaitForArgs holds exactly one
@@ -582,6 +612,7 @@ class _StopWatch:
         self._subscriptions: list[Subscription] = []
         self._custom = [c for c in conditions if c.custom is not None]
         self._undecided: set[int] = set()
+        self._closing = False
         """Rules that raised or timed out: an error of the run, asked no more."""
         self._checking: asyncio.Task[None] | None = None
         self._again = False
@@ -597,9 +628,12 @@ class _StopWatch:
         ]
 
     def _drain(self, i: int) -> Iterator[Event]:
+        # A sync rule calls this from its thread while the loop appends: take one at a time,
+        # so an event appended meanwhile is either taken now or left for the next call.
         new = self._new[i]
-        taken = list(new)
-        new.clear()
+        taken: list[Event] = []
+        while new:
+            taken.append(new.popleft())
         return iter(taken)
 
     def start(self) -> None:
@@ -614,7 +648,17 @@ class _StopWatch:
         if any(c.messages is not None or c.keyword is not None for c in self.conditions):
             self._subscriptions.append(events.subscribe(self._on_message, (MessageSent,)))
         if self._custom:
+            # Every event goes to the rules' views; only some are a cue to ask them again.
+            self._subscriptions.append(events.subscribe(self._keep))
             self._subscriptions.append(events.subscribe(self._on_cue, _RULE_CUES))
+
+    async def finish(self) -> None:
+        """The script is over: a rule call in flight is let finish (bounded by its timeout),
+        so a rule that raises still makes the run an ERROR; no rule is asked again."""
+        self._closing = True
+        checking = self._checking
+        if checking is not None and not checking.done():
+            await asyncio.wait([checking])
 
     def close(self) -> None:
         if self._checking is not None:
@@ -625,12 +669,16 @@ class _StopWatch:
             subscription.close()
         self._subscriptions.clear()
 
-    def _on_cue(self, event: Event) -> None:
+    def _keep(self, event: Event) -> None:
         for i, new in enumerate(self._new):
             if len(new) == new.maxlen:
                 memo = self._views[i].memo
                 memo["dropped_events"] = int(memo.get("dropped_events", 0)) + 1  # type: ignore[call-overload]
             new.append(event)
+
+    def _on_cue(self, event: Event) -> None:
+        if self._closing:
+            return
         if self._checking is None or self._checking.done():
             self._checking = asyncio.get_running_loop().create_task(self._check_rules())
         else:
@@ -664,5 +712,5 @@ class _StopWatch:
                 if outcome.passed:
                     self.executor.stop(f"rule {cond.custom}: {outcome.message}")
                     return
-            if not self._again or len(self._undecided) == len(self._custom):
+            if self._closing or not self._again or len(self._undecided) == len(self._custom):
                 return

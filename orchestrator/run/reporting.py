@@ -253,6 +253,7 @@ def event_log_report(events: EventLog, storage: EventStorage) -> EventLogReport:
         omitted=dict(events.omitted),
         bytes_written=events.bytes_written,
         summary_from=events.summary_from,
+        full_from=events.full_from,
     )
 
 

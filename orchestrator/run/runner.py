@@ -73,7 +73,7 @@ from orchestrator.run.reporting import (
 )
 from orchestrator.run.verdict import Decision, decide
 from orchestrator.run.wire import agent_configs, plugin_env, room_members
-from orchestrator.scenario.assertions import Assertion, ErrorsAssertion
+from orchestrator.scenario.assertions import Assertion, CustomAssertion, ErrorsAssertion
 from orchestrator.scenario.durations import Duration
 from orchestrator.scenario.schema import StateCheck
 from orchestrator.scenario.spec import Scenario, all_steps
@@ -225,6 +225,7 @@ class ScenarioRun:
                     bus,
                     events,
                     self._inline_judge,
+                    self.members,
                     action_timeout_s=action_timeout + 5.0,
                 )
                 self.executor = executor
@@ -261,7 +262,6 @@ class ScenarioRun:
             facts = self._facts(sampler, t_script_end - t_ready)
             facts.final_states = final_states
             self.agent_reports = self._agent_reports(bus, supervisor, sampler)
-            events.flush()
             facts.view = RunView(
                 self.scenario.name,
                 self._whole_log(events),
@@ -287,6 +287,9 @@ class ScenarioRun:
                     detail=traceback.format_exc(),
                 )
             )
+        for problem in events.listener_errors:
+            self._error(ErrorReport(source=ErrorKind.RUNNER, message=f"event listener: {problem}"))
+        events.tell_held_rejections()
         events.emit(RunFinished())
         self.loop.stop()
         events.close()
@@ -348,21 +351,27 @@ class ScenarioRun:
                 )
 
     def _whole_log(self, events: EventLog) -> Callable[[], Iterator[Event]]:
-        """What a custom assertion's `view.events()` streams: events.jsonl, read where the
-        rule runs (sync rules run in a thread, so the loop never blocks on the file). A log
-        that left events out (`--events summary` or `off`, or past its size cap) is refused:
-        a rule must not judge a part of the run as if it were the whole."""
+        """What a custom assertion's `view.events()` streams: events.jsonl so far (written
+        out now, and read up to here while the run goes on), read where the rule runs (sync
+        rules run in a thread, so the loop never blocks on the file). A log that left events
+        out (`--events summary` or `off`, or past its size cap) is refused: a rule must not
+        judge a part of the run as if it were the whole."""
         path = events.spill_path
+        events.flush()
+        upto = events.bytes_written
 
         def stream() -> Iterator[Event]:
             if events.storage is not EventStorage.FULL:
+                why = (
+                    f"--events {self.options.events.value}; run with --events full"
+                    if events.summary_from is None
+                    else f"its size cap was reached at event {events.summary_from};"
+                    " raise --events-max-size"
+                )
                 raise RuleError(
-                    f"the event log is incomplete (--events {self.options.events.value}"
-                    + (f", size cap reached at event {events.summary_from}"
-                       if events.summary_from is not None else "")
-                    + "): this rule reads view.events(); run with --events full"
-                )  # fmt: skip
-            return read_events(path)
+                    f"the event log is incomplete ({why}): this rule reads view.events()"
+                )
+            return read_events(path, upto)
 
         return stream
 
@@ -402,6 +411,12 @@ class ScenarioRun:
 
         facts = self._facts(self.sampler, time.monotonic() - self._script_t0)
         facts.live_state = live
+        if isinstance(assertion, CustomAssertion) and self.events is not None:
+            facts.view = RunView(
+                self.scenario.name,
+                self._whole_log(self.events),
+                agents=tuple(self.scenario.agent_ids),
+            )
         result = await self.inline_judges[id(assertion)].result(facts)
         result.id = ident
         return result

@@ -16,6 +16,7 @@ import string
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Literal, Self
 
+import msgspec
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -437,14 +439,29 @@ class EventMatch(SpecModel):
     data: dict[str, JsonValue] = {}
     """Fields of that kind of event (see `scenario-runner schema --events`), each equal."""
 
-    @model_validator(mode="after")
-    def _known_fields(self) -> Self:
-        fields = event_fields(EVENT_KINDS[self.kind])
-        for key in self.data:
+    @field_validator("data")
+    @classmethod
+    def _known_fields(
+        cls, data: dict[str, JsonValue], info: ValidationInfo
+    ) -> dict[str, JsonValue]:
+        kind = info.data.get("kind")  # declared first: present when it was valid
+        if kind is None:
+            return data
+        event_type = EVENT_KINDS[kind]
+        fields = event_fields(event_type)
+        types = {f.name: f.type for f in msgspec.structs.fields(event_type)}
+        for key, value in data.items():
             if key not in fields:
                 raise spec_error(
                     "event_field",
-                    f"a {self.kind} event has no field {quote(key)}{suggest(key, list(fields))}"
+                    f"a {kind} event has no field {quote(key)}{suggest(key, list(fields))}"
                     f" (it has: {', '.join(fields) or 'none'})",
                 )
-        return self
+            try:
+                msgspec.convert(value, types[key])
+            except msgspec.ValidationError as exc:
+                raise spec_error(
+                    "event_field",
+                    f"{kind} field {key!r} can never be {quote(value)}: {exc}",
+                ) from None
+        return data

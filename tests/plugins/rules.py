@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from orchestrator.rules import RuleResult, RunView
 
 
@@ -29,3 +31,14 @@ def enough_messages(view: RunView, n: int) -> RuleResult:
     count = int(view.memo.get("count", 0)) + sum(1 for _ in view.messages())  # type: ignore[call-overload]
     view.memo["count"] = count
     return RuleResult(count >= n, f"{count} messages")
+
+
+def counts_as_int(view: RunView) -> RuleResult:
+    """A rule whose `actual` is not text: an error of its assertion, never a broken report."""
+    return RuleResult(True, "fine", actual=3)  # type: ignore[arg-type]
+
+
+def slow_to_explode(view: RunView) -> RuleResult:
+    """A stop rule that is still running when a short script ends, then raises."""
+    time.sleep(0.3)  # the rule's own slowness (what is tested), not a wait for something
+    raise RuntimeError("this rule raises late")

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +27,6 @@ from orchestrator.cluster.sampler import Sampler
 from orchestrator.cluster.supervisor import AgentInitError, AgentProcess, StartupError, Supervisor
 from orchestrator.events import (
     DEFAULT_MAX_BYTES,
-    AgentError,
-    AssertionEvaluated,
     ErrorKind,
     Event,
     EventLog,
@@ -36,16 +34,12 @@ from orchestrator.events import (
     RunError,
     RunFinished,
     RunStarted,
-    read_events,
 )
 from orchestrator.judge.judges import (
     AssertionResult,
     ErrorFact,
     Facts,
-    Judge,
     MemoryFact,
-    assertion_id,
-    make_judge,
 )
 from orchestrator.report.model import (
     EXIT_CODES,
@@ -57,8 +51,9 @@ from orchestrator.report.model import (
     Verdict,
     VerificationReport,
 )
-from orchestrator.rules import RuleError, RunView
+from orchestrator.rules import RunView
 from orchestrator.run.executor import SEND_TIMEOUT_S, Executor, StepResult
+from orchestrator.run.judging import Judgement, no_events
 from orchestrator.run.loopwatch import LoopWatch, Phase
 from orchestrator.run.reporting import (
     agent_metrics,
@@ -73,7 +68,7 @@ from orchestrator.run.reporting import (
 )
 from orchestrator.run.verdict import Decision, decide
 from orchestrator.run.wire import agent_configs, plugin_env, room_members
-from orchestrator.scenario.assertions import Assertion, CustomAssertion, ErrorsAssertion
+from orchestrator.scenario.assertions import Assertion, ErrorsAssertion
 from orchestrator.scenario.durations import Duration
 from orchestrator.scenario.schema import StateCheck
 from orchestrator.scenario.spec import Scenario, all_steps
@@ -150,12 +145,7 @@ class ScenarioRun:
         self.bus: Bus | None = None
         self.stop_reason: str | None = None
         self.agent_reports: list[AgentReport] = []
-        self.agent_errors: list[ErrorFact] = []
-        """What the agents reported (agent.error events), as they arrive."""
-        self.judges: list[Judge] = []
-        """One per end-of-run assertion, subscribed when the run starts."""
-        self.inline_judges: dict[int, Judge] = {}
-        """Per `assert` step (by the identity of its assertion), subscribed at the start."""
+        self.judgement: Judgement | None = None
         self.loop = LoopWatch()
         self._script_t0 = 0.0
 
@@ -179,10 +169,9 @@ class ScenarioRun:
         events = EventLog(
             report_dir / "events.jsonl", storage=opts.events, max_bytes=opts.events_max_bytes
         )
-        events.subscribe(self._collect, (AgentError,))
         if self.on_event is not None:
             events.subscribe(self.on_event)
-        self._make_judges(events)
+        judgement = self.judgement = Judgement(self.scenario, events, self.members, opts.events)
         self.loop.start()
         bus = Bus(
             f"ipc://{run_dir}/bus.sock",
@@ -217,23 +206,7 @@ class ScenarioRun:
             self.loop.phase = Phase.SCRIPT
             if not self.errors:
                 sampler.start()
-                timeout = (opts.timeout or self.scenario.timeout).seconds
-                # An action step waits for the agent's own action timeout plus a round trip.
-                action_timeout = max(a.action_timeout.seconds for a in self.scenario.agents)
-                executor = Executor(
-                    self.scenario,
-                    bus,
-                    events,
-                    self._inline_judge,
-                    self.members,
-                    action_timeout_s=action_timeout + 5.0,
-                )
-                self.executor = executor
-                self._script_t0 = t_ready
-                self.steps = await executor.run(t_ready + timeout)
-                self.stop_reason = executor.stop_reason
-                for message in executor.rule_errors:
-                    self._error(ErrorReport(source=ErrorKind.RULE, message=message))
+                await self._script(bus, events, t_ready)
             t_script_end = time.monotonic()
             self.loop.phase = Phase.END
             sampler.sample_all("before-stop")
@@ -254,31 +227,7 @@ class ScenarioRun:
             bus.close()
         t_end = time.monotonic()
         try:
-            final_states = {
-                agent: link.bye.stats.state
-                for agent, link in bus.links.items()
-                if link.bye is not None
-            }
-            facts = self._facts(sampler, t_script_end - t_ready)
-            facts.final_states = final_states
-            self.agent_reports = self._agent_reports(bus, supervisor, sampler)
-            facts.view = RunView(
-                self.scenario.name,
-                self._whole_log(events),
-                MappingProxyType(final_states),
-                MappingProxyType({a.id: agent_metrics(a) for a in self.agent_reports}),
-                tuple(self.scenario.agent_ids),
-            )
-            inline = list(self.executor.inline.values()) if self.executor else []
-            for result in inline:
-                result.inline = True
-            self.assertions = inline + [await judge.result(facts) for judge in self.judges]
-            for result in self.assertions:
-                events.emit(
-                    AssertionEvaluated(assertion=result.id, type=result.type,
-                                       passed=result.passed, inline=result.inline,
-                                       message=result.message[:300])
-                )  # fmt: skip
+            await self._judge_all(bus, supervisor, sampler, judgement, t_script_end - t_ready)
         except Exception as exc:
             self._error(
                 ErrorReport(
@@ -311,6 +260,50 @@ class ScenarioRun:
         report.write(report_dir)
         return report
 
+    async def _script(self, bus: Bus, events: EventLog, t_ready: float) -> None:
+        """Run every timeline to its end, the scenario's timeout or a stop condition."""
+        timeout = (self.options.timeout or self.scenario.timeout).seconds
+        # An action step waits for the agent's own action timeout plus a round trip.
+        action_timeout = max(a.action_timeout.seconds for a in self.scenario.agents)
+        executor = self.executor = Executor(
+            self.scenario,
+            bus,
+            events,
+            self._inline_judge,
+            self.members,
+            action_timeout_s=action_timeout + 5.0,
+        )
+        self._script_t0 = t_ready
+        self.steps = await executor.run(t_ready + timeout)
+        self.stop_reason = executor.stop_reason
+        for message in executor.rule_errors:
+            self._error(ErrorReport(source=ErrorKind.RULE, message=message))
+
+    async def _judge_all(
+        self,
+        bus: Bus,
+        supervisor: Supervisor | None,
+        sampler: Sampler,
+        judgement: Judgement,
+        script_s: float,
+    ) -> None:
+        """Every assertion, once the agents have stopped (final states and stats are in)."""
+        final_states = {
+            agent: link.bye.stats.state for agent, link in bus.links.items() if link.bye
+        }
+        facts = self._facts(sampler, script_s)
+        facts.final_states = final_states
+        self.agent_reports = self._agent_reports(bus, supervisor, sampler)
+        facts.view = RunView(
+            self.scenario.name,
+            judgement.log_so_far(),
+            MappingProxyType(final_states),
+            MappingProxyType({a.id: agent_metrics(a) for a in self.agent_reports}),
+            tuple(self.scenario.agent_ids),
+        )
+        inline = list(self.executor.inline.values()) if self.executor else []
+        self.assertions = await judgement.final(facts, inline)
+
     async def _launch(self, supervisor: Supervisor, sampler: Sampler, run_dir: Path) -> None:
         opts = self.options
         for config in agent_configs(self.scenario, run_dir, self.options.seed, self.options.repeat):
@@ -337,49 +330,12 @@ class ScenarioRun:
             sampler.sample(proc.agent_id, "ready")
 
     # -- judging ------------------------------------------------------------------------------
-    def _make_judges(self, events: EventLog) -> None:
-        """Every assertion's judge, subscribed before anything happens: the verdict is folded
-        as the run goes and needs no replay."""
-        self.judges = [
-            make_judge(assertion_id(i, a), a, events, self.members)
-            for i, a in enumerate(self.scenario.assertions)
-        ]
-        for _, step in all_steps(self.scenario):
-            if isinstance(step, AssertStep):
-                self.inline_judges[id(step.assert_)] = make_judge(
-                    step.assert_.id or step.id or "assert", step.assert_, events, self.members
-                )
-
-    def _whole_log(self, events: EventLog) -> Callable[[], Iterator[Event]]:
-        """What a custom assertion's `view.events()` streams: events.jsonl so far (written
-        out now, and read up to here while the run goes on), read where the rule runs (sync
-        rules run in a thread, so the loop never blocks on the file). A log that left events
-        out (`--events summary` or `off`, or past its size cap) is refused: a rule must not
-        judge a part of the run as if it were the whole."""
-        path = events.spill_path
-        events.flush()
-        upto = events.bytes_written
-
-        def stream() -> Iterator[Event]:
-            if events.storage is not EventStorage.FULL:
-                why = (
-                    f"--events {self.options.events.value}; run with --events full"
-                    if events.summary_from is None
-                    else f"its size cap was reached at event {events.summary_from};"
-                    " raise --events-max-size"
-                )
-                raise RuleError(
-                    f"the event log is incomplete ({why}): this rule reads view.events()"
-                )
-            return read_events(path, upto)
-
-        return stream
-
     def _facts(self, sampler: Sampler, script_s: float) -> Facts:
+        """What the judges read besides the events they folded."""
         steps = self.executor.results.values() if self.executor else []
         bus = self.bus
         return Facts(
-            view=RunView(self.scenario.name, _nothing, agents=tuple(self.scenario.agent_ids)),
+            view=RunView(self.scenario.name, no_events, agents=tuple(self.scenario.agent_ids)),
             step_durations={s.id: s.durations for s in steps if s.id is not None},
             script_s=script_s,
             memory={
@@ -403,7 +359,7 @@ class ScenarioRun:
 
     async def _inline_judge(self, assertion: Assertion, ident: str) -> AssertionResult:
         """An `assert` step: its judge's state now, state read live."""
-        assert self.executor is not None and self.sampler
+        assert self.executor is not None and self.sampler and self.judgement
         executor = self.executor
 
         async def live(check: StateCheck) -> tuple[bool, str]:
@@ -411,32 +367,19 @@ class ScenarioRun:
 
         facts = self._facts(self.sampler, time.monotonic() - self._script_t0)
         facts.live_state = live
-        if isinstance(assertion, CustomAssertion) and self.events is not None:
-            facts.view = RunView(
-                self.scenario.name,
-                self._whole_log(self.events),
-                agents=tuple(self.scenario.agent_ids),
-            )
-        result = await self.inline_judges[id(assertion)].result(facts)
-        result.id = ident
-        return result
+        return await self.judgement.inline(assertion, ident, facts)
 
     def error_facts(self) -> list[ErrorFact]:
         """Every error so far, classified: the runner's own and those the agents reported
         (collected as their events arrive, so asking costs no pass over the log)."""
-        return [ErrorFact(e.source, e.agent, e.message) for e in self.errors] + self.agent_errors
+        agents = self.judgement.agent_errors if self.judgement else []
+        return [ErrorFact(e.source, e.agent, e.message) for e in self.errors] + agents
 
     def _step_error_facts(self) -> list[ErrorFact]:
         """The steps that failed so far, as errors of kind `step` (what an `errors` assertion
         counts; the verdict reads the steps themselves)."""
         results = list(self.executor.results.values()) if self.executor else []
         return [ErrorFact(e.source, e.agent, e.message) for e in step_errors(results)]
-
-    def _collect(self, event: AgentError) -> None:
-        where = f"{event.where}: " if event.where else ""
-        self.agent_errors.append(
-            ErrorFact(event.error_kind, event.agent, f"agent {event.agent}: {where}{event.error}")
-        )
 
     def _error(self, report: ErrorReport) -> None:
         """Collect an error of the run, and put it in the event stream."""
@@ -499,7 +442,7 @@ class ScenarioRun:
     ) -> ScenarioReport:
         decision = self.decide(events)
         verdict = decision.verdict
-        for fact in self.agent_errors:
+        for fact in self.judgement.agent_errors if self.judgement else []:
             self.errors.append(ErrorReport(source=fact.kind, agent=fact.agent,
                                            message=fact.message))  # fmt: skip
         self.errors += step_errors(self.steps)
@@ -553,11 +496,6 @@ class ScenarioRun:
             )
             for agent, link in bus.links.items()
         ]
-
-
-def _nothing() -> Iterator[Event]:
-    """No events: what an inline assert's custom rule sees of the log (it runs mid-run)."""
-    return iter(())
 
 
 def _log_tail(path: Path) -> str | None:

@@ -19,7 +19,7 @@ from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator.events import EventStorage, events_schema
+from orchestrator.events import DEFAULT_MAX_BYTES, EventStorage, events_schema
 from orchestrator.report.console import print_quiet, print_summary, print_table, progress_bar
 from orchestrator.report.junit import write_junit
 from orchestrator.report.model import EXIT_INVALID, ScenarioReport
@@ -54,9 +54,12 @@ class DurationType(click.ParamType[Duration, object]):
         if isinstance(value, Duration):
             return value
         try:
-            return Duration.parse(str(value))
+            duration = Duration.parse(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if duration.seconds <= 0:
+            self.fail(f"{value!r} is no time at all: give a positive duration", param, ctx)
+        return duration
 
 
 class SizeType(click.ParamType[int, object]):
@@ -228,6 +231,10 @@ def run(
     Exit status: 0 all passed, 1 a FAIL or FLAKY, 2 invalid input, 3 a run was an ERROR,
     130 interrupted (Ctrl-C; the runs that finished are still reported).
     """
+    if quiet and verbose:
+        raise click.UsageError("-q/--quiet and -v/--verbose ask for opposite things: choose one")
+    if events_storage == EventStorage.OFF.value and events_max_size != DEFAULT_MAX_BYTES:
+        raise click.UsageError("--events-max-size bounds events.jsonl, which --events off omits")
     # The same file named twice is one scenario, not two that would share a report group.
     unique = list({path.resolve(): path for path in files}.values())
     loaded, problems = validate_files(unique)

@@ -270,3 +270,24 @@ def test_events_max_size_is_checked(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "is not a size" in result.output
     result = CliRunner().invoke(main, ["run", str(path), "--events", "some"])
     assert result.exit_code == 2 and "'some' is not one of" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--timeout", "0"], "no time at all"),
+        (["-q", "-v"], "choose one"),
+        (["--events", "off", "--events-max-size", "2MiB"], "which --events off omits"),
+    ],
+)
+def test_contradictory_or_empty_options_exit_2(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    path = _write(tmp_path, "good", GOOD)
+    result = CliRunner().invoke(main, ["run", str(path), *args])
+    assert result.exit_code == 2 and fragment in result.output
+
+
+def test_schema_to_a_path_that_cannot_be_written_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["schema", "-o", str(tmp_path / "no" / "such" / "x.json")])
+    assert result.exit_code == 2 and "cannot write" in result.output

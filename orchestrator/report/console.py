@@ -99,8 +99,9 @@ def print_summary(console: Console, report: ScenarioReport, verbose: bool = Fals
         name += f" (run {report.repeat})"
     console.print(
         f"[{_STYLE[report.verdict]}]{report.verdict.value}[/] {esc(name)}"
-        f"  ({report.duration_s:.2f}s, {len(report.agents)} agents,"
-        f" {report.bus.messages_routed} messages)  report: {esc(report.report_dir)}/report.json"
+        f"  ({report.duration_s:.2f}s, {_count(len(report.agents), 'agent')},"
+        f" {_count(report.bus.messages_routed, 'message')})"
+        f"  report: {esc(report.report_dir)}/report.json"
     )
     for a in report.assertions:
         mark = (
@@ -166,3 +167,7 @@ def print_summary(console: Console, report: ScenarioReport, verbose: bool = Fals
     console.print(table)
     if report.bus.rejected_frames:
         console.print(f"  rejected frames: {report.bus.rejected_frames}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

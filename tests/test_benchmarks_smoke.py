@@ -125,6 +125,7 @@ def test_scenario_benchmark_reports_every_figure(capsys: pytest.CaptureFixture[s
         for run in runs:
             assert run["msgs_per_s"] > 0 and run["cpu_us_per_msg"] > 0
             assert run["coordinator_cpu_us_per_msg"] > 0
+            assert 0 < run["script_cpu_us_per_msg"] < run["cpu_us_per_msg"]
             assert run["coordinator_peak_rss_mib"] > 0
             assert run["loop_lag_max_ms"] >= run["loop_lag_p99_ms"] >= 0
             assert run["script_loop_lag_max_ms"] is not None

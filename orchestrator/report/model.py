@@ -207,6 +207,9 @@ class CoordinatorReport(BaseModel):
     (or the coordinator waited for a core)."""
     loop_lag_by_phase: dict[str, LatencySummary] = {}
     """The same per phase: `launch` (agents starting), `script`, `end` (teardown, judging)."""
+    cpu_s_by_phase: dict[str, float] = {}
+    """The coordinator's CPU seconds per phase (with each agent's CPU at READY and before STOP
+    in its `sample` events, the cost of the script alone, apart from start-up)."""
 
 
 class Timings(BaseModel):

@@ -38,14 +38,29 @@ class LoopWatch:
         self.interval_s = interval_s
         self.lag = {phase: LatencyHistogram() for phase in Phase}
         self.phase = Phase.LAUNCH
+        self.cpu_by_phase = dict.fromkeys(Phase, 0.0)
+        """CPU seconds (user + system) of this process in each phase."""
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._cpu0 = 0.0, 0.0
+        self._phase_cpu0 = 0.0
 
     def start(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self._cpu0 = usage.ru_utime, usage.ru_stime
+        self._phase_cpu0 = usage.ru_utime + usage.ru_stime
         self._arm()
+
+    def enter(self, phase: Phase) -> None:
+        """The run moves on to `phase`: the CPU used so far is the previous phase's."""
+        self._close_phase()
+        self.phase = phase
+
+    def _close_phase(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        now = usage.ru_utime + usage.ru_stime
+        self.cpu_by_phase[self.phase] += now - self._phase_cpu0
+        self._phase_cpu0 = now
 
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()
@@ -57,6 +72,7 @@ class LoopWatch:
         self._arm()
 
     def stop(self) -> None:
+        self._close_phase()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

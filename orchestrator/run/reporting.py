@@ -266,4 +266,5 @@ def coordinator_report(loop: LoopWatch) -> CoordinatorReport:
         peak_rss_bytes=LoopWatch.peak_rss(),
         loop_lag=loop.whole().summary(),
         loop_lag_by_phase={p.value: h.summary() for p, h in loop.lag.items()},
+        cpu_s_by_phase={p.value: round(cpu, 4) for p, cpu in loop.cpu_by_phase.items()},
     )

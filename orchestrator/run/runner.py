@@ -203,12 +203,12 @@ class ScenarioRun:
             except StartupError as exc:
                 self._error(ErrorReport(source=ErrorKind.STARTUP, message=str(exc)))
             t_ready = time.monotonic()
-            self.loop.phase = Phase.SCRIPT
+            self.loop.enter(Phase.SCRIPT)
             if not self.errors:
                 sampler.start()
                 await self._script(bus, events, t_ready)
             t_script_end = time.monotonic()
-            self.loop.phase = Phase.END
+            self.loop.enter(Phase.END)
             sampler.sample_all("before-stop")
             sampler.stop()
             await supervisor.stop_all(opts.stop_deadline_s)

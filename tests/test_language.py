@@ -21,6 +21,19 @@ BOT = """
 """
 
 
+ONE_PING = f"""
+agents:
+{BOT}
+  - id: alice
+rooms:
+  - {{id: lobby, members: [bot, alice]}}
+script:
+  - send: {{agent: alice, room: lobby, text: ping}}
+  - wait_for: {{message: {{from: bot, contains: pong}}}}
+"""
+"""Two agents and one ping answered: the body of the scenarios that test what comes after."""
+
+
 def _by_id(report: ScenarioReport) -> dict[str, bool]:
     return {a.id: a.passed for a in report.assertions}
 
@@ -125,15 +138,7 @@ assertions:
 def test_a_custom_rule_over_an_incomplete_event_log_is_an_error(private_tmp: Path) -> None:
     text = f"""
 name: summary-rule
-agents:
-{BOT}
-  - id: alice
-rooms:
-  - {{id: lobby, members: [bot, alice]}}
-script:
-  - send: {{agent: alice, room: lobby, text: ping}}
-  - wait_for: {{message: {{from: bot, contains: pong}}}}
-assertions:
+{ONE_PING.lstrip()}assertions:
   - {{id: pongs, custom: {{rule: "plugins.rules:pongs_at_least", params: {{n: 1}}}}}}
 """
     full = run_yaml(text, private_tmp / "full")
@@ -381,15 +386,7 @@ def test_a_stop_rule_that_raises_is_an_error_even_when_the_script_ends_first(
     report = run_yaml(
         f"""
 name: raising-stop-rule
-agents:
-{BOT}
-  - id: alice
-rooms:
-  - {{id: lobby, members: [bot, alice]}}
-script:
-  - send: {{agent: alice, room: lobby, text: ping}}
-  - wait_for: {{message: {{from: bot, contains: pong}}}}
-stop_when:
+{ONE_PING.lstrip()}stop_when:
   - {{custom: "plugins.rules:slow_to_explode"}}
 assertions:
   - message: {{from: bot, contains: pong}}
@@ -405,15 +402,7 @@ def test_an_inline_custom_assert_sees_what_happened_so_far(private_tmp: Path) ->
     report = run_yaml(
         f"""
 name: inline-custom
-agents:
-{BOT}
-  - id: alice
-rooms:
-  - {{id: lobby, members: [bot, alice]}}
-script:
-  - send: {{agent: alice, room: lobby, text: ping}}
-  - wait_for: {{message: {{from: bot, contains: pong}}}}
-  - assert:
+{ONE_PING.lstrip()}  - assert:
       id: one-pong-so-far
       custom: {{rule: "plugins.rules:pongs_at_least", params: {{n: 1}}}}
 assertions:

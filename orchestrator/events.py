@@ -743,6 +743,8 @@ class Tap:
         self._ids = array("q")
         self._head = 0
         """Ids before this index are at or below the floor: no longer needed."""
+        self.failure: Exception | None = None
+        """Set when no further match can come (the agent it waits on is gone)."""
         self._waiter: asyncio.Future[None] | None = None
         self._subscriptions = subscribe_keys(log, matcher.index_keys(), once(self._on_event))
 
@@ -780,6 +782,8 @@ class Tap:
             found = self._first_after(cursor)
             if found is not None:
                 return found
+            if self.failure is not None:
+                raise self.failure
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 # The loop's clock is time.monotonic(); not wait_for: see next_event.
@@ -787,6 +791,14 @@ class Tap:
                     await self._waiter
             finally:
                 self._waiter = None
+
+    def fail(self, failure: Exception) -> None:
+        """No further match can come: a wait that finds none raises `failure` now (a match
+        that came before still counts)."""
+        if self.failure is None:
+            self.failure = failure
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)  # wakes the wait, which looks once more, then raises
 
     def close(self) -> None:
         for subscription in self._subscriptions:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import run_yaml
 
-from orchestrator.events import AgentLaunched, Event, MessageSent
+from orchestrator.events import ActionStarted, AgentLaunched, Event, MessageSent
 from orchestrator.report.model import Verdict
 
 SCENARIO = """
@@ -62,6 +62,10 @@ def test_kill_9_mid_scenario_is_an_error_naming_the_agent(private_tmp: Path) -> 
     # the remaining steps ran: the wait on the dead agent failed, the rest passed
     statuses = [s.status for s in report.steps]
     assert statuses == ["passed", "passed", "passed", "failed", "passed", "passed"]
+    # The wait on the dead agent failed the moment it died, with the cause, not at its 3 s.
+    dead_wait = report.steps[3]
+    assert dead_wait.error is not None and "victim is gone (killed by SIGKILL)" in dead_wait.error
+    assert dead_wait.duration_s < 1.5, dead_wait
     assert report.assertions[0].passed  # judged anyway: the report says what did hold
     # the crash is in the event log with its signal
     lines = [json.loads(x) for x in (private_tmp / "report" / "events.jsonl").open()]
@@ -112,3 +116,40 @@ def test_a_frozen_agent_is_reported_hung_not_crashed(private_tmp: Path) -> None:
     assert sleeper.status == "hung" and sleeper.signal == "SIGKILL"
     lines = [json.loads(x) for x in (private_tmp / "report" / "events.jsonl").open()]
     assert [e["agent"] for e in lines if e["kind"] == "agent.hung"] == ["sleeper"]
+
+
+STALLED = """
+name: stalled
+timeout: 30s
+agents:
+  - id: worker
+    plugins: [examples.plugins.faults:plugin]
+    action_timeout: 20s
+  - id: alice
+rooms:
+  - {id: lobby, members: [worker, alice]}
+script:
+  - action: {agent: worker, name: STALL, params: {seconds: 15}}
+  - send: {agent: alice, room: lobby, text: "still here"}
+assertions:
+  - message: {from: alice, origin: script, count: {min: 1}}
+"""
+
+
+def test_an_action_running_on_an_agent_that_dies_fails_at_once(private_tmp: Path) -> None:
+    pids: dict[str, int] = {}
+
+    def probe(event: Event) -> None:
+        if isinstance(event, AgentLaunched) and event.agent is not None:
+            pids[event.agent] = event.pid
+        if isinstance(event, ActionStarted) and event.agent == "worker":
+            os.kill(pids["worker"], signal.SIGKILL)  # mid-action
+
+    report = run_yaml(STALLED, private_tmp / "report", on_event=probe)
+
+    assert report.verdict is Verdict.ERROR
+    action, send = report.steps
+    assert action.status == "failed" and action.error is not None
+    assert "worker is gone" in action.error and "SIGKILL" in action.error, action.error
+    assert action.duration_s < 5.0, action  # not its 25 s budget
+    assert send.status == "passed"  # the script went on

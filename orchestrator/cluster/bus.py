@@ -153,6 +153,8 @@ class Link:
         self.last_heard = 0.0
         self.last_sent = 0.0
         self.added_at = time.monotonic()
+        self.commands: set[int] = set()
+        """Correlation ids of commands sent to this agent and not yet answered."""
         self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
         self.bye_future: asyncio.Future[Bye] = asyncio.get_running_loop().create_future()
         self.gone_reason: str | None = None
@@ -261,6 +263,7 @@ class Bus:
         self._next_corr += 1
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._commands[corr] = future
+        link.commands.add(corr)
         self.events.emit(
             ev.CommandSent(agent=agent, corr=corr, command=command.model_dump(mode="json"))
         )
@@ -271,6 +274,7 @@ class Bus:
                 return await future
         finally:
             self._commands.pop(corr, None)
+            link.commands.discard(corr)
 
     async def stop_agent(self, agent: str, deadline_s: float) -> Bye | None:
         """Ask `agent` to stop; its BYE, or None if it did not say goodbye in time."""
@@ -303,6 +307,13 @@ class Bus:
         if not link.bye_future.done():
             link.bye_future.set_exception(AgentGone(reason))
             link.bye_future.exception()
+        # Commands it had already taken (an action running in it) will never be answered:
+        # their steps fail now, not at their timeout.
+        for corr in list(link.commands):
+            future = self._commands.pop(corr, None)
+            if future is not None and not future.done():
+                future.set_exception(AgentGone(f"agent {agent} is gone: {reason}"))
+        link.commands.clear()
 
     # -- sending --------------------------------------------------------------------------
     def _enqueue(self, link: Link, item: Outgoing) -> None:

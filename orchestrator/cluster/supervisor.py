@@ -240,6 +240,8 @@ class Supervisor:
         """STOP every live agent, then escalate on whoever is still there. Reaps everyone."""
         live = [p for p in self.processes.values() if p.exit is None]
         for proc in live:
+            if proc.hung is not None:
+                continue  # already killed as hung; its exit (not yet reaped) stays a hang
             proc.expected_exit = True
             proc.status = ProcessStatus.STOPPING
 

@@ -29,6 +29,8 @@ from orchestrator.cluster.bus import AgentGone, Bus
 from orchestrator.events import (
     ActionCompleted,
     ActionFailed,
+    AgentCrashed,
+    AgentHung,
     Event,
     EventLog,
     Matcher,
@@ -213,7 +215,11 @@ class Executor:
         self.taps: dict[str, Tap] = {}
         """Per `wait_for` step on messages, actions or events: its standing wait, registered
         before the script starts so that nothing it may look back at is missed."""
+        self._waits_on: dict[str, list[Tap]] = {}
+        """Agent -> the taps of waits for its messages or actions, which fail at once when it
+        is lost (a crash or a hang), instead of at their timeout."""
         self._register()
+        self._loss = events.subscribe(self._on_loss, (AgentCrashed, AgentHung))
 
     # -- set-up ---------------------------------------------------------------------------
     def _register(self) -> None:
@@ -236,7 +242,22 @@ class Executor:
             path, step.id, step_kind(step), describe(step), timeline.name, step.critical
         )
         if isinstance(step, WaitForStep) and step.wait_for.state is None:
-            self.taps[path] = Tap(self.events, _matcher(step, self.members), timeline.floor)
+            tap = self.taps[path] = Tap(self.events, _matcher(step, self.members), timeline.floor)
+            agent = _waits_on(step)
+            if agent is not None:
+                self._waits_on.setdefault(agent, []).append(tap)
+
+    def _on_loss(self, event: AgentCrashed | AgentHung) -> None:
+        agent = event.agent or ""
+        if isinstance(event, AgentHung):
+            how = f"hung (silent for {event.silent_s:g}s)"
+        elif event.signal is not None:
+            how = f"killed by {event.signal}"
+        else:
+            how = f"exited with code {event.returncode}"
+        for tap in self._waits_on.get(agent, []):
+            what = tap.matcher.describe()
+            tap.fail(StepFailure(f"{agent} is gone ({how}): {what} can never come"))
 
     def _done_with(self, path: str) -> None:
         """The step at `path` (or a block and its steps) has run for the last time, unless a
@@ -246,12 +267,18 @@ class Executor:
             return
         inner = path + "."
         for tap_path in [p for p in self.taps if p == path or p.startswith(inner)]:
-            self.taps.pop(tap_path).close()
+            tap = self.taps.pop(tap_path)
+            tap.close()
+            for taps in self._waits_on.values():
+                if tap in taps:
+                    taps.remove(tap)
 
     def close(self) -> None:
         for tap in self.taps.values():
             tap.close()
         self.taps.clear()
+        self._waits_on.clear()
+        self._loss.close()
 
     # -- the run --------------------------------------------------------------------------
     async def run(self, deadline: float) -> list[StepResult]:
@@ -577,6 +604,17 @@ class Executor:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+
+def _waits_on(step: WaitForStep) -> str | None:
+    """The agent whose loss means the wait can never end well: a message's sender (else its
+    recipient), an action's agent. Not for `event` waits: one may wait for the loss itself."""
+    w = step.wait_for
+    if w.message is not None:
+        return w.message.from_ or w.message.to
+    if w.action is not None:
+        return w.action.agent
+    return None
 
 
 def _matcher(step: WaitForStep, members: Mapping[str, frozenset[str]] | None) -> Matcher:

@@ -21,6 +21,7 @@ from orchestrator.report.model import ScenarioReport
 from orchestrator.run.runner import RunOptions, run_scenario
 from orchestrator.scenario.loader import load_scenario_text
 from protocol import AgentConfig, ChannelType, RoomConfig, RuleConfig, RulesModelConfig
+from protocol.liveness import Liveness
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +106,8 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     """Real agents on a real bus; torn down (and checked) on exit."""
     events = EventLog(run_dir / "events.jsonl")
-    bus = Bus(f"ipc://{run_dir}/bus.sock", events, hung_after_s=hung_after_s)
+    liveness = Liveness(0.5, hung_after_s, coordinator_timeout_s)
+    bus = Bus(f"ipc://{run_dir}/bus.sock", events, liveness=liveness)
     bus.start()
     bus.set_rooms((r.id, tuple(r.members)) for r in rooms)
     supervisor = Supervisor(SpawnLauncher(), bus, events)

@@ -106,7 +106,7 @@ def test_a_frozen_agent_is_reported_hung_not_crashed(private_tmp: Path) -> None:
         if isinstance(event, MessageSent) and event.agent == "alice":
             os.kill(pids["sleeper"], signal.SIGSTOP)  # frozen before it can answer
 
-    report = run_yaml(HANG, private_tmp / "report", on_event=probe, hung_after_s=1.0)
+    report = run_yaml(HANG, private_tmp / "report", on_event=probe, hung_after_s=1.5)
 
     assert report.verdict is Verdict.ERROR
     hung = [e for e in report.errors if e.agent == "sleeper"]

@@ -61,6 +61,7 @@ from protocol import (
 )
 from protocol.bodies import Command, Ping
 from protocol.codec import kind_of
+from protocol.liveness import Liveness
 from protocol.frames_io import readable, recv_frames, send_frames
 from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
 from protocol.testhooks import DropHook
@@ -167,15 +168,15 @@ class Bus:
         events: EventLog,
         *,
         policy: RetryPolicy | None = None,
-        heartbeat_interval_s: float = 0.5,
-        hung_after_s: float = 3.0,
+        liveness: Liveness | None = None,
         on_hung: Callable[[str, str], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.events = events
         self.policy = policy or RetryPolicy()
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.hung_after_s = hung_after_s
+        liveness = liveness or Liveness()
+        self.heartbeat_interval_s = liveness.heartbeat_interval_s
+        self.hung_after_s = liveness.hung_after_s
         self.on_hung = on_hung
         self.incarnation = time.time_ns() & ((1 << 62) - 1)
         self.links: dict[str, Link] = {}

@@ -74,6 +74,7 @@ from orchestrator.scenario.schema import StateCheck
 from orchestrator.scenario.spec import Scenario, all_steps
 from orchestrator.scenario.steps import AssertStep
 from protocol import AgentStats
+from protocol.liveness import Liveness
 
 LOG_TAIL_LINES = 20
 
@@ -147,6 +148,10 @@ class ScenarioRun:
         self.agent_reports: list[AgentReport] = []
         self.judgement: Judgement | None = None
         self.loop = LoopWatch()
+        self.liveness = Liveness(
+            options.heartbeat_interval_s, options.hung_after_s, options.coordinator_timeout_s
+        )
+        """The link timings, checked against each other (protocol/liveness.py)."""
         self._script_t0 = 0.0
 
     async def execute(self) -> ScenarioReport:
@@ -176,8 +181,7 @@ class ScenarioRun:
         bus = Bus(
             f"ipc://{run_dir}/bus.sock",
             events,
-            heartbeat_interval_s=opts.heartbeat_interval_s,
-            hung_after_s=opts.hung_after_s,
+            liveness=self.liveness,
         )
         supervisor: Supervisor | None = None
         sampler = Sampler(events, opts.sample_interval_s)
@@ -313,8 +317,8 @@ class ScenarioRun:
                 incarnation=1,
                 agent_dir=Path(config.agent_dir),
                 death_fd=-1,
-                heartbeat_interval_s=opts.heartbeat_interval_s,
-                coordinator_timeout_s=opts.coordinator_timeout_s,
+                heartbeat_interval_s=self.liveness.heartbeat_interval_s,
+                coordinator_timeout_s=self.liveness.coordinator_timeout_s,
                 inbox_capacity=opts.inbox_capacity,
                 env=plugin_env(self.source),
                 nice=AGENT_NICE,

@@ -8,7 +8,9 @@ arrives in CONFIGURE. Exit codes: 0 after a clean STOP, 4 when the coordinator w
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -69,7 +71,29 @@ def _serve_runtime(config: AgentConfig, transport: Transport, inbox: Inbox) -> i
     return AgentRuntime(config, transport, inbox).serve()
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent (the coordinator) dies.
+
+    The death pipe covers an agent that can still read it; this covers one that cannot: a
+    frozen (SIGSTOPped) agent, an event loop that is blocked, a C call that holds the GIL.
+    The parent is checked again after setting it, since it may have died just before."""
+    parent = os.getppid()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # no prctl: the death pipe and the silence deadline still apply
+    if os.getppid() != parent:
+        os._exit(EXIT_ABANDONED)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     return run_agent(args, _serve_runtime)
 

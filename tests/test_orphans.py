@@ -101,3 +101,49 @@ def test_agents_exit_when_the_coordinator_goes_silent(private_tmp: Path) -> None
     finally:
         coordinator.kill()
         coordinator.wait()
+
+
+HOGGED = r"""
+import asyncio, json, sys
+from pathlib import Path
+from orchestrator.events import ActionStarted, AgentLaunched
+from orchestrator.scenario.loader import load_scenario_text
+from orchestrator.run.runner import RunOptions, run_scenario
+
+TEXT = '''
+name: hogged
+timeout: 120s
+agents: [{id: a, plugins: [plugins.hog:plugin], action_timeout: 100s}]
+script:
+  - action: {agent: a, name: HOG}
+assertions:
+  - errors: {}
+'''
+pids = {}
+def probe(event):
+    if isinstance(event, AgentLaunched):
+        pids[event.agent] = event.pid
+    if isinstance(event, ActionStarted):
+        print(json.dumps(pids), flush=True)
+opts = RunOptions(report_dir=Path(sys.argv[1]), coordinator_timeout_s=60, hung_after_s=60)
+source = Path(sys.argv[2]) / "hogged.yaml"
+asyncio.run(run_scenario(load_scenario_text(TEXT, "hogged.yaml"), source, opts, probe))
+"""
+
+
+def test_an_agent_that_holds_the_gil_dies_with_its_coordinator(private_tmp: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(private_tmp)}
+    tests = Path(__file__).resolve().parent  # plugins.hog is imported from the tests folder
+    coordinator = subprocess.Popen(
+        [sys.executable, "-c", HOGGED, str(private_tmp / "report"), str(tests)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert coordinator.stdout is not None
+    line = coordinator.stdout.readline()  # the action has started: the agent is stuck in C
+    assert line, "coordinator exited before the action started"
+    pids = list(json.loads(line).values())
+    coordinator.kill()
+    coordinator.wait()
+    # Neither its death pipe nor its silence deadline can reach it: the kernel must
+    # (PR_SET_PDEATHSIG).
+    assert _agent_exits(pids, within=5.0) == []

@@ -1,0 +1,26 @@
+"""A plugin whose action holds the GIL in one C call for as long as it takes (a regex that
+backtracks exponentially): the agent's transport thread cannot run, so it can neither read
+its death pipe nor notice a silent coordinator."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from agent_worker.plugins import Action, ActionResult, Callback, Message, Plugin, State
+
+if TYPE_CHECKING:
+    from agent_worker.runtime import AgentRuntime
+
+
+def hog(
+    runtime: AgentRuntime, message: Message, state: State, params: BaseModel | None,
+    callback: Callback,
+) -> ActionResult:  # fmt: skip
+    re.match(r"(a+)+$", "a" * 64 + "b")  # about 2**64 steps, in C, without releasing the GIL
+    return ActionResult()
+
+
+plugin = Plugin(name="hog", actions=[Action("HOG", hog, description="Hold the GIL forever.")])

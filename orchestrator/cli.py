@@ -2,7 +2,7 @@
 
 Exit codes: 0 every scenario passed; 1 any FAIL or FLAKY; 2 invalid input (a scenario file,
 the command line or the report directory; nothing is started); 3 any run an ERROR (it could not
-be judged); 130 interrupted.
+be judged); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM, handled like Ctrl-C).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from orchestrator.scenario.spec import all_steps
 from orchestrator.schemas import report_schema, scenario_schema
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 LOG_WIDTH = 160
 
 
@@ -229,7 +231,8 @@ def run(
     """Run scenario files and report a verdict for each.
 
     Exit status: 0 all passed, 1 a FAIL or FLAKY, 2 invalid input, 3 a run was an ERROR,
-    130 interrupted (Ctrl-C; the runs that finished are still reported).
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM); either way the runs that finished are
+    still reported and the others torn down.
     """
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose ask for opposite things: choose one")
@@ -287,9 +290,29 @@ def run(
             if not quiet:
                 print_summary(console, report, verbose)
 
+        terminated = False
+
+        async def run_all() -> None:
+            # SIGTERM is handled like Ctrl-C: the runs are cancelled and tear themselves down.
+            nonlocal terminated
+            loop = asyncio.get_running_loop()
+            main_task = asyncio.current_task()
+            assert main_task is not None
+
+            def on_sigterm() -> None:
+                nonlocal terminated
+                terminated = True
+                main_task.cancel()
+
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+            try:
+                await run_planned(planned, options, parallel, started, finished)
+            finally:
+                loop.remove_signal_handler(signal.SIGTERM)
+
         try:
-            asyncio.run(run_planned(planned, options, parallel, started, finished))
-        except KeyboardInterrupt:
+            asyncio.run(run_all())
+        except (KeyboardInterrupt, asyncio.CancelledError):
             # Every run in flight was cancelled and tore itself down (agents, sockets, run
             # directories); what finished is still summarised below.
             interrupted = True
@@ -297,7 +320,11 @@ def run(
     reports = [done[item.report_dir] for item in finished_runs]
     results = outcomes(finished_runs, reports)
     junit = write_junit(root / "junit.xml", reports, repeat if repeat > 1 else None)
-    code = EXIT_INTERRUPTED if interrupted else exit_code(results, reports)
+    code = (
+        (EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+        if interrupted
+        else exit_code(results, reports)
+    )
     Summary(
         seed=seed,
         repeat=repeat,

@@ -455,8 +455,9 @@ def test_progress_bar_on_a_terminal_only(files: Path, tmp_path: Path, private_tm
     assert live not in quiet and len(quiet.splitlines()) == 1
 
 
-def test_ctrl_c_tears_down_and_reports_what_finished(
-    files: Path, tmp_path: Path, private_tmp: Path
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_tears_down_and_reports_what_finished(
+    files: Path, tmp_path: Path, private_tmp: Path, sig: signal.Signals, code: int
 ) -> None:
     slow = tmp_path / "slow.yaml"
     slow.write_text(PAUSED.format(name="slow").replace("pause: 1s", "pause: 30s"))
@@ -475,14 +476,15 @@ def test_ctrl_c_tears_down_and_reports_what_finished(
         ):
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.02)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         _, err = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode == 130
+    assert process.returncode == code
     assert b"interrupted: 1 of 2 runs finished" in err
+    assert b"Traceback" not in err and b"never retrieved" not in err, err.decode()
     summary = _summary(report_dir)
-    assert summary["interrupted"] is True and summary["exit_code"] == 130
+    assert summary["interrupted"] is True and summary["exit_code"] == code
     assert [s["scenario"] for s in summary["scenarios"]] == ["coin"]
     assert len(JUnitXml.fromfile(str(report_dir / "junit.xml"))) == 1
     assert list(private_tmp.glob("sr-*")) == []  # the slow run's directory went with it
@@ -571,3 +573,36 @@ def test_an_error_among_repeats_is_flaky_but_exits_3_and_dirs_avoid_reserved_nam
     dirs = [p.report_dir.name for p in session.plan([(Path("a"), named), (Path("b"), base)], 1,
                                                      tmp_path)]  # fmt: skip
     assert dirs == ["junit.xml-2", "coin"]
+
+
+def test_sigterm_while_agents_start_stops_launching_at_once(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    many = tmp_path / "many.yaml"
+    agents = "\n".join(f"  - id: a{i}" for i in range(32))
+    many.write_text(
+        f"name: many\nagents:\n{agents}\nrooms:\n  - {{id: r, members: ['a*']}}\n"
+        "script:\n  - send: {agent: a0, room: r, text: hi}\n"
+        "assertions:\n  - message: {from: a0, origin: script}\n"
+    )
+    script = Path(sys.executable).parent / "scenario-runner"
+    env = {**os.environ, "TMPDIR": str(private_tmp)}
+    command = [str(script), "run", str(many), "--report-dir", str(tmp_path / "r")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(private_tmp.glob("sr-*/agents/*"))) < 32:  # all launched, not READY
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.01)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    assert process.returncode == 143, err.decode()
+    assert b"Traceback" not in err and b"never retrieved" not in err, err.decode()
+    assert took < 5.0  # not the time to launch the 31 others and wait for them
+    assert list(private_tmp.glob("sr-*")) == []
+    leftovers = [p.pid for p in psutil.process_iter(["environ"]) if _ran_in(p, private_tmp)]
+    assert leftovers == []

@@ -61,8 +61,8 @@ from protocol import (
 )
 from protocol.bodies import Command, Ping
 from protocol.codec import kind_of
-from protocol.liveness import Liveness
 from protocol.frames_io import readable, recv_frames, send_frames
+from protocol.liveness import Liveness
 from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
 from protocol.testhooks import DropHook
 

@@ -138,7 +138,15 @@ class Supervisor:
             return ready.error
 
         tasks = {p.agent_id: asyncio.ensure_future(one(p)) for p in self.processes.values()}
-        _, pending = await asyncio.wait(tasks.values(), timeout=timeout)
+        try:
+            _, pending = await asyncio.wait(tasks.values(), timeout=timeout)
+        except asyncio.CancelledError:
+            # Interrupted (Ctrl-C, SIGTERM): the waits end here, and their outcomes (agents
+            # torn down before READY) are nobody's news, not tracebacks at exit.
+            for task in tasks.values():
+                task.cancel()
+                task.add_done_callback(_quietly)
+            raise
         for task in pending:
             task.cancel()
         problems: list[str] = []
@@ -294,3 +302,9 @@ class Supervisor:
             if fd >= 0:
                 os.close(fd)
         self._death_r = self._death_w = -1
+
+
+def _quietly(task: asyncio.Task[str | None]) -> None:
+    """Retrieve a finished task's outcome, so that asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()

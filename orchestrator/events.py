@@ -420,7 +420,10 @@ SUMMARY_AT = 0.9
 end (its crashes, errors and verdict events) still fits."""
 
 SPILL_BLOCK = 1 << 20
-"""Encoded events are written in blocks of about this many bytes."""
+"""Encoded events are written in blocks of about this many bytes..."""
+
+FLUSH_EVERY_S = 1.0
+"""... or at least this often during a run, whichever comes first."""
 
 REJECTED_EVERY_S = 1.0
 """At most one `wire.rejected` line per (reason, side) per this many seconds."""
@@ -486,6 +489,7 @@ class EventLog:
         self._rejected_held: Counter[tuple[str, str]] = Counter()
         self._dispatching = False
         self._pending: deque[Event] = deque()
+        self._flusher: asyncio.TimerHandle | None = None
         self.listener_errors: list[str] = []
         """Listeners that raised (a bug of the runner's): each is reported as an error."""
 
@@ -595,6 +599,17 @@ class EventLog:
         """Write what is buffered (a report checkpoint, a reader of the file, the end)."""
         self._write()
 
+    def flush_every(self, interval_s: float = FLUSH_EVERY_S) -> None:
+        """Write the buffer out at least this often from now on (on the running loop), so a
+        coordinator killed without warning leaves a file complete to within `interval_s`."""
+
+        def tick() -> None:
+            self._write()
+            self._flusher = loop.call_later(interval_s, tick)
+
+        loop = asyncio.get_running_loop()
+        self._flusher = loop.call_later(interval_s, tick)
+
     # -- subscriptions ------------------------------------------------------------------------
     def subscribe(
         self,
@@ -657,6 +672,9 @@ class EventLog:
             subscription.close()
 
     def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         if self._fd is not None:
             self.tell_held_rejections()
             self._write()

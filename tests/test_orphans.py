@@ -8,8 +8,13 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from conftest import run_yaml
+
+from orchestrator.run.rundir import make_run_dir, sweep_stale
 
 COORDINATOR = r"""
 import asyncio, json, sys
@@ -87,10 +92,56 @@ def _agent_exits(pids: list[int], within: float) -> list[int]:
 def test_agents_exit_when_the_coordinator_is_killed(private_tmp: Path) -> None:
     coordinator, pids = _start(private_tmp, coordinator_timeout=30.0)
     assert len(pids) == 3
-    coordinator.kill()  # SIGKILL: no teardown runs; only the death pipe tells the agents
-    coordinator.wait()
+    # events.jsonl is written out at least every second, so what happened is on disk
+    # before the coordinator dies (a 1 MiB buffer would otherwise hold it all).
+    events = private_tmp / "report" / "events.jsonl"
+    deadline = time.monotonic() + 5
+    try:
+        while '"step.started"' not in (events.read_text() if events.exists() else ""):
+            assert time.monotonic() < deadline, "events.jsonl was not written out within 5 s"
+            time.sleep(0.05)
+    finally:
+        coordinator.kill()  # SIGKILL: no teardown runs; only the death pipe tells the agents
+        coordinator.wait()
     # Only the death pipe can tell the agents this fast: their silence deadline is 30 s.
     assert _agent_exits(pids, within=5.0) == []
+    kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
+    assert kinds[0] == "run.started" and "agent.ready" in kinds
+    # Its run directory stays (nobody could remove it) until the next run sweeps it.
+    stale = list(private_tmp.glob("sr-*"))
+    assert len(stale) == 1
+    report = run_yaml(
+        "name: next\nagents: [{id: a}]\nassertions: [{errors: {}}]\n", private_tmp / "next"
+    )
+    assert report.verdict.value == "PASS"
+    assert not stale[0].exists() and list(private_tmp.glob("sr-*")) == []
+
+
+def test_the_sweep_removes_only_directories_of_coordinators_that_are_gone(
+    tmp_path: Path,
+) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / "sr-dead"
+    dead.mkdir()
+    (dead / "owner.json").write_text(json.dumps({"pid": gone.pid, "started": 0.0}))
+    mine = make_run_dir_in(tmp_path)
+    reused = tmp_path / "sr-reused"  # our pid, but another start time: a reused pid
+    reused.mkdir()
+    (reused / "owner.json").write_text(json.dumps({"pid": os.getpid(), "started": 1.0}))
+    unmarked = tmp_path / "sr-unmarked"
+    unmarked.mkdir()
+    assert sorted(p.name for p in sweep_stale(tmp_path)) == ["sr-dead", "sr-reused"]
+    assert mine.exists() and unmarked.exists()
+
+
+def make_run_dir_in(folder: Path) -> Path:
+    original = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        return make_run_dir()
+    finally:
+        tempfile.tempdir = original
 
 
 def test_agents_exit_when_the_coordinator_goes_silent(private_tmp: Path) -> None:

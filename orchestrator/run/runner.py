@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -66,6 +65,7 @@ from orchestrator.run.reporting import (
     step_errors,
     step_report,
 )
+from orchestrator.run.rundir import make_run_dir, sweep_stale
 from orchestrator.run.verdict import Decision, decide
 from orchestrator.run.wire import agent_configs, plugin_env, room_members
 from orchestrator.scenario.assertions import Assertion, ErrorsAssertion
@@ -161,7 +161,8 @@ class ScenarioRun:
             sys.path.append(folder)
         report_dir = self.options.report_dir or default_report_dir(self.scenario)
         report_dir.mkdir(parents=True, exist_ok=True)
-        run_dir = Path(tempfile.mkdtemp(prefix="sr-"))  # 0700, and short enough for ipc paths
+        sweep_stale()  # what killed coordinators left behind
+        run_dir = make_run_dir()
         try:
             return await self._execute(report_dir, run_dir)
         finally:  # also when cancelled (Ctrl-C) or when the runner itself broke
@@ -177,6 +178,7 @@ class ScenarioRun:
         if self.on_event is not None:
             events.subscribe(self.on_event)
         judgement = self.judgement = Judgement(self.scenario, events, self.members, opts.events)
+        events.flush_every()
         self.loop.start()
         bus = Bus(
             f"ipc://{run_dir}/bus.sock",

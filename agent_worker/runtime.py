@@ -158,7 +158,14 @@ class AgentRuntime:
         self._lock = threading.RLock()  # state, message ids and the store, for sync plugin code
         self._msg_counter = 0
         self._call_counter = 0
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="plugin")
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.handler_threads, thread_name_prefix="plugin"
+        )
+        self._busy = 0
+        """Sync plugin calls running in the pool (a timed-out one stays until it returns)."""
+        self._busy_lock = threading.Lock()
+        self._saturated = False
+        """Said once per time the pool is full, not once per waiting call."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the API plugins use ------------------------------------------------------------
@@ -489,15 +496,45 @@ class AgentRuntime:
             return await asyncio.wait_for(coro, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        self._note_saturation()
         # run_in_executor does not carry context variables (the origin) into the thread.
         context = contextvars.copy_context()
         value = await asyncio.wait_for(
-            loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args)),
+            loop.run_in_executor(
+                self._executor, functools.partial(context.run, self._counted, fn, *args)
+            ),
             timeout,
         )
         if inspect.isawaitable(value):  # a sync function that returned a coroutine
             return await asyncio.wait_for(value, max(deadline - loop.time(), 0.0))
         return value
+
+    def _counted(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn` in a pool thread, counted as busy until it returns (a call past its
+        timeout keeps its thread, which is how a pool fills up)."""
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+
+    def _note_saturation(self) -> None:
+        """Before a sync call: if every pool thread is busy, it will wait; say so once."""
+        size = self.config.handler_threads
+        if self._busy < size:
+            self._saturated = False
+            return
+        if not self._saturated:
+            self._saturated = True
+            self._report_error(
+                AgentErrorKind.POOL,
+                "plugin thread pool",
+                f"all {size} threads for sync plugin functions are busy (calls past their"
+                " timeout keep theirs), so calls wait; raise handler_threads or make the"
+                " slow functions async",
+            )
 
     # -- commands from the coordinator ----------------------------------------------------
     async def _on_command(self, item: Command) -> None:

@@ -47,6 +47,7 @@ class ErrorKind(StrEnum):
     MODEL = "model"
     SERVICE = "service"
     AGENT = "agent"
+    POOL = "pool"
     # The run's own: always an ERROR verdict.
     CRASH = "crash"
     """An agent process exited when nobody asked it to."""
@@ -68,7 +69,9 @@ class ErrorKind(StrEnum):
         return self not in _AGENT_KINDS
 
 
-_AGENT_KINDS = frozenset({ErrorKind.HANDLER, ErrorKind.MODEL, ErrorKind.SERVICE, ErrorKind.AGENT})
+_AGENT_KINDS = frozenset(
+    {ErrorKind.HANDLER, ErrorKind.MODEL, ErrorKind.SERVICE, ErrorKind.AGENT, ErrorKind.POOL}
+)
 
 
 def error_kind_of(kind: AgentErrorKind) -> ErrorKind:

@@ -148,6 +148,8 @@ class AgentConfig(WireModel):
     """Free-form settings plugins read with `runtime.get_setting`."""
     retention: RetentionConfig = RetentionConfig()
     action_timeout_s: float = Field(default=10.0, gt=0)
+    handler_threads: int = Field(default=4, ge=1, le=256)
+    """Threads for sync plugin functions; when all are busy, calls wait (and that is said)."""
     seed: int = Field(default=0, ge=0, lt=1 << 63)
     """Seeds every random choice the agent makes (the model's draws, `runtime.random`); the
     coordinator derives it from the run's seed, the agent's id and the repeat number."""
@@ -260,6 +262,9 @@ class AgentErrorKind(StrEnum):
     """A service failed to stop."""
     AGENT = "agent"
     """Anything else in the agent's runtime."""
+    POOL = "pool"
+    """Every thread for sync plugin functions was busy (some may be stuck past their
+    timeout: Python cannot stop a thread), so calls had to wait."""
 
 
 WireAgentErrorKind = Annotated[AgentErrorKind, _from_wire_str(AgentErrorKind)]

@@ -296,3 +296,25 @@ def test_state_waits_and_checks_pass_and_fail(private_tmp: Path) -> None:
     assert results["too-low"].message == "a's final state at 'counter' >= 2: no, found 1"
     assert results["not-a-number"].actual == "absent"
     assert report.verdict is Verdict.ERROR  # a step failed
+
+
+def test_a_full_handler_pool_is_an_error_of_its_own(private_tmp: Path) -> None:
+    report = run_yaml(
+        """
+name: pool
+agents:
+  - id: worker
+    plugins: [plugins.hog:plugin]
+    handler_threads: 1
+    action_timeout: 300ms
+script:
+  - action: {agent: worker, name: BLOCK, params: {seconds: 1.5}, expect: timeout}
+  - action: {agent: worker, name: BLOCK, params: {seconds: 0}, expect: timeout}
+assertions:
+  - {id: one-pool-error, errors: {kind: [pool], agent: worker, max: 1}}
+""",
+        private_tmp / "report",
+    )
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    pool = [e for e in report.errors if e.source == "pool"]
+    assert len(pool) == 1 and "all 1 threads for sync plugin functions are busy" in pool[0].message

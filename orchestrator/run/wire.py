@@ -64,6 +64,7 @@ def agent_configs(
                     max_age_s=agent.memory.max_age.seconds if agent.memory.max_age else None,
                 ),
                 action_timeout_s=agent.action_timeout.seconds,
+                handler_threads=agent.handler_threads,
                 seed=agent_seed(seed, scenario, repeat, agent_id),
             )
         )

@@ -220,6 +220,8 @@ class AgentSpec(SpecModel):
     settings: dict[str, JsonValue] = {}
     memory: MemorySpec = MemorySpec()
     action_timeout: Duration = Duration(10.0)
+    handler_threads: Annotated[int, Field(strict=True, ge=1, le=256)] = 4
+    """Threads that run the agent's sync plugin functions (handlers, providers, evaluators)."""
 
     @model_validator(mode="after")
     def _template(self) -> Self:

@@ -5,6 +5,7 @@ its death pipe nor notice a silent coordinator."""
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -23,4 +24,23 @@ def hog(
     return ActionResult()
 
 
-plugin = Plugin(name="hog", actions=[Action("HOG", hog, description="Hold the GIL forever.")])
+class BlockParams(BaseModel):
+    seconds: float
+
+
+def block(
+    runtime: AgentRuntime, message: Message, state: State, params: BaseModel | None,
+    callback: Callback,
+) -> ActionResult:  # fmt: skip
+    assert isinstance(params, BlockParams)
+    time.sleep(params.seconds)  # a sync handler that keeps its pool thread (what is tested)
+    return ActionResult()
+
+
+plugin = Plugin(
+    name="hog",
+    actions=[
+        Action("HOG", hog, description="Hold the GIL forever."),
+        Action("BLOCK", block, description="Keep a pool thread.", parameters=BlockParams),
+    ],
+)

@@ -20,6 +20,7 @@ from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
 from orchestrator.events import DEFAULT_MAX_BYTES, EventStorage, events_schema
 from orchestrator.report.console import print_quiet, print_summary, print_table, progress_bar
 from orchestrator.report.junit import write_junit
@@ -190,6 +191,14 @@ def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
     help="Run only scenarios whose name or a tag matches this glob (repeatable: any matches).",
 )
 @click.option(
+    "--launcher",
+    type=click.Choice(sorted(LAUNCHERS)),
+    default=default_launcher(),
+    show_default=True,
+    help="How agents start: forked from a template that has imported their modules (fast,"
+    " small), or each a fresh interpreter (spawn).",
+)
+@click.option(
     "--keep-run-dir",
     is_flag=True,
     help="Keep the private run directory (agent stores and logs, the socket).",
@@ -222,6 +231,7 @@ def run(
     parallel: int,
     seed: int | None,
     filters: tuple[str, ...],
+    launcher: str,
     keep_run_dir: bool,
     events_storage: str,
     events_max_size: int,
@@ -262,6 +272,7 @@ def run(
         _report_problems(list(blocked))
         sys.exit(EXIT_INVALID)
     options = RunOptions(
+        launcher=launcher,
         timeout=timeout,
         keep_run_dir=keep_run_dir,
         seed=seed,

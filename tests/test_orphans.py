@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -12,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 from conftest import run_yaml
 
 from orchestrator.run.rundir import make_run_dir, sweep_stale
@@ -198,3 +200,25 @@ def test_an_agent_that_holds_the_gil_dies_with_its_coordinator(private_tmp: Path
     # Neither its death pipe nor its silence deadline can reach it: the kernel must
     # (PR_SET_PDEATHSIG).
     assert _agent_exits(pids, within=5.0) == []
+
+
+def _forkservers_of(folder: Path) -> list[int]:
+    """Fork-server templates started by coordinators that ran with TMPDIR=folder."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "environ"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = process.info.get("cmdline") or []
+            env = process.info.get("environ") or {}
+            if "agent_worker.forkserver" in cmdline and env.get("TMPDIR") == str(folder):
+                found.append(process.pid)
+    return found
+
+
+def test_the_fork_server_leaves_with_its_coordinator(private_tmp: Path) -> None:
+    coordinator, pids = _start(private_tmp, coordinator_timeout=30.0)
+    # Forked agents keep the template's command line; the template is the one not an agent.
+    templates = [pid for pid in _forkservers_of(private_tmp) if pid not in pids]
+    assert len(templates) == 1, "the default launcher on Linux is the fork server"
+    coordinator.kill()
+    coordinator.wait()
+    assert _agent_exits(pids + templates, within=5.0) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import run_yaml
 
 from orchestrator.events import ActionEnded, Event
@@ -20,7 +21,10 @@ def _actions_ended() -> tuple[list[ActionEnded], object]:
     return seen, probe
 
 
-def test_two_agents_with_the_same_plugin_share_nothing(private_tmp: Path) -> None:
+@pytest.mark.parametrize("launcher", ["spawn", "fork"])
+def test_two_agents_with_the_same_plugin_share_nothing(private_tmp: Path, launcher: str) -> None:
+    # With `fork`, the plugin module was imported once in the template before both agents
+    # were forked: its module global (COUNTER) is still each agent's own.
     log = private_tmp / "services.log"
     report = run_yaml(
         f"""
@@ -38,8 +42,10 @@ assertions:
   - state: {{agent: b, path: counter, equals: 1}}
 """,
         private_tmp / "report",
+        launcher=launcher,
     )
     assert report.verdict is Verdict.PASS, report.model_dump_json(indent=1)
+    assert {a.launcher for a in report.agents} == {launcher}
     assert [a.services for a in report.agents] == [["first", "second"]] * 2
     lines = log.read_text().splitlines()
     # one service instance per agent, each started once and stopped once, newest first

@@ -1,16 +1,21 @@
-"""How an agent process comes to exist: the Launcher interface and the `spawn` launcher.
+"""How an agent process comes to exist: the Launcher interface, `spawn` and `fork`.
 
 A launcher starts one agent process in its own process group (so teardown can signal the
 group) with the death pipe's read end inherited, and returns its pid. Watching, stopping and
-reaping are the supervisor's job, the same for every launcher.
+reaping are the supervisor's job, the same for every launcher: a forked agent is made the
+coordinator's own child (see agent_worker/forkserver.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -61,6 +66,9 @@ class Launcher(Protocol):
     name: str
 
     def launch(self, spec: LaunchSpec) -> Launched: ...
+
+    def close(self) -> None:
+        """Release what the launcher holds (a template process), once its agents are gone."""
 
 
 class _SpawnedProcess:
@@ -123,4 +131,123 @@ class SpawnLauncher:
         return _SpawnedProcess(popen, log)
 
 
-LAUNCHERS: dict[str, Launcher] = {"spawn": SpawnLauncher()}
+    def close(self) -> None:
+        pass
+
+
+class _ForkedProcess:
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def mark_reaped(self, returncode: int) -> None:
+        pass  # the supervisor reaped it: it is this process's child (a subreaper's orphan)
+
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants this process's children (so forked agents can be reaped
+    here); False where the kernel cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+class ForkServerLauncher:
+    """Agents forked from a template that has already imported the agent's modules (and the
+    scenario's plugins, `preload`): an agent is ready in milliseconds and shares the
+    template's pages until it writes to them. One template per run, started at the first
+    launch, in the run's directory; `close` ends it."""
+
+    name = "fork"
+
+    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+        self.preload = preload
+        self._template: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._answers: IO[bytes] | None = None
+
+    def _start(self, spec: LaunchSpec) -> socket.socket:
+        if not become_subreaper():
+            raise OSError("this system cannot adopt forked agents (no PR_SET_CHILD_SUBREAPER)")
+        ours, theirs = socket.socketpair()
+        log = (spec.agent_dir.parent / "forkserver.log").open("ab")
+        try:
+            command = [
+                sys.executable, "-m", "agent_worker.forkserver",
+                "--control-fd", str(theirs.fileno()), "--death-fd", str(spec.death_fd),
+            ]  # fmt: skip
+            for module in self.preload:
+                command += ["--preload", module]
+            self._template = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(theirs.fileno(), spec.death_fd),
+                process_group=0,
+                env={**os.environ, **spec.env},
+            )
+        finally:
+            theirs.close()
+            log.close()
+        self._control = ours
+        self._answers = ours.makefile("rb")
+        return ours
+
+    def launch(self, spec: LaunchSpec) -> Launched:
+        spec.agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        control = self._control or self._start(spec)
+        assert self._answers is not None
+        priority = min(19, os.getpriority(os.PRIO_PROCESS, 0) + spec.nice)
+        request = {
+            "argv": spec.argv()[3:],  # without `python -m agent_worker`
+            "log": str(spec.log_path),
+            "env": spec.env,
+            "priority": priority,
+        }
+        control.sendall(json.dumps(request).encode() + b"\n")
+        line = self._answers.readline()
+        if not line:
+            raise OSError(f"the fork server ended (see {spec.agent_dir.parent}/forkserver.log)")
+        answer = json.loads(line)
+        if "pid" not in answer:
+            raise OSError(f"the fork server could not fork {spec.agent_id}: {answer.get('error')}")
+        return _ForkedProcess(int(answer["pid"]))
+
+    def close(self) -> None:
+        if self._answers is not None:
+            self._answers.close()
+            self._answers = None
+        if self._control is not None:
+            self._control.close()  # the template reads EOF and leaves
+            self._control = None
+        if self._template is not None:
+            try:
+                self._template.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                self._template.kill()
+                self._template.wait()
+            self._template = None
+
+
+def default_launcher() -> str:
+    """`fork` on Linux (where forked agents can be adopted by the coordinator), else
+    `spawn`."""
+    return "fork" if sys.platform.startswith("linux") and hasattr(os, "fork") else "spawn"
+
+
+LAUNCHERS: dict[str, Callable[[tuple[str, ...]], Launcher]] = {
+    "spawn": lambda preload: SpawnLauncher(),
+    "fork": lambda preload: ForkServerLauncher(preload),
+}
+"""Launcher name -> a new launcher for one run (given the plugin modules it may preload)."""

@@ -298,6 +298,8 @@ class Supervisor:
                 self._loop.remove_reader(pidfd)
             os.close(pidfd)
             del self._pidfds[pid]
+        with contextlib.suppress(Exception):
+            self.launcher.close()
         for fd in (self._death_r, self._death_w):
             if fd >= 0:
                 os.close(fd)

@@ -15,13 +15,13 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
 from orchestrator.cluster.bus import Bus
-from orchestrator.cluster.launchers import LAUNCHERS, LaunchSpec
+from orchestrator.cluster.launchers import LAUNCHERS, LaunchSpec, default_launcher
 from orchestrator.cluster.sampler import Sampler
 from orchestrator.cluster.supervisor import AgentInitError, AgentProcess, StartupError, Supervisor
 from orchestrator.events import (
@@ -96,7 +96,8 @@ class RunOptions:
     timeout: Duration | None = None
     """Overrides the scenario's own timeout."""
     keep_run_dir: bool = False
-    launcher: str = "spawn"
+    launcher: str = field(default_factory=default_launcher)
+    """`fork` (a template forks the agents) where the system allows it, else `spawn`."""
     startup_timeout_s: float = 30.0
     stop_deadline_s: float = 2.0
     heartbeat_interval_s: float = 0.5
@@ -197,7 +198,10 @@ class ScenarioRun:
             )  # fmt: skip
             bus.start()
             bus.set_rooms((room, tuple(ids)) for room, ids in self.members.items())
-            supervisor = Supervisor(LAUNCHERS[opts.launcher], bus, events)
+            preload = tuple(
+                sorted({path.partition(":")[0] for a in self.scenario.agents for path in a.plugins})
+            )
+            supervisor = Supervisor(LAUNCHERS[opts.launcher](preload), bus, events)
             bus.on_hung = supervisor.on_hung
             supervisor.on_crash = self._on_crash
             try:

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module)
     gc.collect()
     gc.freeze()
+    os.write(args.control_fd, b'{"ready": true}\n')  # the imports are done: fork from here
     return serve(args.control_fd, args.death_fd)
 
 

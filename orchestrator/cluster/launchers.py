@@ -67,6 +67,10 @@ class Launcher(Protocol):
 
     def launch(self, spec: LaunchSpec) -> Launched: ...
 
+    def prepare(self, spec: LaunchSpec) -> None:
+        """Get ready to launch agents like `spec` (start a template); blocking, so the
+        runner calls it in a thread, off the event loop."""
+
     def close(self) -> None:
         """Release what the launcher holds (a template process), once its agents are gone."""
 
@@ -131,6 +135,9 @@ class SpawnLauncher:
         return _SpawnedProcess(popen, log)
 
 
+    def prepare(self, spec: LaunchSpec) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -180,6 +187,7 @@ class ForkServerLauncher:
         if not become_subreaper():
             raise OSError("this system cannot adopt forked agents (no PR_SET_CHILD_SUBREAPER)")
         ours, theirs = socket.socketpair()
+        spec.agent_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = (spec.agent_dir.parent / "forkserver.log").open("ab")
         try:
             command = [
@@ -202,7 +210,16 @@ class ForkServerLauncher:
             log.close()
         self._control = ours
         self._answers = ours.makefile("rb")
+        ready = self._answers.readline()  # the template has imported everything
+        if not ready:
+            raise OSError(f"the fork server did not start (see {log.name})")
         return ours
+
+    def prepare(self, spec: LaunchSpec) -> None:
+        """Start the template and wait until it has imported everything (about 0.2 s, which
+        is why the runner does this in a thread)."""
+        if self._control is None:
+            self._start(spec)
 
     def launch(self, spec: LaunchSpec) -> Launched:
         spec.agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

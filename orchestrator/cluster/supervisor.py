@@ -113,6 +113,11 @@ class Supervisor:
         self._closed = False
 
     # -- launch ---------------------------------------------------------------------------
+    def prepare(self, spec: LaunchSpec) -> None:
+        """Let the launcher get ready for agents like `spec` (blocking: call it in a
+        thread)."""
+        self.launcher.prepare(dataclasses.replace(spec, death_fd=self._death_r))
+
     def launch(self, spec: LaunchSpec, config: AgentConfig) -> AgentProcess:
         self.bus.add_agent(config, spec.incarnation)
         spec = dataclasses.replace(spec, death_fd=self._death_r)

@@ -316,6 +316,7 @@ class ScenarioRun:
 
     async def _launch(self, supervisor: Supervisor, sampler: Sampler, run_dir: Path) -> None:
         opts = self.options
+        prepared = False
         for config in agent_configs(self.scenario, run_dir, self.options.seed, self.options.repeat):
             spec = LaunchSpec(
                 agent_id=config.agent_id,
@@ -329,6 +330,9 @@ class ScenarioRun:
                 env=plugin_env(self.source),
                 nice=AGENT_NICE,
             )
+            if not prepared:  # a template's start-up is not the loop's to wait for
+                await asyncio.to_thread(supervisor.prepare, spec)
+                prepared = True
             supervisor.launch(spec, config)
             # A launch blocks the loop for a fork and exec (7 ms here, 20 ms with agents
             # already starting on both cores): yield after each, so that launching 32 agents

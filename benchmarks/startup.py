@@ -1,14 +1,16 @@
 """`python -m benchmarks.startup`: launch N real agents, time launch -> all READY and teardown.
 
-For each count, in a fresh run directory: the real EventLog, Bus and Supervisor with the
-`spawn` launcher start that many `python -m agent_worker` processes (the rules model, one room
-with everyone in it), and the clock runs from just before the first launch until the last
-agent's READY has reached the coordinator. Teardown is `Supervisor.stop_all` (STOP with a
-deadline -> BYE -> exit -> reap, escalating to SIGTERM / SIGKILL on stragglers); afterwards
-psutil must find none of the agents' pids.
+For each launcher (`--launchers`, default `fork,spawn`) and each count, in a fresh run
+directory: the real EventLog, Bus and Supervisor start that many agents (the rules model, one
+room with everyone in it), and the clock runs from just before the first launch (for `fork`,
+before its template starts) until the last agent's READY has reached the coordinator. Each
+agent's USS (private memory, from psutil) is read once all are READY: the median is reported.
+Teardown is `Supervisor.stop_all` (STOP with a deadline -> BYE -> exit -> reap, escalating to
+SIGTERM / SIGKILL on stragglers); afterwards psutil must find none of the agents' pids.
 
-It prints a table or, with --json, one JSON object. Targets (DESIGN.md, 2 cores) are for 64
-agents: all READY within 4 s with `spawn`, teardown within 2 s, zero processes left.
+It prints a table or, with --json, one JSON object. Targets (DESIGN.md and issue 11, 2
+cores): all READY within 1 s for 64 agents and 4 s for 256 with `fork` (4 s for 64 with
+`spawn`), an idle forked agent's USS within 10 MiB, teardown of 64 within 2 s, zero left.
 
 The baseline, measured in the same run for each count, is the floor of the `spawn` approach:
 that many fresh interpreters started at once that only import the agent's modules and exit
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -29,22 +32,27 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import psutil
 from pydantic import JsonValue
 
 from benchmarks._common import Coordinator, print_table, processes_left, run_dir, verdict
 from benchmarks._common import Row as TableRow
-from orchestrator.cluster.launchers import LaunchSpec, SpawnLauncher
+from orchestrator.cluster.launchers import LAUNCHERS, LaunchSpec
 from orchestrator.cluster.supervisor import ProcessStatus
 from protocol import AgentConfig, ChannelType, RoomConfig
 
 TARGET_COUNT = 64
-TARGET_READY_S = 4.0
+TARGETS_READY_S: dict[str, dict[int, float]] = {"fork": {64: 1.0, 256: 4.0}, "spawn": {64: 4.0}}
+"""launch -> all READY targets (DESIGN.md and issue 11, 2 cores), by launcher and count."""
 TARGET_TEARDOWN_S = 2.0
+TARGET_USS_MIB = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
     counts: list[int]
+    launchers: list[str]
+    spawn_max: int
     ready_timeout: float
     json: bool
 
@@ -55,7 +63,14 @@ def parse_args(argv: Sequence[str]) -> Options:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--counts", default="1,8,32,64", help="comma-separated agent counts")
+    p.add_argument("--counts", default="1,8,64,256", help="comma-separated agent counts")
+    p.add_argument("--launchers", default="fork,spawn", help="comma-separated launchers")
+    p.add_argument(
+        "--spawn-max", type=int, default=64,
+        help="largest count measured with spawn: 256 fresh interpreters take about 26 s to"
+        " start on 2 cores, and the first to be ready give up on a coordinator that the"
+        " others starve (its 10 s silence deadline)",
+    )  # fmt: skip
     p.add_argument(
         "--ready-timeout", type=float, default=60.0, help="seconds to wait for all READY"
     )
@@ -67,7 +82,10 @@ def parse_args(argv: Sequence[str]) -> Options:
         p.error(f"--counts must be comma-separated integers, got {ns.counts!r}")
     if not counts or min(counts) < 1:
         p.error("--counts needs at least one count, each at least 1")
-    return Options(counts, ns.ready_timeout, ns.json)
+    launchers = [name for name in ns.launchers.split(",") if name.strip()]
+    if not launchers or any(name not in LAUNCHERS for name in launchers):
+        p.error(f"--launchers takes some of {sorted(LAUNCHERS)}, got {ns.launchers!r}")
+    return Options(counts, launchers, ns.spawn_max, ns.ready_timeout, ns.json)
 
 
 IMPORT_ONLY = "import os, agent_worker.runtime, agent_worker.transport; os._exit(0)"
@@ -98,6 +116,7 @@ def import_floor(count: int, timeout: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class StartupRun:
+    launcher: str
     count: int
     import_floor_s: float
     """Baseline: `count` interpreters that only import the agent's modules, started at once."""
@@ -113,10 +132,17 @@ class StartupRun:
     clean_exits: int
     """Agents that said BYE and exited 0 without being signalled."""
     escalations: int
+    uss_p50_mib: float
+    """Median private memory (USS) of an idle agent, just after all are READY."""
+
+    @property
+    def ready_target_s(self) -> float | None:
+        return TARGETS_READY_S.get(self.launcher, {}).get(self.count)
 
     @property
     def ready_met(self) -> bool | None:
-        return self.ready_s <= TARGET_READY_S if self.count == TARGET_COUNT else None
+        target = self.ready_target_s
+        return None if target is None else self.ready_s <= target
 
     @property
     def teardown_met(self) -> bool | None:
@@ -124,6 +150,7 @@ class StartupRun:
 
     def to_json(self) -> dict[str, JsonValue]:
         return {
+            "launcher": self.launcher,
             "count": self.count,
             "import_floor_s": round(self.import_floor_s, 4),
             "ready_vs_floor": round(self.ready_s / self.import_floor_s, 3),
@@ -135,17 +162,19 @@ class StartupRun:
             "processes_left": self.processes_left,
             "clean_exits": self.clean_exits,
             "escalations": self.escalations,
-            "ready_target_s": TARGET_READY_S if self.count == TARGET_COUNT else None,
+            "uss_p50_mib": round(self.uss_p50_mib, 2),
+            "ready_target_s": self.ready_target_s,
             "ready_met": self.ready_met,
             "teardown_target_s": TARGET_TEARDOWN_S if self.count == TARGET_COUNT else None,
             "teardown_met": self.teardown_met,
         }
 
 
-async def measure(count: int, ready_timeout: float) -> StartupRun:
+async def measure(launcher_name: str, count: int, ready_timeout: float) -> StartupRun:
     floor = import_floor(count, ready_timeout)  # blocking, but nothing else runs yet
+    launcher = LAUNCHERS[launcher_name](())
     with run_dir("sr-bench-startup-") as directory:
-        async with Coordinator(directory, SpawnLauncher(), None) as c:
+        async with Coordinator(directory, launcher, None) as c:
             ids = [f"agent-{i:03d}" for i in range(count)]
             room = RoomConfig(id="lobby", channel=ChannelType.GROUP, members=ids)
             c.bus.set_rooms([("lobby", tuple(ids))])
@@ -154,11 +183,13 @@ async def measure(count: int, ready_timeout: float) -> StartupRun:
                 for agent in ids
             ]
             t0 = time.monotonic()
-            for config in configs:
+            for i, config in enumerate(configs):
                 agent_dir = directory / config.agent_id
                 spec = LaunchSpec(
                     config.agent_id, c.bus.endpoint, 1, agent_dir, -1, 0.5, 10.0, 1024
                 )
+                if i == 0:
+                    await asyncio.to_thread(c.sup.prepare, spec)  # a template starts here
                 c.sup.launch(spec, config)
             launched = time.monotonic()
             await c.sup.wait_ready(ready_timeout)
@@ -166,6 +197,10 @@ async def measure(count: int, ready_timeout: float) -> StartupRun:
 
             procs = list(c.sup.processes.values())
             startups = [p.startup_s for p in procs if p.startup_s is not None]
+            uss = []
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    uss.append(psutil.Process(p.pid).memory_full_info().uss / 2**20)
             t1 = time.monotonic()
             await c.stop()
             teardown = time.monotonic() - t1
@@ -180,6 +215,7 @@ async def measure(count: int, ready_timeout: float) -> StartupRun:
                 and p.bye is not None
             )
             return StartupRun(
+                launcher=launcher_name,
                 count=count,
                 import_floor_s=floor,
                 launch_calls_s=launched - t0,
@@ -190,32 +226,40 @@ async def measure(count: int, ready_timeout: float) -> StartupRun:
                 processes_left=len(left),
                 clean_exits=clean,
                 escalations=sum(1 for p in procs if p.escalation is not None),
+                uss_p50_mib=statistics.median(uss) if uss else 0.0,
             )
 
 
 async def measure_all(opts: Options) -> list[StartupRun]:
     import_floor(1, opts.ready_timeout)  # warm the page cache, as any earlier run would have
-    return [await measure(count, opts.ready_timeout) for count in opts.counts]
+    return [
+        await measure(launcher, count, opts.ready_timeout)
+        for launcher in opts.launchers
+        for count in opts.counts
+        if launcher != "spawn" or count <= opts.spawn_max
+    ]
 
 
 def missed(runs: Sequence[StartupRun]) -> list[str]:
     out: list[str] = []
     for r in runs:
         if r.ready_met is False:
-            out.append(f"ready_{r.count}")
+            out.append(f"{r.launcher}_ready_{r.count}")
         if r.teardown_met is False:
-            out.append(f"teardown_{r.count}")
+            out.append(f"{r.launcher}_teardown_{r.count}")
         if r.processes_left:
-            out.append(f"processes_left_{r.count}")
+            out.append(f"{r.launcher}_processes_left_{r.count}")
+        if r.launcher == "fork" and r.uss_p50_mib > TARGET_USS_MIB:
+            out.append(f"fork_uss_{r.count}")
     return out
 
 
 def figures_json(runs: Sequence[StartupRun]) -> dict[str, JsonValue]:
     return {
         "benchmark": "startup",
-        "launcher": SpawnLauncher().name,
+        "launchers": sorted({r.launcher for r in runs}),
         "cpus": os.cpu_count(),
-        "counts": [r.count for r in runs],
+        "counts": sorted({r.count for r in runs}),
         "runs": [r.to_json() for r in runs],
         "missed": list(missed(runs)),
     }
@@ -223,15 +267,25 @@ def figures_json(runs: Sequence[StartupRun]) -> dict[str, JsonValue]:
 
 def print_report(runs: Sequence[StartupRun]) -> None:
     rows: list[TableRow] = []
+    spawn = {r.count: r for r in runs if r.launcher == "spawn"}
     for r in runs:
         at_target = r.count == TARGET_COUNT
+        versus = spawn.get(r.count) if r.launcher != "spawn" else None
         rows += [
             TableRow(
-                f"{r.count} agents: launch -> all READY",
+                f"{r.launcher}, {r.count} agents: launch -> all READY",
                 f"{r.ready_s:.3f} s",
-                f"<= {TARGET_READY_S:g} s" if at_target else "-",
-                f"{r.ready_s / r.import_floor_s:.2f}x floor",
+                f"<= {r.ready_target_s:g} s" if r.ready_target_s is not None else "-",
+                f"{r.ready_s / versus.ready_s:.2f}x spawn" if versus
+                else f"{r.ready_s / r.import_floor_s:.2f}x floor",
                 verdict(r.ready_met),
+            ),
+            TableRow(
+                "  idle agent USS (median)",
+                f"{r.uss_p50_mib:.1f} MiB",
+                f"<= {TARGET_USS_MIB:g} MiB" if r.launcher == "fork" else "-",
+                f"{r.uss_p50_mib / versus.uss_p50_mib:.2f}x spawn" if versus else "-",
+                verdict(r.uss_p50_mib <= TARGET_USS_MIB) if r.launcher == "fork" else "",
             ),
             TableRow(
                 f"  baseline: {r.count} import-only interpreters",
@@ -256,7 +310,7 @@ def print_report(runs: Sequence[StartupRun]) -> None:
                 status=verdict(r.processes_left == 0),
             ),
         ]
-    print_table(f"startup benchmark: spawn launcher, {os.cpu_count()} CPUs", rows)
+    print_table(f"startup benchmark: {os.cpu_count()} CPUs", rows)
     gone = missed(runs)
     print("targets missed: " + (", ".join(gone) if gone else "none"))
 

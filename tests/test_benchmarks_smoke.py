@@ -67,19 +67,23 @@ def test_startup_benchmark_reports_every_count(capsys: pytest.CaptureFixture[str
     r = _run_json("startup", ["--counts", "1,2"], capsys)
 
     assert r["benchmark"] == "startup"
-    assert r["launcher"] == "spawn"
+    assert r["launchers"] == ["fork", "spawn"]
     assert r["counts"] == [1, 2]
-    assert [run["count"] for run in r["runs"]] == [1, 2]
+    assert [(run["launcher"], run["count"]) for run in r["runs"]] == [
+        ("fork", 1), ("fork", 2), ("spawn", 1), ("spawn", 2)
+    ]  # fmt: skip
     for run in r["runs"]:
         for key in ("import_floor_s", "ready_s", "startup_p50_s", "startup_max_s", "teardown_s"):
             assert run[key] > 0, key
         assert run["startup_p50_s"] <= run["startup_max_s"] <= run["ready_s"]
+        assert run["uss_p50_mib"] > 0
         assert run["processes_left"] == 0
         assert run["clean_exits"] == run["count"]
         assert run["escalations"] == 0
-        assert run["ready_met"] is None  # targets are set for 64 agents only
+        assert run["ready_met"] is None  # targets are set for 64 and 256 agents only
         assert run["teardown_met"] is None
-    assert r["missed"] == []
+    # Targets (64 and 256 agents, a fork agent's USS) are the benchmark's, not asserted here.
+    assert all(m.split("_")[0] in ("fork", "spawn") for m in r["missed"])
 
 
 def test_bus_benchmark_rejects_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:

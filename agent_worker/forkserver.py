@@ -14,7 +14,7 @@ status and CPU time, as it does a spawned one. The agent waits for its first par
 gone before it runs, so it is the coordinator's child by then.
 
 Requests and answers are JSON lines on the control socket (fd `--control-fd`):
-`{"argv": [...], "log": path, "env": {...}, "priority": n}` -> `{"pid": n}` or
+`ForkRequest` (argv, log, env, priority) -> `{"pid": n}` or
 `{"error": "..."}`. The template leaves when the control socket closes or the death pipe
 (`--death-fd`) reaches EOF (its coordinator is gone), and, like every agent, when its parent
 dies (PR_SET_PDEATHSIG).
@@ -32,12 +32,25 @@ import os
 import select
 import sys
 import traceback
-from typing import Any
+from typing import TypedDict
 
 import agent_worker.__main__ as agent_main
 
 
-def _become_agent(request: dict[str, Any], control_fd: int, first_parent: int) -> None:
+class ForkRequest(TypedDict):
+    """One line on the control socket: the agent to fork."""
+
+    argv: list[str]
+    """`python -m agent_worker`'s arguments."""
+    log: str
+    """Its log file (stdout and stderr)."""
+    env: dict[str, str]
+    """Added to the environment (PYTHONPATH for the scenario's plugins)."""
+    priority: int
+    """Its niceness."""
+
+
+def _become_agent(request: ForkRequest, control_fd: int, first_parent: int) -> None:
     """In the forked agent: wait to be reparented, take the agent's place, run it, exit.
 
     `first_parent` is passed in, not read with getppid(): by the time this runs, the first
@@ -58,15 +71,13 @@ def _become_agent(request: dict[str, Any], control_fd: int, first_parent: int) -
         os.dup2(log, 2)
         os.close(log)
         os.close(devnull)
-        env: dict[str, str] = request.get("env", {})
+        env = request["env"]
         os.environ.update(env)
         for folder in reversed(env.get("PYTHONPATH", "").split(os.pathsep)):
             if folder and folder not in sys.path:
                 sys.path.insert(0, folder)
-        priority = request.get("priority")
-        if isinstance(priority, int):
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, 0, priority)
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, request["priority"])
         code = agent_main.main(list(request["argv"]))
     except BaseException:
         traceback.print_exc()
@@ -88,7 +99,7 @@ def _name_process(argv: list[str]) -> None:
         ctypes.CDLL(None).prctl(PR_SET_NAME, f"sr:{agent_id}"[:15].encode(), 0, 0, 0)
 
 
-def fork_agent(request: dict[str, Any], control_fd: int) -> int:
+def fork_agent(request: ForkRequest, control_fd: int) -> int:
     """Fork an agent (twice, see the module's docstring); its pid."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -112,6 +123,21 @@ def fork_agent(request: dict[str, Any], control_fd: int) -> int:
     return int(text)
 
 
+def _request(line: bytes) -> ForkRequest:
+    """A request line, checked (the coordinator writes it; a bad one is answered an error)."""
+    raw = json.loads(line)
+    if not isinstance(raw, dict):
+        raise ValueError("a request is a JSON object")
+    argv, log, env, priority = raw.get("argv"), raw.get("log"), raw.get("env"), raw.get("priority")
+    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+        raise ValueError("argv must be a list of strings")
+    if not isinstance(log, str) or not isinstance(priority, int):
+        raise ValueError("log must be a path and priority an int")
+    if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+        raise ValueError("env must map names to strings")
+    return ForkRequest(argv=argv, log=log, env=env, priority=priority)
+
+
 def serve(control_fd: int, death_fd: int | None) -> int:
     watched = [control_fd] + ([death_fd] if death_fd is not None else [])
     with os.fdopen(control_fd, "rb", buffering=0, closefd=False) as reader:
@@ -126,8 +152,9 @@ def serve(control_fd: int, death_fd: int | None) -> int:
             pending += chunk
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
+                answer: dict[str, int | str]
                 try:
-                    answer: dict[str, Any] = {"pid": fork_agent(json.loads(line), control_fd)}
+                    answer = {"pid": fork_agent(_request(line), control_fd)}
                 except Exception as exc:
                     answer = {"error": f"{type(exc).__name__}: {exc}"}
                 os.write(control_fd, json.dumps(answer).encode() + b"\n")

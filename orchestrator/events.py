@@ -26,10 +26,10 @@ import os
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar, cast
 
 import msgspec
 
@@ -76,6 +76,11 @@ _AGENT_KINDS = frozenset(
 
 def error_kind_of(kind: AgentErrorKind) -> ErrorKind:
     return ErrorKind(kind.value)
+
+
+Json = Annotated[object, msgspec.Meta(extra_json_schema={"description": "any JSON value"})]
+"""A value an agent or a plugin put in an event (state, parameters, results): whatever JSON
+carries. Readers compare it or hand it on; they do not rely on its shape."""
 
 
 class Event(msgspec.Struct, tag_field="kind"):
@@ -176,19 +181,19 @@ class PluginEventRecord(Event, tag="agent.event", kw_only=True):
     """An event of a plugin's own (`runtime.emit(name, data)`): free-form by design."""
 
     name: str
-    data: dict[str, Any]
+    data: Mapping[str, Json]
 
 
 class StateChanged(Event, tag="state.changed", kw_only=True):
     path: str
-    value: Any
-    previous: Any
+    value: Json
+    previous: Json
 
 
 class ActionStarted(Event, tag="action.started", kw_only=True):
     action: str
     call_id: str
-    params: dict[str, Any]
+    params: Mapping[str, Json]
     """As the handler receives them (validated by the action's parameter model)."""
     origin: Literal["script", "model"]
     msg_id: str
@@ -198,14 +203,14 @@ class ActionStarted(Event, tag="action.started", kw_only=True):
 class ActionEnded(Event, kw_only=True):
     action: str
     call_id: str
-    params: dict[str, Any]
+    params: Mapping[str, Json]
     origin: Literal["script", "model"]
     msg_id: str
     room: str
     status: Literal["succeeded", "failed", "error", "invalid", "timeout"]
     error: str | None = None
     duration_ms: float = 0.0
-    result: dict[str, Any] | None = None
+    result: Mapping[str, Json] | None = None
 
 
 class ActionCompleted(ActionEnded, tag="action.completed", kw_only=True):
@@ -270,14 +275,14 @@ class MessageDeadLetter(Event, tag="message.dead_letter", kw_only=True):
 class CommandSent(Event, tag="command.sent", kw_only=True):
     NOISY = True
     corr: int
-    command: dict[str, Any]
+    command: Mapping[str, Json]
 
 
 class CommandResult(Event, tag="command.result", kw_only=True):
     NOISY = True
     corr: int
     ok: bool
-    value: Any
+    value: Json
     error: str | None
 
 
@@ -374,9 +379,9 @@ def event_fields(cls: type[Event]) -> tuple[str, ...]:
     return tuple(f for f in cls.__struct_fields__ if f not in ("id", "t", "agent"))
 
 
-def events_schema() -> dict[str, Any]:
+def events_schema() -> dict[str, object]:
     """The JSON Schema of one line of events.jsonl."""
-    schema: dict[str, Any] = msgspec.json.schema(AnyEvent)
+    schema: dict[str, object] = msgspec.json.schema(AnyEvent)
     schema["title"] = "scenario-runner event (one line of events.jsonl)"
     return schema
 
@@ -434,7 +439,7 @@ REJECTED_EVERY_S = 1.0
 LISTENER_ERRORS_KEPT = 20
 
 E = TypeVar("E", bound=Event)
-Listener = Callable[[Any], None]
+Listener = Callable[[Event], None]
 
 
 class Subscription:
@@ -464,7 +469,6 @@ class EventLog:
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.spill_path = spill_path
-        self.capacity = capacity
         self.storage = storage
         self.max_bytes = max_bytes
         self.ring: deque[Event] = deque(maxlen=capacity)
@@ -616,48 +620,23 @@ class EventLog:
     # -- subscriptions ------------------------------------------------------------------------
     def subscribe(
         self,
-        listener: Listener,
-        kinds: Iterable[type[Event]] | None = None,
+        listener: Callable[[E], None],
+        kinds: Iterable[type[E]] | None = None,
         agent: str | None = None,
     ) -> Subscription:
         """Call `listener(event)` for every event of `kinds` (all kinds when None) about
-        `agent` (any agent when None), synchronously as each is emitted: keep it cheap."""
+        `agent` (any agent when None), synchronously as each is emitted: keep it cheap.
+
+        A listener may take the kind it subscribed to (or their union)."""
+        # It is only ever handed events of `kinds`: what its parameter says it takes.
+        stored = cast(Listener, listener)
         if kinds is None:
-            self._everything.append(listener)
-            return _EverythingSubscription(self, listener, [])
+            self._everything.append(stored)
+            return _EverythingSubscription(self, stored, [])
         keys = [(cls, agent) for cls in kinds]
         for key in keys:
-            self._index.setdefault(key, []).append(listener)
-        return Subscription(self, listener, keys)
-
-    async def next_event(
-        self,
-        kinds: Iterable[type[E]],
-        predicate: Callable[[E], bool],
-        timeout: float | None,
-        agent: str | None = None,
-    ) -> E:
-        """The next event of `kinds` (about `agent`) that satisfies `predicate`, from now on.
-
-        Only the future is looked at: a caller that needs the past keeps a subscription from
-        before it asks (see `Tap`). Raises TimeoutError when `timeout` seconds pass first."""
-        future: asyncio.Future[E] = asyncio.get_running_loop().create_future()
-
-        def offer(event: E) -> None:
-            if not future.done() and predicate(event):
-                future.set_result(event)
-
-        subscription = self.subscribe(offer, kinds, agent)
-        try:
-            # Not asyncio.wait_for: on Python 3.11 it returns the result and swallows a
-            # cancellation that arrives as the future completes (CPython gh-86296), which is
-            # exactly when a stop_when keyword is in the message a wait is waiting for.
-            async with asyncio.timeout(timeout):
-                return await future
-        finally:
-            subscription.close()
-            if not future.done():
-                future.cancel()
+            self._index.setdefault(key, []).append(stored)
+        return Subscription(self, stored, keys)
 
     async def until(
         self, condition: Callable[[], bool], kinds: Iterable[type[Event]], timeout: float | None
@@ -667,7 +646,10 @@ class EventLog:
         changed = asyncio.Event()
         subscription = self.subscribe(lambda _: changed.set(), kinds)
         try:
-            async with asyncio.timeout(timeout):  # not wait_for: see next_event
+            # Not asyncio.wait_for: on Python 3.11 it returns the result and swallows a
+            # cancellation that arrives as the future completes (CPython gh-86296), which is
+            # exactly when a stop_when keyword is in the message a wait is waiting for.
+            async with asyncio.timeout(timeout):
                 while not condition():
                     changed.clear()
                     await changed.wait()
@@ -807,7 +789,7 @@ class Tap:
                 raise self.failure
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                # The loop's clock is time.monotonic(); not wait_for: see next_event.
+                # The loop's clock is time.monotonic(); not wait_for: see EventLog.until.
                 async with asyncio.timeout_at(deadline):
                     await self._waiter
             finally:

@@ -53,7 +53,8 @@ class ActionView:
     agent: str
     action: str
     status: str
-    params: Mapping[str, JsonValue]
+    params: Mapping[str, object]
+    """As the handler received them (JSON values)."""
     error: str | None
 
 

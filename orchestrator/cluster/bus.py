@@ -271,7 +271,7 @@ class Bus:
         self._enqueue(link, Outgoing(Kind.CMD, encode_body(Cmd(command=command)), corr=corr))
         self._flush()
         try:
-            async with asyncio.timeout(timeout):  # not wait_for: see EventLog.wait_for
+            async with asyncio.timeout(timeout):  # not wait_for: see EventLog.until
                 return await future
         finally:
             self._commands.pop(corr, None)
@@ -288,7 +288,7 @@ class Bus:
         self._enqueue(link, Outgoing(Kind.STOP, encode_body(stop)))
         self._flush()
         try:
-            async with asyncio.timeout(deadline_s):  # not wait_for: see EventLog.wait_for
+            async with asyncio.timeout(deadline_s):  # not wait_for: see EventLog.until
                 return await asyncio.shield(link.bye_future)
         except (TimeoutError, AgentGone):
             return link.bye

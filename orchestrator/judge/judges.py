@@ -20,7 +20,7 @@ import json
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from pydantic import JsonValue
 
@@ -40,7 +40,12 @@ from orchestrator.events import (
     once,
     subscribe_keys,
 )
-from orchestrator.judge.matching import ActionMatcher, EventMatcher, MessageFilter
+from orchestrator.judge.matching import (
+    PENDING_LIMIT,
+    ActionMatcher,
+    EventMatcher,
+    MessageFilter,
+)
 from orchestrator.judge.statecheck import check_state, describe_state_check
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.rules import RuleError, RunView, call_rule
@@ -63,9 +68,7 @@ from orchestrator.scenario.schema import SpecModel, StateCheck, is_pattern
 EVIDENCE_LIMIT = 20
 Members = Mapping[str, frozenset[str]]
 """Room id -> its agents."""
-PENDING_LIMIT = 100_000
-"""Messages tracked for reply latency and delivery at once; beyond it the oldest are dropped
-(and said so), so a soak run's judging memory stays bounded."""
+
 
 
 @dataclass(slots=True)
@@ -664,7 +667,18 @@ class _FactJudge(Judge, Generic[A]):
         return await self._judge(self.id, self._assertion, facts)
 
 
-JudgeFactory = Callable[[str, Any, EventLog, Members], Judge]
+JudgeFactory = Callable[[str, Assertion, EventLog, Members], Judge]
+M = TypeVar("M", bound=SpecModel)
+
+
+def _for(model: type[M], make: Callable[[str, M, EventLog, Members], Judge]) -> JudgeFactory:
+    """A factory for `model`'s judge (the table below holds one per assertion model)."""
+
+    def factory(ident: str, a: Assertion, log: EventLog, members: Members) -> Judge:
+        assert isinstance(a, model)  # the table is keyed by the assertion's own type
+        return make(ident, a, log, members)
+
+    return factory
 
 
 def _timing(ident: str, a: TimingAssertion, log: EventLog, members: Members) -> Judge:
@@ -674,14 +688,14 @@ def _timing(ident: str, a: TimingAssertion, log: EventLog, members: Members) -> 
 
 
 JUDGES: dict[type[SpecModel], JudgeFactory] = {
-    MessageAssertion: lambda ident, a, log, members: _MessageJudge(ident, a, log, members),
-    ActionAssertion: lambda ident, a, log, members: _ActionJudge(ident, a, log),
-    TimingAssertion: _timing,
-    DeliveryAssertion: lambda ident, a, log, members: _DeliveryJudge(ident, a, log, members),
-    StateAssertion: lambda ident, a, log, members: _FactJudge(ident, a, _state),
-    MemoryAssertion: lambda ident, a, log, members: _FactJudge(ident, a, _memory),
-    ErrorsAssertion: lambda ident, a, log, members: _FactJudge(ident, a, _errors),
-    CustomAssertion: lambda ident, a, log, members: _FactJudge(ident, a, _custom),
+    MessageAssertion: _for(MessageAssertion, lambda i, a, log, m: _MessageJudge(i, a, log, m)),
+    ActionAssertion: _for(ActionAssertion, lambda i, a, log, m: _ActionJudge(i, a, log)),
+    TimingAssertion: _for(TimingAssertion, _timing),
+    DeliveryAssertion: _for(DeliveryAssertion, lambda i, a, log, m: _DeliveryJudge(i, a, log, m)),
+    StateAssertion: _for(StateAssertion, lambda i, a, log, m: _FactJudge(i, a, _state)),
+    MemoryAssertion: _for(MemoryAssertion, lambda i, a, log, m: _FactJudge(i, a, _memory)),
+    ErrorsAssertion: _for(ErrorsAssertion, lambda i, a, log, m: _FactJudge(i, a, _errors)),
+    CustomAssertion: _for(CustomAssertion, lambda i, a, log, m: _FactJudge(i, a, _custom)),
 }
 """Each assertion model's judge factory (every type of `ASSERTION_TYPES` has one)."""
 

@@ -31,8 +31,9 @@ from orchestrator.events import (
 from orchestrator.scenario.schema import ActionMatch, EventMatch, MessageMatch
 
 PENDING_LIMIT = 100_000
-"""Messages a `to` match remembers between their sending and their delivery; beyond it the
-oldest are forgotten (and counted), so a soak run's matching memory stays bounded."""
+"""Messages a match or a judge remembers at once (a `to` match between sending and delivery;
+reply latency, delivery tracking); beyond it the oldest are forgotten and counted, so a soak
+run's judging memory stays bounded."""
 
 
 @dataclass(slots=True)
@@ -51,12 +52,6 @@ class MessageFilter(Matcher):
     delivered to it."""
     forgotten: int = 0
     """Messages to `to` that were forgotten before their delivery (PENDING_LIMIT)."""
-
-    @classmethod
-    def build(
-        cls, sender: str | None, room: str | None, contains: str | None, regex: str | None
-    ) -> MessageFilter:
-        return cls(sender, room, contains, re.compile(regex) if regex is not None else None)
 
     @classmethod
     def of(

@@ -247,10 +247,12 @@ class Executor:
             if agent is not None:
                 self._waits_on.setdefault(agent, []).append(tap)
 
-    def _on_loss(self, event: AgentCrashed | AgentHung) -> None:
+    def _on_loss(self, event: Event) -> None:
         agent = event.agent or ""
         if isinstance(event, AgentHung):
             how = f"hung (silent for {event.silent_s:g}s)"
+        elif not isinstance(event, AgentCrashed):
+            return  # subscribed to those two kinds only
         elif event.signal is not None:
             how = f"killed by {event.signal}"
         else:
@@ -511,7 +513,7 @@ class Executor:
                 if ok:
                     return
                 try:
-                    # Not asyncio.wait_for: see EventLog.next_event.
+                    # Not asyncio.wait_for: see EventLog.until.
                     async with asyncio.timeout_at(deadline):
                         await changed.wait()
                 except TimeoutError:

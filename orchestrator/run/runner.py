@@ -337,7 +337,7 @@ class ScenarioRun:
             # A launch blocks the loop for a fork and exec (7 ms here, 20 ms with agents
             # already starting on both cores): yield after each, so that launching 32 agents
             # is 32 short stalls, not one of 0.7 s in which no ack or heartbeat is served.
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield to the loop, not a wait for anything
         await supervisor.wait_ready(opts.startup_timeout_s)
         for proc in supervisor.processes.values():
             sampler.track(proc.agent_id, proc.pid)

@@ -1,8 +1,8 @@
 """What the benchmarks share: a private run directory, the coordinator stack, tables, pids.
 
-The coordinator stack (`Coordinator`) is the real one: EventLog, Bus (ROUTER), Supervisor; its
-teardown is the Supervisor's STOP -> BYE -> escalate -> reap, followed by the last-resort
-`close()` of each part, in that order, whatever happened in between.
+The coordinator stack (`coordinator()`) is the real one, the runner's: an EventLog and a Cluster
+(bus, launcher, one handle per agent); its teardown is the cluster's STOP -> BYE -> escalate ->
+reap, then its last-resort `close()`, whatever happened in between.
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import psutil
 
-from orchestrator.cluster.bus import Bus
+from orchestrator.cluster.cluster import Cluster, ClusterSettings
 from orchestrator.cluster.launchers import Launcher
-from orchestrator.cluster.supervisor import Supervisor
 from orchestrator.events import EventLog
 from protocol.reliability import RetryPolicy
 
@@ -28,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 """benchmarks/ is not an installed package: child processes find it through PYTHONPATH."""
 
 STOP_DEADLINE_S = 2.0
-"""The STOP deadline handed to Supervisor.stop_all (the teardown target is 2 s for 64 agents)."""
+"""The STOP deadline handed to Cluster.stop (the teardown target is 2 s for 64 agents)."""
 
 
 def child_env() -> dict[str, str]:
@@ -106,55 +104,24 @@ def processes_left(pids: Sequence[int]) -> list[int]:
     return left
 
 
-class Coordinator:
-    """The coordinator's real parts for one run, torn down in the right order on exit.
-
-    Must be entered inside a running event loop (the Bus and Supervisor bind to it).
-    """
-
-    def __init__(self, directory: Path, launcher: Launcher, policy: RetryPolicy | None) -> None:
-        self.directory = directory
-        self.events = EventLog(directory / "events.jsonl")
-        self.bus = Bus(f"ipc://{directory}/bus.sock", self.events, policy=policy)
-        self.supervisor: Supervisor | None = None
-        self._launcher = launcher
-        self.stopped = False
-
-    async def __aenter__(self) -> Coordinator:
-        try:
-            self.bus.start()
-            self.supervisor = Supervisor(self._launcher, self.bus, self.events)
-            self.bus.on_hung = self.supervisor.on_hung
-        except BaseException:
-            self._close()
-            raise
-        return self
-
-    @property
-    def sup(self) -> Supervisor:
-        if self.supervisor is None:
-            raise RuntimeError("the coordinator is not started")
-        return self.supervisor
-
-    async def stop(self) -> None:
-        """The real teardown: STOP every agent, escalate on stragglers, reap everyone."""
-        if not self.stopped and self.supervisor is not None:
-            self.stopped = True
-            await self.supervisor.stop_all(STOP_DEADLINE_S)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            await self.stop()
-        finally:
-            self._close()
-
-    def _close(self) -> None:
-        if self.supervisor is not None:
-            self.supervisor.close()
-        self.bus.close()
-        self.events.close()
+@contextlib.asynccontextmanager
+async def coordinator(
+    directory: Path,
+    launcher: Launcher,
+    policy: RetryPolicy | None,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Cluster]:
+    """The coordinator's real parts for one run (the run's Cluster and its EventLog); leaving
+    stops every agent (STOP -> BYE -> escalate -> reap) unless the benchmark already did."""
+    events = EventLog(directory / "events.jsonl")
+    try:
+        async with Cluster(
+            directory,
+            events,
+            launcher,
+            ClusterSettings(policy=policy, env=env or {}),
+            stop_deadline_s=STOP_DEADLINE_S,
+        ) as cluster:
+            yield cluster
+    finally:
+        events.close()

@@ -5,7 +5,7 @@ One run measures, in order:
 1. the ceiling: raw pyzmq + msgpack between two processes over ipc with windowed, batched
    cumulative acks (benchmarks._raw), and the raw ipc round trip;
 2. acked throughput from one agent to another through the coordinator, with the project's
-   real parts: the Bus in this process's event loop, the Supervisor, and two agent processes
+   real parts: the Cluster (and its Bus) in this process's event loop, and two agent processes
    running the real Transport and Inbox (benchmarks._worker). Throughput is messages taken out
    of the receiver's inbox per second, from the sender's first send to the receiver's last
    receipt;
@@ -33,9 +33,10 @@ import psutil
 from pydantic import JsonValue
 
 from benchmarks._common import (
-    Coordinator,
+    STOP_DEADLINE_S,
     Row,
     child_env,
+    coordinator,
     print_table,
     processes_left,
     run_dir,
@@ -43,8 +44,8 @@ from benchmarks._common import (
 )
 from benchmarks._raw import RawPeer
 from benchmarks._stats import LatencyStats
-from orchestrator.cluster.launchers import LaunchSpec, SpawnLauncher
-from orchestrator.cluster.supervisor import ProcessStatus
+from orchestrator.cluster.cluster import AgentState, Cluster
+from orchestrator.cluster.launchers import SpawnLauncher
 from orchestrator.events import MessageSent
 from protocol import AgentConfig, ChannelType, CmdSetState, Msg, Origin, RoomConfig, encode_body
 from protocol.reliability import RetryPolicy
@@ -196,20 +197,19 @@ def measure_raw(opts: Options) -> RawFigures:
 async def measure_agents(opts: Options) -> AgentFigures:
     launcher = worker_launcher(opts.window, opts.op_timeout)
     with run_dir("sr-bench-bus-") as directory:
-        async with Coordinator(directory, launcher, RetryPolicy(window=opts.window)) as c:
+        async with coordinator(
+            directory, launcher, RetryPolicy(window=opts.window), child_env()
+        ) as c:
             room = RoomConfig(id=ROOM, channel=ChannelType.GROUP, members=[SENDER, RECEIVER])
-            c.bus.set_rooms([(ROOM, (SENDER, RECEIVER))])
-            for agent in (SENDER, RECEIVER):
-                agent_dir = directory / agent
-                spec = LaunchSpec(
-                    agent, c.bus.endpoint, 1, agent_dir, -1, 0.5, 10.0, 1024, env=child_env()
-                )
-                config = AgentConfig(agent_id=agent, agent_dir=str(agent_dir), rooms=[room])
-                c.sup.launch(spec, config)
-            await c.sup.wait_ready(READY_TIMEOUT_S)
+            c.set_rooms([(ROOM, (SENDER, RECEIVER))])
+            configs = [
+                AgentConfig(agent_id=agent, agent_dir=str(directory / agent), rooms=[room])
+                for agent in (SENDER, RECEIVER)
+            ]
+            await c.launch(configs, READY_TIMEOUT_S)
 
             await _throughput_run(c, opts, opts.warmup_messages)
-            pids = {agent: c.sup.processes[agent].pid for agent in (SENDER, RECEIVER)}
+            pids = {agent: c.handles[agent].pid for agent in (SENDER, RECEIVER)}
             cpu_before = _cpu_seconds(pids)
             runs = [await _throughput_run(c, opts, opts.messages) for _ in range(opts.repeat)]
             cpu_after = _cpu_seconds(pids)
@@ -228,11 +228,11 @@ async def measure_agents(opts: Options) -> AgentFigures:
             report = await _op(c, RECEIVER, "bench.report", {"skip": opts.warmup}, opts)
             watch.close()
             to_coordinator = _ping_hop_latency(c, routed, opts.warmup)
-            await c.stop()
+            await c.stop(STOP_DEADLINE_S)
 
-            procs = list(c.sup.processes.values())
+            procs = list(c.handles.values())
             clean = all(
-                p.status is ProcessStatus.EXITED
+                p.state is AgentState.EXITED
                 and p.exit is not None
                 and p.exit.returncode == 0
                 and p.escalation is None
@@ -254,15 +254,15 @@ async def measure_agents(opts: Options) -> AgentFigures:
 
 
 async def _op(
-    c: Coordinator, agent: str, op: str, params: dict[str, JsonValue], opts: Options
+    c: Cluster, agent: str, op: str, params: dict[str, JsonValue], opts: Options
 ) -> JsonValue:
-    result = await c.bus.command(agent, CmdSetState(path=op, value=params), opts.op_timeout)
+    result = await c.command(agent, CmdSetState(path=op, value=params), opts.op_timeout)
     if not result.ok:
         raise BenchError(f"{agent}: {op} failed: {result.error}")
     return result.value
 
 
-async def _throughput_run(c: Coordinator, opts: Options, count: int) -> tuple[float, LatencyStats]:
+async def _throughput_run(c: Cluster, opts: Options, count: int) -> tuple[float, LatencyStats]:
     """Messages per second into the receiver's inbox, and their one-way latency."""
     params: dict[str, JsonValue] = {
         "room": ROOM,
@@ -291,7 +291,7 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def _ping_hop_latency(c: Coordinator, routed: list[MessageSent], warmup: int) -> LatencyStats:
+def _ping_hop_latency(c: Cluster, routed: list[MessageSent], warmup: int) -> LatencyStats:
     """From the event log: each recorded ping's send stamp to the coordinator routing it."""
     samples: list[int] = []
     for event in routed:

@@ -1,12 +1,13 @@
 """`python -m benchmarks.startup`: launch N real agents, time launch -> all READY and teardown.
 
 For each launcher (`--launchers`, default `fork,spawn`) and each count, in a fresh run
-directory: the real EventLog, Bus and Supervisor start that many agents (the rules model, one
-room with everyone in it), and the clock runs from just before the first launch (for `fork`,
-before its template starts) until the last agent's READY has reached the coordinator. Each
-agent's USS (private memory, from psutil) is read once all are READY: the median is reported.
-Teardown is `Supervisor.stop_all` (STOP with a deadline -> BYE -> exit -> reap, escalating to
-SIGTERM / SIGKILL on stragglers); afterwards psutil must find none of the agents' pids.
+directory: the real EventLog and Cluster (bus, launcher, handles) start that many agents (the
+rules model, one room with everyone in it), and the clock runs from just before the first launch
+(for `fork`, before its template starts) until the last agent's READY has reached the
+coordinator. Each agent's USS (private memory, from psutil) is read once all are READY: the
+median is reported. Teardown is `Cluster.stop` (STOP with a deadline -> BYE -> exit -> reap,
+escalating to SIGTERM / SIGKILL on stragglers); afterwards psutil must find none of the agents'
+pids.
 
 It prints a table or, with --json, one JSON object. Targets (DESIGN.md and issue 11, 2
 cores): all READY within 1 s for 64 agents and 4 s for 256 with `fork` (4 s for 64 with
@@ -35,10 +36,17 @@ from dataclasses import dataclass
 import psutil
 from pydantic import JsonValue
 
-from benchmarks._common import Coordinator, print_table, processes_left, run_dir, verdict
+from benchmarks._common import (
+    STOP_DEADLINE_S,
+    coordinator,
+    print_table,
+    processes_left,
+    run_dir,
+    verdict,
+)
 from benchmarks._common import Row as TableRow
-from orchestrator.cluster.launchers import LAUNCHERS, LaunchSpec
-from orchestrator.cluster.supervisor import ProcessStatus
+from orchestrator.cluster.cluster import AgentState
+from orchestrator.cluster.launchers import LAUNCHERS
 from protocol import AgentConfig, ChannelType, RoomConfig
 
 TARGET_COUNT = 64
@@ -174,41 +182,36 @@ async def measure(launcher_name: str, count: int, ready_timeout: float) -> Start
     floor = import_floor(count, ready_timeout)  # blocking, but nothing else runs yet
     launcher = LAUNCHERS[launcher_name](())
     with run_dir("sr-bench-startup-") as directory:
-        async with Coordinator(directory, launcher, None) as c:
+        async with coordinator(directory, launcher, None) as c:
             ids = [f"agent-{i:03d}" for i in range(count)]
             room = RoomConfig(id="lobby", channel=ChannelType.GROUP, members=ids)
-            c.bus.set_rooms([("lobby", tuple(ids))])
+            c.set_rooms([("lobby", tuple(ids))])
             configs = [
                 AgentConfig(agent_id=agent, agent_dir=str(directory / agent), rooms=[room])
                 for agent in ids
             ]
             t0 = time.monotonic()
-            for i, config in enumerate(configs):
-                agent_dir = directory / config.agent_id
-                spec = LaunchSpec(
-                    config.agent_id, c.bus.endpoint, 1, agent_dir, -1, 0.5, 10.0, 1024
-                )
-                if i == 0:
-                    await asyncio.to_thread(c.sup.prepare, spec)  # a template starts here
-                c.sup.launch(spec, config)
+            await c.prepare(configs[0])  # a template starts here
+            for config in configs:
+                c.launch_one(config)
             launched = time.monotonic()
-            await c.sup.wait_ready(ready_timeout)
+            await c.wait_ready(ready_timeout)
             ready = time.monotonic()
 
-            procs = list(c.sup.processes.values())
+            procs = list(c.handles.values())
             startups = [p.startup_s for p in procs if p.startup_s is not None]
             uss = []
             for p in procs:
                 with contextlib.suppress(psutil.Error):
                     uss.append(psutil.Process(p.pid).memory_full_info().uss / 2**20)
             t1 = time.monotonic()
-            await c.stop()
+            await c.stop(STOP_DEADLINE_S)
             teardown = time.monotonic() - t1
             left = processes_left([p.pid for p in procs])
             clean = sum(
                 1
                 for p in procs
-                if p.status is ProcessStatus.EXITED
+                if p.state is AgentState.EXITED
                 and p.exit is not None
                 and p.exit.returncode == 0
                 and p.escalation is None
@@ -297,7 +300,7 @@ def print_report(runs: Sequence[StartupRun]) -> None:
                 f"{r.launch_calls_s:.3f} s; {r.startup_p50_s:.3f} / {r.startup_max_s:.3f} s",
             ),
             TableRow(
-                f"{r.count} agents: teardown (stop_all)",
+                f"{r.count} agents: teardown (Cluster.stop)",
                 f"{r.teardown_s:.3f} s",
                 f"<= {TARGET_TEARDOWN_S:g} s" if at_target else "-",
                 f"{r.teardown_s / r.count * 1000:.1f} ms/agent",

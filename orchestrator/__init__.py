@@ -1,5 +1,5 @@
 """The coordinator.
 
-CLI, scenario loader, supervisor and launchers, bus, event log, executor, assertions,
+CLI, scenario loader, cluster (agent handles, launchers), bus, event log, executor, assertions,
 sampler and reports. It never runs agent code.
 """

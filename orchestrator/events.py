@@ -1,7 +1,7 @@
 """The coordinator's event log: every observable thing that happens in a run, in order, typed.
 
 One struct per event kind, all members of the tagged union `AnyEvent` (the tag is `kind`). The
-bus, the supervisor, the executor and the judges emit and read these structs, `events.jsonl`
+bus, the cluster, the executor and the judges emit and read these structs, `events.jsonl`
 holds one per line, and `scenario-runner schema --events` exports their JSON Schema. They are
 `msgspec` structs rather than pydantic models because two of them are built for every message
 on the hot path: measured on the development machine, a struct is built in 0.09 us and

@@ -13,9 +13,8 @@ import psutil
 import pytest
 from fakechat import FakeChatServer
 
-from orchestrator.cluster.bus import Bus
-from orchestrator.cluster.launchers import LaunchSpec, SpawnLauncher
-from orchestrator.cluster.supervisor import Supervisor
+from orchestrator.cluster.cluster import Cluster, ClusterSettings
+from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
 from orchestrator.events import Event, EventLog
 from orchestrator.report.model import ScenarioReport
 from orchestrator.run.runner import RunOptions, run_scenario
@@ -86,14 +85,6 @@ def agent(
     )
 
 
-class Cluster:
-    def __init__(self, run_dir: Path, bus: Bus, supervisor: Supervisor, events: EventLog) -> None:
-        self.run_dir = run_dir
-        self.bus = bus
-        self.supervisor = supervisor
-        self.events = events
-
-
 @asynccontextmanager
 async def cluster(
     run_dir: Path,
@@ -104,33 +95,17 @@ async def cluster(
     hung_after_s: float = 3.0,
     inbox_capacity: int = 1024,
 ) -> AsyncIterator[Cluster]:
-    """Real agents on a real bus; torn down (and checked) on exit."""
+    """Real agents (the default launcher) on a real bus, READY; stopped and closed on exit."""
     events = EventLog(run_dir / "events.jsonl")
-    liveness = Liveness(0.5, hung_after_s, coordinator_timeout_s)
-    bus = Bus(f"ipc://{run_dir}/bus.sock", events, liveness=liveness)
-    bus.start()
-    bus.set_rooms((r.id, tuple(r.members)) for r in rooms)
-    supervisor = Supervisor(SpawnLauncher(), bus, events)
-    bus.on_hung = supervisor.on_hung
+    settings = ClusterSettings(
+        liveness=Liveness(0.5, hung_after_s, coordinator_timeout_s),
+        inbox_capacity=inbox_capacity,
+    )
+    launcher = LAUNCHERS[default_launcher()](())
     try:
-        for config in configs:
-            supervisor.launch(
-                LaunchSpec(
-                    config.agent_id,
-                    bus.endpoint,
-                    1,
-                    Path(config.agent_dir),
-                    -1,
-                    0.5,
-                    coordinator_timeout_s,
-                    inbox_capacity,
-                ),
-                config,
-            )
-        await supervisor.wait_ready(20)
-        yield Cluster(run_dir, bus, supervisor, events)
-        await supervisor.stop_all(3.0)
+        async with Cluster(run_dir, events, launcher, settings, stop_deadline_s=3.0) as c:
+            c.set_rooms((r.id, tuple(r.members)) for r in rooms)
+            await c.launch(configs, 20)
+            yield c
     finally:
-        supervisor.close()
-        bus.close()
         events.close()

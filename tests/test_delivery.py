@@ -36,11 +36,11 @@ async def _burst(
 
     async with cluster(run_dir, configs, rooms, inbox_capacity=inbox_capacity) as c:
         c.events.subscribe(count, (MessageDelivered,))
-        stores = {i: c.bus.links[i].ready_info.store_path for i in MEMBERS}  # type: ignore[union-attr]
+        stores = {i: c.handles[i].ready_info.store_path for i in MEMBERS}  # type: ignore[union-attr]
         # Commands are pipelined; the agent runs them in order, so msg n is posted n-th.
         results = await asyncio.gather(
             *(
-                c.bus.command("sender", CmdSend(room="hall", text=f"msg {n}"), 30)
+                c.command("sender", CmdSend(room="hall", text=f"msg {n}"), 30)
                 for n in range(MESSAGES)
             )
         )

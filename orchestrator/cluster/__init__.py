@@ -1,2 +1,2 @@
-"""The agents as a cluster: the bus (one ROUTER, reliable delivery), the supervisor (launch,
-watch, stop, reap), the launchers, and the resource sampler."""
+"""The agents as a cluster: `Cluster` (one typed handle per agent; launch, watch, stop, reap),
+the bus it owns (one ROUTER, reliable delivery), the launchers, and the resource sampler."""

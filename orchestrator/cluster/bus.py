@@ -169,8 +169,11 @@ class Bus:
         *,
         policy: RetryPolicy | None = None,
         liveness: Liveness | None = None,
-        on_hung: Callable[[str, str], None] | None = None,
+        on_hung: Callable[[str, float], str] | None = None,
+        on_ready: Callable[[str, Ready], None] | None = None,
     ) -> None:
+        """`on_hung(agent, silent_s)` hears of an agent silent past the hung deadline (and
+        returns the reason its pending deliveries fail with); `on_ready` of each READY."""
         self.endpoint = endpoint
         self.events = events
         self.policy = policy or RetryPolicy()
@@ -178,6 +181,7 @@ class Bus:
         self.heartbeat_interval_s = liveness.heartbeat_interval_s
         self.hung_after_s = liveness.hung_after_s
         self.on_hung = on_hung
+        self.on_ready = on_ready
         self.incarnation = time.time_ns() & ((1 << 62) - 1)
         self.links: dict[str, Link] = {}
         self._by_rid: dict[bytes, Link] = {}
@@ -249,7 +253,7 @@ class Bus:
     def set_rooms(self, rooms: Iterable[tuple[str, tuple[str, ...]]]) -> None:
         self.rooms = dict(rooms)
 
-    # -- API used by the executor and the supervisor -------------------------------------
+    # -- API used by the cluster ---------------------------------------------------------
     async def command(
         self,
         agent: str,
@@ -494,6 +498,8 @@ class Bus:
                 ev.AgentReady(agent=agent, pid=body.pid, store_path=body.store_path,
                               startup_s=round(now - link.added_at, 6))
             )  # fmt: skip
+            if self.on_ready is not None:
+                self.on_ready(agent, body)
             if not link.ready.done():
                 link.ready.set_result(body)
         elif isinstance(body, Bye):
@@ -631,8 +637,9 @@ class Bus:
         self._flush()
 
     def _declare_hung(self, link: Link, silent: float) -> None:
-        reason = f"silent for {silent:.2f}s (hung after {self.hung_after_s:g}s)"
-        self.events.emit(ev.AgentHung(agent=link.agent_id, silent_s=round(silent, 3)))
         if self.on_hung is not None:
-            self.on_hung(link.agent_id, reason)
+            reason = self.on_hung(link.agent_id, silent)
+        else:
+            reason = f"silent for {silent:.2f}s (hung after {self.hung_after_s:g}s)"
+            self.events.emit(ev.AgentHung(agent=link.agent_id, silent_s=round(silent, 3)))
         self.agent_gone(link.agent_id, reason)

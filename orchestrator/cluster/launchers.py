@@ -2,7 +2,7 @@
 
 A launcher starts one agent process in its own process group (so teardown can signal the
 group) with the death pipe's read end inherited, and returns its pid. Watching, stopping and
-reaping are the supervisor's job, the same for every launcher: a forked agent is made the
+reaping are the cluster's job, the same for every launcher: a forked agent is made the
 coordinator's own child (see agent_worker/forkserver.py).
 """
 
@@ -59,7 +59,7 @@ class Launched(Protocol):
     def pid(self) -> int: ...
 
     def mark_reaped(self, returncode: int) -> None:
-        """The supervisor reaped the pid itself (wait4); the launcher must not wait on it."""
+        """The cluster reaped the pid itself (wait4); the launcher must not wait on it."""
 
 
 class Launcher(Protocol):
@@ -151,7 +151,7 @@ class _ForkedProcess:
         return self._pid
 
     def mark_reaped(self, returncode: int) -> None:
-        pass  # the supervisor reaped it: it is this process's child (a subreaper's orphan)
+        pass  # the cluster reaped it: it is this process's child (a subreaper's orphan)
 
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>

@@ -101,7 +101,7 @@ class Sampler:
                 s.num_threads = s.process.num_threads()
                 s.num_fds = s.process.num_fds()
         except psutil.Error:
-            return  # gone: its exit (and peak RSS from wait4) is the supervisor's record
+            return  # gone: its exit (and peak RSS from wait4) is the cluster's record
         s.hwm = max(s.hwm, vm_hwm_bytes(s.pid) or 0)
         if s.count % USS_EVERY == 0 or reason != "periodic":
             with contextlib.suppress(psutil.Error):

@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from orchestrator.cluster.bus import AgentGone, Bus
+from orchestrator.cluster.bus import AgentGone
+from orchestrator.cluster.cluster import AgentControl
 from orchestrator.events import (
     ActionCompleted,
     ActionFailed,
@@ -190,14 +191,14 @@ class Executor:
     def __init__(
         self,
         scenario: Scenario,
-        bus: Bus,
+        agents: AgentControl,
         events: EventLog,
         judge: InlineJudge,
         members: Mapping[str, frozenset[str]] | None = None,
         action_timeout_s: float = 30.0,
     ) -> None:
         self.scenario = scenario
-        self.bus = bus
+        self.agents = agents
         self.events = events
         self.judge = judge
         self.members = members
@@ -457,7 +458,7 @@ class Executor:
 
     async def _command(self, agent: str, command: Command, timeout: float, what: str) -> Result:
         try:
-            return await self.bus.command(agent, command, timeout)
+            return await self.agents.command(agent, command, timeout)
         except TimeoutError:
             raise StepFailure(
                 f"{agent} did not answer ({what}) within {Duration(timeout)}", transient=True

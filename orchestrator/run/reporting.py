@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pydantic import JsonValue
 
-from orchestrator.cluster.bus import Bus, Link
+from orchestrator.cluster.bus import Bus
+from orchestrator.cluster.cluster import AgentHandle
 from orchestrator.cluster.sampler import AgentSamples
-from orchestrator.cluster.supervisor import AgentProcess
 from orchestrator.events import ErrorKind, EventLog, EventStorage
 from orchestrator.judge.judges import AssertionResult
 from orchestrator.metrics import LatencyHistogram
@@ -39,26 +39,25 @@ from orchestrator.scenario.spec import Scenario
 from protocol import AgentStats
 
 
-def agent_report(
-    link: Link, proc: AgentProcess | None, samples: AgentSamples | None, launcher: str
-) -> AgentReport:
+def agent_report(handle: AgentHandle, samples: AgentSamples | None, launcher: str) -> AgentReport:
     """An agent's entry: how its process ended, its memory, its link's and its own counts."""
-    exit_info = proc.exit if proc else None
+    link = handle.link
+    exit_info = handle.exit
     stats = link.bye.stats if link.bye else None
     ready = link.ready_info
     return AgentReport(
-        id=link.agent_id,
-        pid=proc.pid if proc else None,
+        id=handle.id,
+        pid=handle.pid,
         launcher=launcher,
-        status=proc.status.value if proc else "not launched",
+        status=handle.state.value,
         exit_code=exit_info.returncode if exit_info else None,
         signal=(
             exit_info.describe().removeprefix("killed by ")
             if exit_info and exit_info.signal
             else None
         ),
-        escalation=proc.escalation if proc else None,
-        startup_s=round(proc.startup_s, 6) if proc and proc.startup_s is not None else None,
+        escalation=handle.escalation,
+        startup_s=round(handle.startup_s, 6) if handle.startup_s is not None else None,
         cpu_user_s=exit_info.cpu_user_s if exit_info else None,
         cpu_system_s=exit_info.cpu_system_s if exit_info else None,
         memory=MemoryReport(

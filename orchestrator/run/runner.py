@@ -8,7 +8,6 @@ when the run is cancelled or the runner itself breaks.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import sys
@@ -20,10 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
-from orchestrator.cluster.bus import Bus
-from orchestrator.cluster.launchers import LAUNCHERS, LaunchSpec, default_launcher
+from orchestrator.cluster.cluster import (
+    AgentHandle,
+    AgentInitError,
+    Cluster,
+    ClusterSettings,
+    StartupError,
+)
+from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
 from orchestrator.cluster.sampler import Sampler
-from orchestrator.cluster.supervisor import AgentInitError, AgentProcess, StartupError, Supervisor
 from orchestrator.events import (
     DEFAULT_MAX_BYTES,
     ErrorKind,
@@ -144,7 +148,7 @@ class ScenarioRun:
         self.executor: Executor | None = None
         self.events: EventLog | None = None
         self.sampler: Sampler | None = None
-        self.bus: Bus | None = None
+        self.cluster: Cluster | None = None
         self.stop_reason: str | None = None
         self.agent_reports: list[AgentReport] = []
         self.judgement: Judgement | None = None
@@ -181,47 +185,51 @@ class ScenarioRun:
         judgement = self.judgement = Judgement(self.scenario, events, self.members, opts.events)
         events.flush_every()
         self.loop.start()
-        bus = Bus(
-            f"ipc://{run_dir}/bus.sock",
-            events,
-            liveness=self.liveness,
+        preload = tuple(
+            sorted({path.partition(":")[0] for a in self.scenario.agents for path in a.plugins})
         )
-        supervisor: Supervisor | None = None
+        cluster = Cluster(
+            run_dir,
+            events,
+            LAUNCHERS[opts.launcher](preload),
+            ClusterSettings(
+                liveness=self.liveness,
+                inbox_capacity=opts.inbox_capacity,
+                env=plugin_env(self.source),
+                nice=AGENT_NICE,
+            ),
+            on_lost=self._on_lost,
+            stop_deadline_s=opts.stop_deadline_s,
+        )
         sampler = Sampler(events, opts.sample_interval_s)
-        self.events, self.sampler, self.bus = events, sampler, bus
+        self.events, self.sampler, self.cluster = events, sampler, cluster
         t_start = time.monotonic()
         t_ready = t_script_end = t_start
         try:
             events.emit(
                 RunStarted(scenario=self.scenario.name, file=str(self.source),
-                           endpoint=bus.endpoint)
+                           endpoint=cluster.endpoint)
             )  # fmt: skip
-            bus.start()
-            bus.set_rooms((room, tuple(ids)) for room, ids in self.members.items())
-            preload = tuple(
-                sorted({path.partition(":")[0] for a in self.scenario.agents for path in a.plugins})
-            )
-            supervisor = Supervisor(LAUNCHERS[opts.launcher](preload), bus, events)
-            bus.on_hung = supervisor.on_hung
-            supervisor.on_crash = self._on_crash
-            try:
-                await self._launch(supervisor, sampler, run_dir)
-            except AgentInitError as exc:
-                self.init_errors = exc.lines
-                for line in exc.lines:
-                    self._error(ErrorReport(source=ErrorKind.INIT, message=line))
-            except StartupError as exc:
-                self._error(ErrorReport(source=ErrorKind.STARTUP, message=str(exc)))
-            t_ready = time.monotonic()
-            self.loop.enter(Phase.SCRIPT)
-            if not self.errors:
-                sampler.start()
-                await self._script(bus, events, t_ready)
-            t_script_end = time.monotonic()
-            self.loop.enter(Phase.END)
-            sampler.sample_all("before-stop")
-            sampler.stop()
-            await supervisor.stop_all(opts.stop_deadline_s)
+            async with cluster:
+                cluster.set_rooms((room, tuple(ids)) for room, ids in self.members.items())
+                try:
+                    await self._launch(cluster, sampler, run_dir)
+                except AgentInitError as exc:
+                    self.init_errors = exc.lines
+                    for line in exc.lines:
+                        self._error(ErrorReport(source=ErrorKind.INIT, message=line))
+                except StartupError as exc:
+                    self._error(ErrorReport(source=ErrorKind.STARTUP, message=str(exc)))
+                t_ready = time.monotonic()
+                self.loop.enter(Phase.SCRIPT)
+                if not self.errors:
+                    sampler.start()
+                    await self._script(cluster, events, t_ready)
+                t_script_end = time.monotonic()
+                self.loop.enter(Phase.END)
+                sampler.sample_all("before-stop")
+                sampler.stop()
+                await cluster.stop(opts.stop_deadline_s)
         except Exception as exc:
             self._error(
                 ErrorReport(
@@ -232,12 +240,10 @@ class ScenarioRun:
             )
         finally:
             sampler.stop()
-            if supervisor is not None:
-                supervisor.close()
-            bus.close()
+            cluster.close()
         t_end = time.monotonic()
         try:
-            await self._judge_all(bus, supervisor, sampler, judgement, t_script_end - t_ready)
+            await self._judge_all(cluster, sampler, judgement, t_script_end - t_ready)
         except Exception as exc:
             self._error(
                 ErrorReport(
@@ -255,8 +261,7 @@ class ScenarioRun:
         report = self._report(
             report_dir,
             run_dir,
-            bus,
-            supervisor,
+            cluster,
             sampler,
             events,
             started_at,
@@ -270,14 +275,14 @@ class ScenarioRun:
         report.write(report_dir)
         return report
 
-    async def _script(self, bus: Bus, events: EventLog, t_ready: float) -> None:
+    async def _script(self, cluster: Cluster, events: EventLog, t_ready: float) -> None:
         """Run every timeline to its end, the scenario's timeout or a stop condition."""
         timeout = (self.options.timeout or self.scenario.timeout).seconds
         # An action step waits for the agent's own action timeout plus a round trip.
         action_timeout = max(a.action_timeout.seconds for a in self.scenario.agents)
         executor = self.executor = Executor(
             self.scenario,
-            bus,
+            cluster,
             events,
             self._inline_judge,
             self.members,
@@ -290,20 +295,15 @@ class ScenarioRun:
             self._error(ErrorReport(source=ErrorKind.RULE, message=message))
 
     async def _judge_all(
-        self,
-        bus: Bus,
-        supervisor: Supervisor | None,
-        sampler: Sampler,
-        judgement: Judgement,
-        script_s: float,
+        self, cluster: Cluster, sampler: Sampler, judgement: Judgement, script_s: float
     ) -> None:
         """Every assertion, once the agents have stopped (final states and stats are in)."""
         final_states = {
-            agent: link.bye.stats.state for agent, link in bus.links.items() if link.bye
+            agent: h.bye.stats.state for agent, h in cluster.handles.items() if h.bye
         }
         facts = self._facts(sampler, script_s)
         facts.final_states = final_states
-        self.agent_reports = self._agent_reports(bus, supervisor, sampler)
+        self.agent_reports = self._agent_reports(cluster, sampler)
         facts.view = RunView(
             self.scenario.name,
             judgement.log_so_far(),
@@ -314,40 +314,18 @@ class ScenarioRun:
         inline = list(self.executor.inline.values()) if self.executor else []
         self.assertions = await judgement.final(facts, inline)
 
-    async def _launch(self, supervisor: Supervisor, sampler: Sampler, run_dir: Path) -> None:
-        opts = self.options
-        prepared = False
-        for config in agent_configs(self.scenario, run_dir, self.options.seed, self.options.repeat):
-            spec = LaunchSpec(
-                agent_id=config.agent_id,
-                endpoint=supervisor.bus.endpoint,
-                incarnation=1,
-                agent_dir=Path(config.agent_dir),
-                death_fd=-1,
-                heartbeat_interval_s=self.liveness.heartbeat_interval_s,
-                coordinator_timeout_s=self.liveness.coordinator_timeout_s,
-                inbox_capacity=opts.inbox_capacity,
-                env=plugin_env(self.source),
-                nice=AGENT_NICE,
-            )
-            if not prepared:  # a template's start-up is not the loop's to wait for
-                await asyncio.to_thread(supervisor.prepare, spec)
-                prepared = True
-            supervisor.launch(spec, config)
-            # A launch blocks the loop for a fork and exec (7 ms here, 20 ms with agents
-            # already starting on both cores): yield after each, so that launching 32 agents
-            # is 32 short stalls, not one of 0.7 s in which no ack or heartbeat is served.
-            await asyncio.sleep(0)  # a yield to the loop, not a wait for anything
-        await supervisor.wait_ready(opts.startup_timeout_s)
-        for proc in supervisor.processes.values():
-            sampler.track(proc.agent_id, proc.pid)
-            sampler.sample(proc.agent_id, "ready")
+    async def _launch(self, cluster: Cluster, sampler: Sampler, run_dir: Path) -> None:
+        configs = agent_configs(self.scenario, run_dir, self.options.seed, self.options.repeat)
+        await cluster.launch(configs, self.options.startup_timeout_s)
+        for handle in cluster.handles.values():
+            sampler.track(handle.id, handle.pid)
+            sampler.sample(handle.id, "ready")
 
     # -- judging ------------------------------------------------------------------------------
     def _facts(self, sampler: Sampler, script_s: float) -> Facts:
         """What the judges read besides the events they folded."""
         steps = self.executor.results.values() if self.executor else []
-        bus = self.bus
+        handles = self.cluster.handles if self.cluster else {}
         return Facts(
             view=RunView(self.scenario.name, no_events, agents=tuple(self.scenario.agent_ids)),
             step_durations={s.id: s.durations for s in steps if s.id is not None},
@@ -361,15 +339,15 @@ class ScenarioRun:
             },
             errors=self.error_facts() + self._step_error_facts(),
             actions={
-                agent: tuple(a.name for a in link.ready_info.actions)
-                for agent, link in (bus.links.items() if bus else ())
-                if link.ready_info is not None
+                agent: tuple(a.name for a in h.ready_info.actions)
+                for agent, h in handles.items()
+                if h.ready_info is not None
             },
         )
 
     def _bye_stats(self, agent: str) -> AgentStats | None:
-        link = self.bus.links.get(agent) if self.bus else None
-        return link.bye.stats if link and link.bye else None
+        handle = self.cluster.handles.get(agent) if self.cluster else None
+        return handle.bye.stats if handle and handle.bye else None
 
     async def _inline_judge(self, assertion: Assertion, ident: str) -> AssertionResult:
         """An `assert` step: its judge's state now, state read live."""
@@ -403,25 +381,23 @@ class ScenarioRun:
                 RunError(agent=report.agent, error_kind=report.source, message=report.message)
             )
 
-    def _on_crash(self, proc: AgentProcess) -> None:
-        assert proc.exit is not None
-        if proc.hung is not None:
+    def _on_lost(self, handle: AgentHandle) -> None:
+        assert handle.exit is not None
+        if handle.hung is not None:
             kind = ErrorKind.HUNG
-            message = (
-                f"agent {proc.agent_id} (pid {proc.pid}) hung: {proc.hung}; it was killed"
-            )
+            message = f"agent {handle.id} (pid {handle.pid}) hung: {handle.hung}; it was killed"
         else:
             kind = ErrorKind.CRASH
             message = (
-                f"agent {proc.agent_id} (pid {proc.pid}) died unexpectedly: "
-                f"{proc.exit.describe()}"
+                f"agent {handle.id} (pid {handle.pid}) died unexpectedly: "
+                f"{handle.exit.describe()}"
             )
         self._error(
             ErrorReport(
                 source=kind,
-                agent=proc.agent_id,
+                agent=handle.id,
                 message=message,
-                detail=_log_tail(proc.spec.log_path),
+                detail=_log_tail(handle.spec.log_path),
             )
         )
 
@@ -447,8 +423,7 @@ class ScenarioRun:
         self,
         report_dir: Path,
         run_dir: Path,
-        bus: Bus,
-        supervisor: Supervisor | None,
+        cluster: Cluster,
         sampler: Sampler,
         events: EventLog,
         started_at: str,
@@ -460,7 +435,7 @@ class ScenarioRun:
             self.errors.append(ErrorReport(source=fact.kind, agent=fact.agent,
                                            message=fact.message))  # fmt: skip
         self.errors += step_errors(self.steps)
-        agents = self.agent_reports or self._agent_reports(bus, supervisor, sampler)
+        agents = self.agent_reports or self._agent_reports(cluster, sampler)
         scenario = self.scenario
         return ScenarioReport(
             scenario=scenario.name,
@@ -489,7 +464,7 @@ class ScenarioRun:
             assertions=[assertion_report(a) for a in self.assertions],
             errors=self.errors,
             agents=agents,
-            bus=bus_report(bus),
+            bus=bus_report(cluster.bus),
             events_file=str(events.spill_path) if events.storage is not EventStorage.OFF else "",
             events=events.last_id,
             event_log=event_log_report(events, self.options.events),
@@ -498,17 +473,10 @@ class ScenarioRun:
             run_dir=str(run_dir) if self.options.keep_run_dir else None,
         )
 
-    def _agent_reports(
-        self, bus: Bus, supervisor: Supervisor | None, sampler: Sampler
-    ) -> list[AgentReport]:
+    def _agent_reports(self, cluster: Cluster, sampler: Sampler) -> list[AgentReport]:
         return [
-            agent_report(
-                link,
-                supervisor.processes.get(agent) if supervisor else None,
-                sampler.agents.get(agent),
-                self.options.launcher,
-            )
-            for agent, link in bus.links.items()
+            agent_report(handle, sampler.agents.get(agent), self.options.launcher)
+            for agent, handle in cluster.handles.items()
         ]
 
 

@@ -1,0 +1,538 @@
+"""The cluster: every agent of a run, one typed handle each, and the one monitor that moves them.
+
+An `AgentHandle` is the single record of one agent: its launch spec and configuration, its
+process, its bus link, and its state, which moves only through `Cluster._move`:
+
+    launched -> ready -> stopping -> exited
+        \\          \\--------------> exited   (a planned kill)
+         \\----------+-------------> crashed  (an exit nobody asked for)
+                     \\------------> hung     (silent past the deadline; then killed)
+
+Three things end or advance an agent, and all of them arrive here: the process's exit (a pidfd
+registered with the event loop, a thread in wait4 where pidfd is missing), the bus's link
+(READY, BYE, silence) and the cluster's own requests (stop, kill). Process exits are reaped
+with wait4 so the report gets each agent's CPU time. Teardown escalates: STOP with a deadline
+-> SIGTERM to the agent's process group -> SIGKILL -> reap; a death pipe and PR_SET_PDEATHSIG
+make every agent leave by itself if the coordinator dies first, and a finalizer kills what is
+left if the cluster is dropped without being closed.
+
+Users of the cluster (the executor, the judges) see `AgentControl`: send a command, read the
+events. The bus is the cluster's part, not theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from orchestrator import events as ev
+from orchestrator.cluster.bus import AgentGone, Bus, Link
+from orchestrator.cluster.launchers import Launched, Launcher, LaunchSpec
+from orchestrator.events import EventLog
+from protocol import AgentConfig, Bye, Ready, Result
+from protocol.bodies import Command
+from protocol.liveness import Liveness
+from protocol.reliability import RetryPolicy
+
+TERM_GRACE_S = 1.0
+"""How long SIGTERM gets before SIGKILL."""
+
+
+class AgentState(Enum):
+    LAUNCHED = "launched"
+    """The process exists; it has not said READY yet."""
+    READY = "ready"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    """Exited after being asked to stop (or by a planned kill)."""
+    CRASHED = "crashed"
+    """Exited without being asked to."""
+    HUNG = "hung"
+    """Stopped answering, was declared hung and killed."""
+
+    @property
+    def ended(self) -> bool:
+        return self in _ENDED
+
+
+_ENDED = frozenset({AgentState.EXITED, AgentState.CRASHED, AgentState.HUNG})
+_MOVES: dict[AgentState, frozenset[AgentState]] = {
+    AgentState.LAUNCHED: frozenset(AgentState) - {AgentState.LAUNCHED},
+    AgentState.READY: frozenset(AgentState) - {AgentState.LAUNCHED, AgentState.READY},
+    AgentState.STOPPING: frozenset({AgentState.EXITED}),
+    AgentState.EXITED: frozenset(),
+    AgentState.CRASHED: frozenset(),
+    AgentState.HUNG: frozenset(),
+}
+"""Every legal transition. A stopping agent that exits, by whatever means, has exited: it was
+asked to."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExitInfo:
+    returncode: int | None
+    signal: int | None
+    cpu_user_s: float
+    cpu_system_s: float
+    at: float
+    """Monotonic time the exit was seen."""
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"killed by {signal.Signals(self.signal).name}"
+        return f"exit code {self.returncode}"
+
+
+@dataclass(slots=True, eq=False)
+class AgentHandle:
+    """One agent of the cluster. Read it freely; only the cluster changes it."""
+
+    spec: LaunchSpec
+    config: AgentConfig
+    process: Launched
+    link: Link
+    launched_at: float
+    state: AgentState = AgentState.LAUNCHED
+    ready_at: float | None = None
+    exit: ExitInfo | None = None
+    planned_exit: bool = False
+    """Someone asked this agent to go (STOP, or a planned kill): its exit is not a crash."""
+    escalation: str | None = None
+    """'term' or 'kill' when teardown had to signal the process."""
+    hung: str | None = None
+    """Why the agent was declared hung (it was then killed), if it was."""
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.spec.agent_id
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def ready_info(self) -> Ready | None:
+        return self.link.ready_info
+
+    @property
+    def bye(self) -> Bye | None:
+        return self.link.bye
+
+    @property
+    def startup_s(self) -> float | None:
+        return None if self.ready_at is None else self.ready_at - self.launched_at
+
+    def describe_end(self) -> str:
+        """How the agent ended, for an error message: 'hung: ...', 'killed by SIGKILL'..."""
+        if self.hung is not None:
+            return f"hung ({self.hung})"
+        if self.exit is not None:
+            return self.exit.describe()
+        return self.state.value
+
+
+class AgentControl(Protocol):
+    """What the executor needs from the agents: commands, answered or failed with AgentGone
+    (the agent ended) or TimeoutError."""
+
+    async def command(self, agent: str, command: Command, timeout: float) -> Result: ...
+
+
+class AgentInitError(Exception):
+    """Agents started but could not initialise (a plugin failed to import, its init raised, a
+    service failed to start): invalid input, not a crash. One line per agent in `lines`."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+class StartupError(Exception):
+    """Some agents did not reach READY; the message names them and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """What every agent of a cluster shares."""
+
+    liveness: Liveness = field(default_factory=Liveness)
+    policy: RetryPolicy | None = None
+    inbox_capacity: int = 1024
+    env: dict[str, str] = field(default_factory=dict)
+    nice: int = 0
+    """Added to each agent's niceness (the runner's AGENT_NICE)."""
+
+
+class Cluster:
+    """The agents of one run. Use it as an async context manager inside a running loop:
+
+        async with Cluster(run_dir, events, launcher) as cluster:
+            cluster.set_rooms(...)
+            await cluster.launch(configs, ready_timeout=30)
+            ...                                  # cluster.command(...), cluster.handles
+            await cluster.stop(2.0)              # optional: leaving the block stops them too
+
+    Leaving the block stops every agent (STOP, escalation, reap) and releases everything:
+    the socket and its file, the launcher's template, the pidfds, the death pipe.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        events: EventLog,
+        launcher: Launcher,
+        settings: ClusterSettings | None = None,
+        *,
+        on_lost: Callable[[AgentHandle], None] | None = None,
+        stop_deadline_s: float = 2.0,
+    ) -> None:
+        """`on_lost` hears of every agent that crashed or hung, once, after its exit."""
+        self.run_dir = run_dir
+        self.events = events
+        self.launcher = launcher
+        self.settings = settings or ClusterSettings()
+        self.on_lost = on_lost
+        self.stop_deadline_s = stop_deadline_s
+        self.bus = Bus(
+            f"ipc://{run_dir}/bus.sock",
+            events,
+            policy=self.settings.policy,
+            liveness=self.settings.liveness,
+            on_hung=self._on_silent,
+            on_ready=self._on_ready,
+        )
+        self.handles: dict[str, AgentHandle] = {}
+        self.crashes: list[tuple[str, str]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._death_r = self._death_w = -1
+        self._pidfds: dict[int, int] = {}
+        self._prepared = False
+        self._stopped = False
+        self._closed = False
+        self._pids: set[int] = set()
+        """Live agent pids, shared with the last-resort finalizer."""
+        self._finalizer = weakref.finalize(self, _kill_groups, self._pids)
+
+    # -- context -------------------------------------------------------------------------
+    async def __aenter__(self) -> Cluster:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._death_r, self._death_w = os.pipe()
+            os.set_inheritable(self._death_w, False)
+            self.bus.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if not self._stopped and exc_type is None:
+                await self.stop(self.stop_deadline_s)
+        finally:
+            self.close()  # interrupted or broken: no ceremony, kill and reap
+
+    @property
+    def endpoint(self) -> str:
+        return self.bus.endpoint
+
+    def set_rooms(self, rooms: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        self.bus.set_rooms(rooms)
+
+    # -- launch --------------------------------------------------------------------------
+    def spec_for(self, config: AgentConfig, incarnation: int = 1) -> LaunchSpec:
+        s = self.settings
+        return LaunchSpec(
+            agent_id=config.agent_id,
+            endpoint=self.bus.endpoint,
+            incarnation=incarnation,
+            agent_dir=Path(config.agent_dir),
+            death_fd=self._death_r,
+            heartbeat_interval_s=s.liveness.heartbeat_interval_s,
+            coordinator_timeout_s=s.liveness.coordinator_timeout_s,
+            inbox_capacity=s.inbox_capacity,
+            env=dict(s.env),
+            nice=s.nice,
+        )
+
+    async def launch(self, configs: Iterable[AgentConfig], ready_timeout: float) -> None:
+        """Launch every agent and wait until all are READY (StartupError / AgentInitError
+        otherwise). Cancelling it stops launching at once."""
+        for config in configs:
+            await self.prepare(config)
+            self.launch_one(config)
+            # A launch blocks the loop for a fork (or a fork and exec): yield after each, so
+            # that launching 256 agents is 256 short stalls, not one long one in which no ack
+            # or heartbeat is served.
+            await asyncio.sleep(0)  # a yield to the loop, not a wait for anything
+        await self.wait_ready(ready_timeout)
+
+    async def prepare(self, config: AgentConfig) -> None:
+        """Let the launcher get ready for agents like `config` (a fork server starts its
+        template, about 0.2 s: in a thread, not on the loop). Once per cluster."""
+        if not self._prepared:
+            await asyncio.to_thread(self.launcher.prepare, self.spec_for(config))
+            self._prepared = True
+
+    def launch_one(self, config: AgentConfig, incarnation: int = 1) -> AgentHandle:
+        """Start one agent (blocking for the fork); `wait_ready` waits for it."""
+        if self._closed or self._loop is None:
+            raise RuntimeError("the cluster is not running")
+        spec = self.spec_for(config, incarnation)
+        link = self.bus.add_agent(config, incarnation)
+        process = self.launcher.launch(spec)
+        handle = AgentHandle(spec, config, process, link, time.monotonic())
+        self.handles[handle.id] = handle
+        self._pids.add(process.pid)
+        self.events.emit(
+            ev.AgentLaunched(agent=handle.id, pid=process.pid, launcher=self.launcher.name,
+                             incarnation=incarnation)
+        )  # fmt: skip
+        self._watch(handle)
+        return handle
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until every launched agent is READY; StartupError names any that are not,
+        AgentInitError any that are but could not initialise."""
+        tasks = {agent: h.link.ready for agent, h in self.handles.items()}
+        try:
+            _, pending = await asyncio.wait(tasks.values(), timeout=timeout)
+        except asyncio.CancelledError:
+            # Interrupted (Ctrl-C, SIGTERM): the waits end here, and their outcomes (agents
+            # torn down before READY) are nobody's news, not tracebacks at exit.
+            for task in tasks.values():
+                task.add_done_callback(_quietly)
+            raise
+        problems: list[str] = []
+        init_errors: list[str] = []
+        for agent, task in tasks.items():
+            if task in pending:
+                problems.append(f"{agent}: not READY within {timeout:g}s")
+            elif task.exception() is not None:
+                problems.append(f"{agent}: {task.exception()}")
+            elif (error := task.result().error) is not None:
+                init_errors.append(error)
+        if problems:
+            raise StartupError("agents failed to start: " + "; ".join(problems))
+        if init_errors:
+            raise AgentInitError(init_errors)
+
+    # -- the monitor: every transition comes through here ------------------------------
+    def _move(self, handle: AgentHandle, to: AgentState) -> bool:
+        """Move `handle` to `to` if that is a legal step from where it is; False if not (an
+        event that arrived after a more decisive one: a BYE after a kill, an exit after a
+        hang)."""
+        if to not in _MOVES[handle.state]:
+            return False
+        handle.state = to
+        return True
+
+    def _on_ready(self, agent: str, ready: Ready) -> None:
+        handle = self.handles.get(agent)
+        if handle is not None and self._move(handle, AgentState.READY):
+            handle.ready_at = time.monotonic()
+
+    def _on_silent(self, agent: str, silent_s: float) -> str:
+        """The bus heard nothing from `agent` past the hung deadline: it is hung, and killed.
+        Returns the reason, which the bus gives to whatever was bound for the agent."""
+        liveness = self.settings.liveness
+        reason = f"silent for {silent_s:.2f}s (hung after {liveness.hung_after_s:g}s)"
+        handle = self.handles.get(agent)
+        if handle is not None and self._move(handle, AgentState.HUNG):
+            handle.hung = reason
+            self.events.emit(ev.AgentHung(agent=agent, silent_s=round(silent_s, 3)))
+            self._signal(handle, signal.SIGKILL)
+        return reason
+
+    def _on_exit(self, handle: AgentHandle, status: int, usage: object) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        rusage = usage if isinstance(usage, resource.struct_rusage) else None
+        info = ExitInfo(
+            returncode=code if code >= 0 else None,
+            signal=-code if code < 0 else None,
+            cpu_user_s=rusage.ru_utime if rusage else 0.0,
+            cpu_system_s=rusage.ru_stime if rusage else 0.0,
+            at=time.monotonic(),
+        )
+        handle.exit = info
+        handle.process.mark_reaped(code)
+        self._pids.discard(handle.pid)
+        if handle.state is not AgentState.HUNG:
+            self._move(handle, AgentState.EXITED if handle.planned_exit else AgentState.CRASHED)
+        handle.exited.set()
+        lost = handle.state is not AgentState.EXITED
+        ended = ev.AgentCrashed if lost else ev.AgentExited
+        self.events.emit(
+            ended(agent=handle.id, pid=handle.pid, returncode=info.returncode,
+                  signal=signal.Signals(info.signal).name if info.signal else None,
+                  escalation=handle.escalation)
+        )  # fmt: skip
+        self.bus.agent_gone(handle.id, handle.hung or info.describe())
+        if lost:
+            self.crashes.append((handle.id, handle.describe_end()))
+            if self.on_lost is not None:
+                self.on_lost(handle)
+
+    # -- watching processes ------------------------------------------------------------
+    def _watch(self, handle: AgentHandle) -> None:
+        assert self._loop is not None
+        try:
+            pidfd = os.pidfd_open(handle.pid)
+        except (AttributeError, OSError):
+            threading.Thread(target=self._wait_thread, args=(handle,), daemon=True).start()
+            return
+        self._pidfds[handle.pid] = pidfd
+        self._loop.add_reader(pidfd, self._on_pidfd, handle)
+
+    def _on_pidfd(self, handle: AgentHandle) -> None:
+        assert self._loop is not None
+        pidfd = self._pidfds.pop(handle.pid, None)
+        if pidfd is not None:
+            self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+        try:
+            pid, status, usage = os.wait4(handle.pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:  # spurious readiness; watch again
+            self._watch(handle)
+            return
+        self._on_exit(handle, status, usage)
+
+    def _wait_thread(self, handle: AgentHandle) -> None:
+        assert self._loop is not None
+        try:
+            _, status, usage = os.wait4(handle.pid, 0)
+        except ChildProcessError:
+            return
+        self._loop.call_soon_threadsafe(self._on_exit, handle, status, usage)
+
+    # -- acting on agents ----------------------------------------------------------------
+    async def command(self, agent: str, command: Command, timeout: float) -> Result:
+        """Run `command` in `agent`: its RESULT, or AgentGone / TimeoutError."""
+        handle = self.handles.get(agent)
+        if handle is None:
+            raise AgentGone(f"agent {agent} was never launched")
+        if handle.state.ended:
+            raise AgentGone(f"agent {agent} is gone: {handle.describe_end()}")
+        return await self.bus.command(agent, command, timeout)
+
+    def kill(self, agent: str, sig: signal.Signals, *, planned: bool) -> None:
+        """Signal `agent`'s process group; a planned kill's exit is not a crash."""
+        handle = self.handles[agent]
+        handle.planned_exit = handle.planned_exit or planned
+        self._signal(handle, sig)
+
+    def _signal(self, handle: AgentHandle, sig: signal.Signals) -> None:
+        if handle.exit is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.pid, sig)
+
+    async def stop(self, deadline_s: float) -> None:
+        """STOP every live agent, then escalate on whoever is still there. Reaps everyone."""
+        self._stopped = True
+        live = [h for h in self.handles.values() if h.exit is None]
+        for handle in live:
+            if handle.state is AgentState.HUNG:
+                continue  # already killed as hung; its exit (not yet reaped) stays a hang
+            handle.planned_exit = True
+            self._move(handle, AgentState.STOPPING)
+
+        async def stop(handle: AgentHandle) -> None:
+            with contextlib.suppress(AgentGone):
+                await self.bus.stop_agent(handle.id, deadline_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.05, deadline_s / 4)):
+                    await handle.exited.wait()
+
+        await asyncio.gather(*(stop(h) for h in live))
+        await self._escalate([h for h in live if h.exit is None])
+
+    async def _escalate(self, handles: list[AgentHandle]) -> None:
+        for sig, tag, grace in (
+            (signal.SIGTERM, "term", TERM_GRACE_S),
+            (signal.SIGKILL, "kill", 5.0),
+        ):
+            handles = [h for h in handles if h.exit is None]
+            if not handles:
+                return
+            for handle in handles:
+                handle.escalation = tag
+                handle.planned_exit = True
+                self._signal(handle, sig)
+            waits = [asyncio.ensure_future(h.exited.wait()) for h in handles]
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for task in pending:
+                task.cancel()
+
+    def close(self) -> None:
+        """Last resort, and always last: SIGKILL and reap anything still alive, then release
+        every descriptor, the bus and the launcher's template. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in self.handles.values():
+            if handle.exit is None:
+                handle.planned_exit = True
+                self._signal(handle, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    _, status, usage = os.wait4(handle.pid, 0)
+                    self._on_exit(handle, status, usage)
+        for pid, pidfd in list(self._pidfds.items()):
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+            del self._pidfds[pid]
+        self.bus.close()
+        with contextlib.suppress(Exception):
+            self.launcher.close()
+        for fd in (self._death_r, self._death_w):
+            if fd >= 0:
+                os.close(fd)
+        self._death_r = self._death_w = -1
+        self._finalizer.detach()
+
+
+def _kill_groups(pids: set[int]) -> None:
+    """The finalizer of a cluster dropped without `close` (or alive at interpreter exit):
+    its agents' process groups get SIGKILL, so none outlives the coordinator."""
+    for pid in list(pids):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _quietly(task: asyncio.Future[Ready]) -> None:
+    """Retrieve a finished task's outcome, so that asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
+__all__ = [
+    "AgentControl",
+    "AgentHandle",
+    "AgentInitError",
+    "AgentState",
+    "Cluster",
+    "ClusterSettings",
+    "ExitInfo",
+    "StartupError",
+]

@@ -305,6 +305,8 @@ class Sample(Event, tag="sample", kw_only=True):
     cpu_s: float
     fds: int | None
     threads: int | None
+    uss: int | None = None
+    """Read at READY, before STOP, and for a rotating slice of the agents each round."""
 
 
 class StepStarted(Event, tag="step.started", kw_only=True):

@@ -1,13 +1,24 @@
-"""The resource sampler: per-agent RSS, CPU time, threads and open descriptors via psutil.
+"""The resource sampler: per-agent RSS, CPU time, threads, open descriptors and USS via psutil.
 
-Runs on the coordinator's loop from a timer (about once a second), plus on demand at READY and
-before STOP. Each agent's RSS curve is a bounded Series, so a soak run's report stays small.
+Reading a process's figures costs about 45 us (USS, a walk of its memory map, 100 us or more),
+so with 1,000 agents one round is 45 ms of reads, and one with USS a few hundred: on the
+coordinator's loop, every ack and heartbeat would wait behind it. The reads therefore run in a
+thread of their own, and only their results come to the loop (one callback per round), where
+they become `sample` events and each agent's series. USS is read for a slice of the agents each
+round, so every agent gets one about every USS_EVERY rounds without any round paying for all.
+
+The sampler keeps itself cheap: when a round's CPU exceeds BUDGET of the interval, the interval
+grows to fit (and shrinks back toward the configured one when rounds get cheaper). Its own cost
+(CPU, rounds, the longest round, the interval it ended at) is in the report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import psutil
@@ -33,8 +44,11 @@ def vm_hwm_bytes(pid: int) -> int | None:
 
 
 USS_EVERY = 10
-"""Periodic samples between two USS readings (about every 10 s at the default interval);
-USS is also read at READY and before STOP."""
+"""Each agent's USS is read about once every this many periodic rounds (and at READY and
+before STOP)."""
+
+BUDGET = 0.05
+"""The share of one core the periodic rounds may use; past it, the interval grows."""
 
 
 @dataclass(slots=True)
@@ -45,9 +59,9 @@ class AgentSamples:
     count: int = 0
     peak_rss: int = 0
     hwm: int = 0
-    uss_peak: int = 0
-    """The largest USS seen (sampled every USS_EVERY samples: it costs a walk of smaps)."""
     """The highest VmHWM read: the kernel's own peak, which sees between samples."""
+    uss_peak: int = 0
+    """The largest USS seen."""
     first_rss: int | None = None
     last_rss: int | None = None
     num_fds: int | None = None
@@ -56,65 +70,167 @@ class AgentSamples:
     cpu_system_s: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One agent's figures, read in the sampler's thread."""
+
+    agent: str
+    rss: int
+    cpu_user_s: float
+    cpu_system_s: float
+    threads: int
+    fds: int
+    hwm: int | None
+    uss: int | None
+
+
+@dataclass(slots=True)
+class SamplerCost:
+    """What sampling cost the coordinator (its thread's CPU) and how often it sampled."""
+
+    rounds: int = 0
+    readings: int = 0
+    cpu_s: float = 0.0
+    max_round_s: float = 0.0
+    interval_s: float = 0.0
+    """The periodic interval in force at the end (the configured one, or longer if the
+    rounds did not fit the budget)."""
+
+
 class Sampler:
     def __init__(self, events: EventLog, interval_s: float = 1.0) -> None:
         self.events = events
-        self.interval_s = interval_s
+        self.base_interval_s = interval_s
         self.agents: dict[str, AgentSamples] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._running = False
+        self.cost = SamplerCost(interval_s=interval_s)
+        self._interval_s = interval_s
+        self._read_lock = threading.Lock()
+        """psutil's Process objects are not for two threads at once: the periodic thread and
+        an on-demand round (`sample_now`, itself in a worker thread) take turns."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._uss_cursor = 0
 
     def track(self, agent: str, pid: int) -> None:
         with contextlib.suppress(psutil.Error):
             self.agents[agent] = AgentSamples(pid, psutil.Process(pid))
 
+    # -- periodic rounds, in a thread -----------------------------------------------------
     def start(self) -> None:
-        self._running = True
-        self._schedule()
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self._running = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """No more periodic rounds. Does not wait: a round under way (a fraction of a second
+        with 1,000 agents) finishes in its thread and is dropped, not published."""
+        self._stop.set()
+        self._thread = None
 
-    def _schedule(self) -> None:
-        if self._running:
-            self._timer = asyncio.get_running_loop().call_later(self.interval_s, self._tick)
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):  # the pacing of the samples, by design
+            agents = list(self.agents.items())
+            uss_for = self._uss_slice([a for a, _ in agents])
+            t0, c0 = time.monotonic(), time.thread_time()
+            readings = self._read(agents, uss_for)
+            cpu = time.thread_time() - c0
+            self._account(cpu, time.monotonic() - t0, len(readings))
+            # The interval that keeps a round within the budget: grow at once when a round
+            # does not fit, shrink back gently (never below the configured interval).
+            fit = cpu / BUDGET
+            self._interval_s = max(self.base_interval_s, fit, 0.8 * self._interval_s)
+            self.cost.interval_s = round(self._interval_s, 3)
+            loop = self._loop
+            if loop is None or self._stop.is_set():
+                return
+            with contextlib.suppress(RuntimeError):  # the loop closed under us: run over
+                loop.call_soon_threadsafe(self._publish, readings, "periodic")
 
-    def _tick(self) -> None:
-        self.sample_all("periodic")
-        self._schedule()
+    def _uss_slice(self, agents: list[str]) -> frozenset[str]:
+        """The agents whose USS this round reads: the next 1/USS_EVERY of them, in turn."""
+        if not agents:
+            return frozenset()
+        size = max(1, -(-len(agents) // USS_EVERY))
+        start = self._uss_cursor % len(agents)
+        self._uss_cursor = start + size
+        return frozenset((agents + agents)[start : start + size])
 
-    def sample_all(self, reason: str) -> None:
-        for agent in list(self.agents):
-            self.sample(agent, reason)
+    def _account(self, cpu_s: float, wall_s: float, readings: int) -> None:
+        self.cost.rounds += 1
+        self.cost.readings += readings
+        self.cost.cpu_s += cpu_s
+        self.cost.max_round_s = max(self.cost.max_round_s, wall_s)
 
-    def sample(self, agent: str, reason: str) -> None:
-        s = self.agents.get(agent)
-        if s is None:
+    def _read(
+        self, agents: Iterable[tuple[str, AgentSamples]], uss_for: frozenset[str] | None
+    ) -> list[Reading]:
+        """Read each agent's figures (USS for those in `uss_for`; None: all). Blocking."""
+        readings: list[Reading] = []
+        with self._read_lock:
+            for agent, s in agents:
+                try:
+                    with s.process.oneshot():
+                        rss = s.process.memory_info().rss
+                        cpu = s.process.cpu_times()
+                        threads = s.process.num_threads()
+                        fds = s.process.num_fds()
+                except psutil.Error:
+                    continue  # gone: its exit is the cluster's record
+                uss = None
+                if uss_for is None or agent in uss_for:
+                    with contextlib.suppress(psutil.Error):
+                        uss = s.process.memory_full_info().uss
+                readings.append(
+                    Reading(agent, rss, cpu.user, cpu.system, threads, fds,
+                            vm_hwm_bytes(s.pid), uss)
+                )  # fmt: skip
+        return readings
+
+    # -- on demand (READY, before STOP) --------------------------------------------------
+    async def sample_now(self, reason: str, agents: Iterable[str] | None = None) -> None:
+        """Sample `agents` (default: every tracked one), USS included, off the loop; their
+        `sample` events are emitted when this returns."""
+        wanted = self.agents if agents is None else {a: self.agents[a] for a in agents}
+        items = list(wanted.items())
+        if not items:
             return
-        try:
-            with s.process.oneshot():
-                rss = s.process.memory_info().rss
-                cpu = s.process.cpu_times()
-                s.num_threads = s.process.num_threads()
-                s.num_fds = s.process.num_fds()
-        except psutil.Error:
-            return  # gone: its exit (and peak RSS from wait4) is the cluster's record
-        s.hwm = max(s.hwm, vm_hwm_bytes(s.pid) or 0)
-        if s.count % USS_EVERY == 0 or reason != "periodic":
-            with contextlib.suppress(psutil.Error):
-                s.uss_peak = max(s.uss_peak, s.process.memory_full_info().uss)
+        t0 = time.monotonic()
+        readings = await asyncio.to_thread(self._timed_read, items)
+        self.cost.max_round_s = max(self.cost.max_round_s, time.monotonic() - t0)
+        self._publish(readings, reason)
+
+    def _timed_read(self, items: list[tuple[str, AgentSamples]]) -> list[Reading]:
+        c0 = time.thread_time()
+        readings = self._read(items, None)
+        cpu = time.thread_time() - c0
+        self.cost.cpu_s += cpu
+        self.cost.readings += len(readings)
+        return readings
+
+    # -- on the loop -----------------------------------------------------------------------
+    def _publish(self, readings: list[Reading], reason: str) -> None:
         t = self.events.now()
-        s.count += 1
-        s.rss.add(t, rss)
-        s.peak_rss = max(s.peak_rss, rss)
-        if s.first_rss is None:
-            s.first_rss = rss
-        s.last_rss = rss
-        s.cpu_user_s, s.cpu_system_s = cpu.user, cpu.system
-        self.events.emit(
-            Sample(agent=agent, reason=reason, rss=rss, cpu_s=round(cpu.user + cpu.system, 4),
-                   fds=s.num_fds, threads=s.num_threads)
-        )  # fmt: skip
+        for r in readings:
+            s = self.agents.get(r.agent)
+            if s is None:
+                continue
+            s.count += 1
+            s.rss.add(t, r.rss)
+            s.peak_rss = max(s.peak_rss, r.rss)
+            s.hwm = max(s.hwm, r.hwm or 0)
+            if r.uss is not None:
+                s.uss_peak = max(s.uss_peak, r.uss)
+            if s.first_rss is None:
+                s.first_rss = r.rss
+            s.last_rss = r.rss
+            s.num_fds, s.num_threads = r.fds, r.threads
+            s.cpu_user_s, s.cpu_system_s = r.cpu_user_s, r.cpu_system_s
+            self.events.emit(
+                Sample(agent=r.agent, reason=reason, rss=r.rss,
+                       cpu_s=round(r.cpu_user_s + r.cpu_system_s, 4), fds=r.fds,
+                       threads=r.threads, uss=r.uss)
+            )  # fmt: skip

@@ -121,6 +121,9 @@ class MemoryReport(BaseModel):
     """The agent's own high-water RSS (VmHWM, the kernel's peak since the agent's exec): the
     largest of the value it sent with BYE, the values read at each sample and the sampled RSS.
     Never ru_maxrss, which on Linux carries the coordinator's RSS across the agent's exec."""
+    uss_peak_bytes: int | None = None
+    """The largest USS (private memory) read: at READY, before STOP, and about every tenth
+    periodic sample."""
     num_fds: int | None
     num_threads: int | None
     rss_series: list[tuple[float, int]]
@@ -191,6 +194,25 @@ class EventLogReport(BaseModel):
     """The event id at which the file reached its size cap: no later event is in it."""
 
 
+class SamplerReport(BaseModel):
+    """The resource sampler's own cost: it reads every agent's process from a thread of the
+    coordinator, and lengthens its interval when a round would use more than 5% of a core."""
+
+    agents: int
+    rounds: int
+    """Periodic rounds (READY and before-STOP rounds are not counted here)."""
+    readings: int
+    """Agent readings, periodic and on demand."""
+    cpu_s: float
+    """CPU time of all the readings (the sampler thread's and the on-demand rounds')."""
+    max_round_s: float
+    interval_s: float
+    """The configured interval."""
+    final_interval_s: float
+    """The interval in force at the end: longer than `interval_s` if the rounds did not fit
+    the budget."""
+
+
 class CoordinatorReport(BaseModel):
     """The runner's own process, measured like an agent's: a tool that slows or grows would
     distort every figure it reports."""
@@ -210,6 +232,9 @@ class CoordinatorReport(BaseModel):
     cpu_s_by_phase: dict[str, float] = {}
     """The coordinator's CPU seconds per phase (with each agent's CPU at READY and before STOP
     in its `sample` events, the cost of the script alone, apart from start-up)."""
+    sampler: SamplerReport | None = None
+    """What measuring the agents cost the coordinator."""
+
 
 
 class Timings(BaseModel):

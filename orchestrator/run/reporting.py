@@ -13,7 +13,7 @@ from pydantic import JsonValue
 
 from orchestrator.cluster.bus import Bus
 from orchestrator.cluster.cluster import AgentHandle
-from orchestrator.cluster.sampler import AgentSamples
+from orchestrator.cluster.sampler import AgentSamples, Sampler
 from orchestrator.events import ErrorKind, EventLog, EventStorage
 from orchestrator.judge.judges import AssertionResult
 from orchestrator.metrics import LatencyHistogram
@@ -27,6 +27,7 @@ from orchestrator.report.model import (
     ErrorReport,
     EventLogReport,
     MemoryReport,
+    SamplerReport,
     ScenarioReport,
     StepReport,
     Timings,
@@ -66,6 +67,7 @@ def agent_report(handle: AgentHandle, samples: AgentSamples | None, launcher: st
             rss_last_bytes=samples.last_rss if samples else None,
             rss_peak_sampled_bytes=samples.peak_rss if samples and samples.count else None,
             peak_rss_bytes=peak_rss(stats, samples),
+            uss_peak_bytes=samples.uss_peak or None if samples else None,
             num_fds=samples.num_fds if samples else None,
             num_threads=samples.num_threads if samples else None,
             rss_series=[(round(t, 3), v) for t, v in samples.rss.points] if samples else [],
@@ -256,7 +258,7 @@ def event_log_report(events: EventLog, storage: EventStorage) -> EventLogReport:
     )
 
 
-def coordinator_report(loop: LoopWatch) -> CoordinatorReport:
+def coordinator_report(loop: LoopWatch, sampler: Sampler | None = None) -> CoordinatorReport:
     user, system = loop.cpu_s()
     return CoordinatorReport(
         pid=os.getpid(),
@@ -266,4 +268,18 @@ def coordinator_report(loop: LoopWatch) -> CoordinatorReport:
         loop_lag=loop.whole().summary(),
         loop_lag_by_phase={p.value: h.summary() for p, h in loop.lag.items()},
         cpu_s_by_phase={p.value: round(cpu, 4) for p, cpu in loop.cpu_by_phase.items()},
+        sampler=sampler_report(sampler) if sampler is not None else None,
+    )
+
+
+def sampler_report(sampler: Sampler) -> SamplerReport:
+    cost = sampler.cost
+    return SamplerReport(
+        agents=len(sampler.agents),
+        rounds=cost.rounds,
+        readings=cost.readings,
+        cpu_s=round(cost.cpu_s, 4),
+        max_round_s=round(cost.max_round_s, 4),
+        interval_s=sampler.base_interval_s,
+        final_interval_s=cost.interval_s,
     )

@@ -227,8 +227,8 @@ class ScenarioRun:
                     await self._script(cluster, events, t_ready)
                 t_script_end = time.monotonic()
                 self.loop.enter(Phase.END)
-                sampler.sample_all("before-stop")
                 sampler.stop()
+                await sampler.sample_now("before-stop")
                 await cluster.stop(opts.stop_deadline_s)
         except Exception as exc:
             self._error(
@@ -319,7 +319,7 @@ class ScenarioRun:
         await cluster.launch(configs, self.options.startup_timeout_s)
         for handle in cluster.handles.values():
             sampler.track(handle.id, handle.pid)
-            sampler.sample(handle.id, "ready")
+        await sampler.sample_now("ready")
 
     # -- judging ------------------------------------------------------------------------------
     def _facts(self, sampler: Sampler, script_s: float) -> Facts:
@@ -468,7 +468,7 @@ class ScenarioRun:
             events_file=str(events.spill_path) if events.storage is not EventStorage.OFF else "",
             events=events.last_id,
             event_log=event_log_report(events, self.options.events),
-            coordinator=coordinator_report(self.loop),
+            coordinator=coordinator_report(self.loop, sampler),
             report_dir=str(report_dir),
             run_dir=str(run_dir) if self.options.keep_run_dir else None,
         )

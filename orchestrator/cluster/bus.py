@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import os
 import time
 from collections import Counter
@@ -68,6 +70,8 @@ from protocol.testhooks import DropHook
 
 HWM = 100_000
 BATCH = 64
+TIMER_SLACK_S = 0.005
+"""Retransmission deadlines this close together are served by one timer callback."""
 """Frames drained per readiness callback before yielding to other tasks."""
 
 
@@ -154,6 +158,8 @@ class Link:
         self.last_heard = 0.0
         self.last_sent = 0.0
         self.added_at = time.monotonic()
+        self.check_at = float("inf")
+        """When the bus's retransmission timer looks at this link next (see Bus._on_timer)."""
         self.commands: set[int] = set()
         """Correlation ids of commands sent to this agent and not yet answered."""
         self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
@@ -179,6 +185,7 @@ class Bus:
         self.policy = policy or RetryPolicy()
         liveness = liveness or Liveness()
         self.heartbeat_interval_s = liveness.heartbeat_interval_s
+        self.ping_interval_s = liveness.ping_interval_s
         self.hung_after_s = liveness.hung_after_s
         self.on_hung = on_hung
         self.on_ready = on_ready
@@ -198,6 +205,11 @@ class Bus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._checks: list[tuple[float, int, Link]] = []
+        """A heap of (when, tie-break, link): the links with frames awaiting an ack, by their
+        next retransmission deadline, so that a timer visits only links with something due."""
+        self._tiebreak = itertools.count()
+        self._sweep: asyncio.TimerHandle | None = None
         self._touched: set[Link] = set()
         self._drain_scheduled = False
         self.drop = DropHook.from_env("coordinator")
@@ -216,13 +228,16 @@ class Bus:
         sock.bind(self.endpoint)
         self._sock = sock
         self._loop.add_reader(sock.fileno(), self._on_readable)
-        self._arm_timer(time.monotonic() + self.heartbeat_interval_s)
+        self._sweep = self._loop.call_later(self.heartbeat_interval_s, self._on_sweep)
         self._on_readable()  # the FD is edge-triggered: take anything already queued
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self._sock is not None and self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._sock.fileno())
@@ -329,18 +344,15 @@ class Bus:
         """Send what windows allow and the acks that are due, for every link touched."""
         now = time.monotonic()
         touched, self._touched = self._touched, set()
-        earliest = self._timer_at
         for link in touched:
             if link.state is LinkState.GONE:
                 continue
             for pending in link.outbox.take_sendable(now):
                 self._send_pending(link, pending)
-                earliest = min(earliest, pending.deadline)
+                self._check_by(link, pending.deadline)
             if link.inbound.ack_due:
                 self._send(link, Kind.ACK, encode_body(Ack(credit=self.policy.window)), 0, 0)
                 link.inbound.ack_due = False
-        if earliest < self._timer_at:
-            self._arm_timer(earliest)
         if self._sock is not None and readable(self._sock):
             self._schedule_drain()  # a send can consume the edge of the FD; look again
 
@@ -589,6 +601,15 @@ class Bus:
         )  # fmt: skip
 
     # -- timers ---------------------------------------------------------------------------
+    def _check_by(self, link: Link, when: float) -> None:
+        """Make sure the retransmission timer looks at `link` by `when`."""
+        if when >= link.check_at:
+            return
+        link.check_at = when
+        heapq.heappush(self._checks, (when, next(self._tiebreak), link))
+        if when < self._timer_at - TIMER_SLACK_S:
+            self._arm_timer(when)
+
     def _arm_timer(self, when: float) -> None:
         if self._loop is None:
             return
@@ -599,14 +620,24 @@ class Bus:
         self._timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
+        """Retransmissions and dead letters, for the links whose deadline has come (within
+        TIMER_SLACK_S: deadlines that close together are served by one timer). A link whose
+        frames were acked meanwhile costs one look and leaves the heap."""
         self._timer = None
         self._timer_at = float("inf")
         now = time.monotonic()
-        next_at = now + self.heartbeat_interval_s
-        for link in list(self.links.values()):
+        horizon = now + TIMER_SLACK_S
+        checks = self._checks
+        while checks and checks[0][0] <= horizon:
+            when, _, link = heapq.heappop(checks)
+            if when != link.check_at:
+                continue  # superseded by an earlier check of the same link
+            link.check_at = float("inf")
             if link.state is LinkState.GONE:
                 continue
-            due = link.outbox.due(now)
+            # Up to the horizon, not `now`: a frame due within the slack is served now, or it
+            # would be popped again at once, forever.
+            due = link.outbox.due(horizon)
             for pending in due.retransmit:
                 link.stats.retries += 1
                 if pending.item.kind is Kind.MSG:
@@ -621,19 +652,34 @@ class Bus:
                     pending,
                     f"not acknowledged by {link.agent_id} after {pending.attempts} attempts",
                 )
-            if link.state is not LinkState.EXPECTED:
-                if now - link.last_sent >= self.heartbeat_interval_s:
-                    self._send(link, Kind.PING, encode_body(Ping()), 0, 0)
-                silent = now - link.last_heard
-                if silent > self.hung_after_s and link.state in (
-                    LinkState.READY,
-                    LinkState.CONFIGURED,
-                ):
-                    self._declare_hung(link, silent)
             deadline = link.outbox.next_deadline()
             if deadline is not None:
-                next_at = min(next_at, deadline)
-        self._arm_timer(max(next_at, now + 0.001))
+                deadline = max(deadline, horizon + TIMER_SLACK_S)  # never again in this pass
+                link.check_at = deadline
+                heapq.heappush(checks, (deadline, next(self._tiebreak), link))
+        if checks:
+            self._arm_timer(max(checks[0][0], now + TIMER_SLACK_S))
+        self._flush()
+
+    def _on_sweep(self) -> None:
+        """Liveness, once per heartbeat interval: PING links the bus has said nothing to for
+        a while (the agent's proof that the coordinator lives), and declare hung any agent
+        silent past the deadline. One pass over the links per interval, whatever the
+        traffic."""
+        assert self._loop is not None
+        now = time.monotonic()
+        for link in list(self.links.values()):
+            if link.state in (LinkState.GONE, LinkState.EXPECTED):
+                continue
+            if now - link.last_sent >= self.ping_interval_s:
+                self._send(link, Kind.PING, encode_body(Ping()), 0, 0)
+            silent = now - link.last_heard
+            if silent > self.hung_after_s and link.state in (
+                LinkState.READY,
+                LinkState.CONFIGURED,
+            ):
+                self._declare_hung(link, silent)
+        self._sweep = self._loop.call_later(self.heartbeat_interval_s, self._on_sweep)
         self._flush()
 
     def _declare_hung(self, link: Link, silent: float) -> None:

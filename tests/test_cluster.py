@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from conftest import agent, cluster, room
 
 from orchestrator.cluster.bus import AgentGone
-from orchestrator.cluster.cluster import _MOVES, AgentState
+from orchestrator.cluster.cluster import _MOVES, AgentState, StartupError, ensure_fd_budget
 from orchestrator.events import AgentCrashed, AgentExited, AgentHung
 from protocol import CmdGetState
 
@@ -121,3 +122,16 @@ def test_a_cluster_never_closed_still_kills_its_agents_at_exit(private_tmp: Path
     )
     pid = int(out.stdout.split()[0])
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_descriptor_limit_is_raised_for_many_agents_or_refused_clearly() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+        ensure_fd_budget(1_000)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 256 + 3 * 1_000
+        if hard != resource.RLIM_INFINITY:
+            with pytest.raises(StartupError, match=r"hard\s+limit is \d+"):
+                ensure_fd_budget(hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

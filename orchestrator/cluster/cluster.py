@@ -49,6 +49,12 @@ from protocol.reliability import RetryPolicy
 TERM_GRACE_S = 1.0
 """How long SIGTERM gets before SIGKILL."""
 
+MAX_LISTED = 10
+"""Agents named in a start-up error; the rest are counted (1,000 lines help nobody)."""
+
+LAUNCH_BATCH = 16
+"""Agents launched per worker-thread call: one fork-server round trip each."""
+
 
 class AgentState(Enum):
     LAUNCHED = "launched"
@@ -276,14 +282,59 @@ class Cluster:
     async def launch(self, configs: Iterable[AgentConfig], ready_timeout: float) -> None:
         """Launch every agent and wait until all are READY (StartupError / AgentInitError
         otherwise). Cancelling it stops launching at once."""
-        for config in configs:
-            await self.prepare(config)
-            self.launch_one(config)
-            # A launch blocks the loop for a fork (or a fork and exec): yield after each, so
-            # that launching 256 agents is 256 short stalls, not one long one in which no ack
-            # or heartbeat is served.
-            await asyncio.sleep(0)  # a yield to the loop, not a wait for anything
+        configs = list(configs)
+        ensure_fd_budget(len(self.handles) + len(configs))
+        for start in range(0, len(configs), LAUNCH_BATCH):
+            batch = configs[start : start + LAUNCH_BATCH]
+            await self.prepare(batch[0])
+            await self._launch_batch(batch)
         await self.wait_ready(ready_timeout)
+
+    async def _launch_batch(self, configs: list[AgentConfig]) -> None:
+        """Launch `configs` in a worker thread (a fork or a spawn blocks for milliseconds,
+        and the loop must go on serving acks and heartbeats meanwhile), then register them.
+        Interrupted, the launches under way still finish and are registered, so that
+        teardown knows every process there is; then the interruption goes on."""
+        if self._closed or self._loop is None:
+            raise RuntimeError("the cluster is not running")
+        loop = self._loop
+        specs = [self.spec_for(c) for c in configs]
+        links = [self.bus.add_agent(c, s.incarnation) for c, s in zip(configs, specs, strict=True)]
+        failed: list[OSError] = []
+
+        def on_loop(i: int, result: Launched | OSError) -> None:
+            if isinstance(result, OSError):
+                failed.append(result)
+                self.bus.agent_gone(specs[i].agent_id, f"not launched: {result}")
+            else:
+                self._adopt(configs[i], specs[i], links[i], result)
+
+        def landed(i: int, result: Launched | OSError) -> None:  # in the worker thread
+            # Each agent is adopted as soon as its pid is known: before its HELLO can be
+            # handled (that takes the loop), so `agent.launched` comes before `agent.ready`.
+            loop.call_soon_threadsafe(on_loop, i, result)
+
+        work = asyncio.ensure_future(asyncio.to_thread(self.launcher.launch_many, specs, landed))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await work  # every launch under way lands, and is adopted, before we go
+            raise
+        if failed:
+            raise StartupError(f"could not launch every agent: {failed[0]}")
+
+    def _adopt(
+        self, config: AgentConfig, spec: LaunchSpec, link: Link, process: Launched
+    ) -> AgentHandle:
+        handle = AgentHandle(spec, config, process, link, time.monotonic())
+        self.handles[handle.id] = handle
+        self._pids.add(process.pid)
+        self.events.emit(
+            ev.AgentLaunched(agent=handle.id, pid=process.pid, launcher=self.launcher.name,
+                             incarnation=spec.incarnation)
+        )  # fmt: skip
+        self._watch(handle)
+        return handle
 
     async def prepare(self, config: AgentConfig) -> None:
         """Let the launcher get ready for agents like `config` (a fork server starts its
@@ -298,16 +349,7 @@ class Cluster:
             raise RuntimeError("the cluster is not running")
         spec = self.spec_for(config, incarnation)
         link = self.bus.add_agent(config, incarnation)
-        process = self.launcher.launch(spec)
-        handle = AgentHandle(spec, config, process, link, time.monotonic())
-        self.handles[handle.id] = handle
-        self._pids.add(process.pid)
-        self.events.emit(
-            ev.AgentLaunched(agent=handle.id, pid=process.pid, launcher=self.launcher.name,
-                             incarnation=incarnation)
-        )  # fmt: skip
-        self._watch(handle)
-        return handle
+        return self._adopt(config, spec, link, self.launcher.launch(spec))
 
     async def wait_ready(self, timeout: float) -> None:
         """Wait until every launched agent is READY; StartupError names any that are not,
@@ -331,7 +373,12 @@ class Cluster:
             elif (error := task.result().error) is not None:
                 init_errors.append(error)
         if problems:
-            raise StartupError("agents failed to start: " + "; ".join(problems))
+            shown = problems[:MAX_LISTED]
+            if len(problems) > len(shown):
+                shown.append(f"and {len(problems) - len(shown)} more")
+            raise StartupError(
+                f"{len(problems)} of {len(tasks)} agents failed to start: " + "; ".join(shown)
+            )
         if init_errors:
             raise AgentInitError(init_errors)
 
@@ -510,6 +557,32 @@ class Cluster:
                 os.close(fd)
         self._death_r = self._death_w = -1
         self._finalizer.detach()
+
+
+FDS_PER_AGENT = 3
+"""Descriptors the coordinator holds per agent: its pidfd, the bus's ipc connection, and one
+spare (a log, a launch pipe)."""
+FDS_BASE = 256
+"""Descriptors the coordinator needs whatever the number of agents (zmq's own, the event
+log, the report, Python's)."""
+
+
+def ensure_fd_budget(agents: int) -> None:
+    """Make sure the coordinator may open enough descriptors for `agents`: raise the soft
+    RLIMIT_NOFILE toward the hard one if needed (a common soft default is 1,024, which 1,000
+    agents exceed), or fail with StartupError saying what to change."""
+    need = FDS_BASE + FDS_PER_AGENT * agents
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise StartupError(
+            f"{agents} agents need about {need} open files in the coordinator, and the hard"
+            f" limit is {hard}: raise it (`ulimit -Hn`, or LimitNOFILE in a service)"
+        )
+    # Generously (agents launched later need room too), never past the hard limit.
+    raised = need if hard == resource.RLIM_INFINITY else max(need, min(hard, 65536))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
 
 
 def _kill_groups(pids: set[int]) -> None:

@@ -52,6 +52,11 @@ class LaunchSpec:
         ]  # fmt: skip
 
 
+Landed = Callable[[int, "Launched | OSError"], None]
+"""How a batch launch reports each agent: its index in the batch, and its process or why it
+could not be launched."""
+
+
 class Launched(Protocol):
     """What a launcher hands back: enough to signal and reap the process."""
 
@@ -66,6 +71,11 @@ class Launcher(Protocol):
     name: str
 
     def launch(self, spec: LaunchSpec) -> Launched: ...
+
+    def launch_many(self, specs: list[LaunchSpec], landed: Landed) -> None:
+        """Launch each of `specs`, in order, calling `landed(i, process or error)` as each is
+        known. Blocking, and called from a worker thread: the cluster launches in batches off
+        the event loop."""
 
     def prepare(self, spec: LaunchSpec) -> None:
         """Get ready to launch agents like `spec` (start a template); blocking, so the
@@ -134,6 +144,14 @@ class SpawnLauncher:
                 os.setpriority(os.PRIO_PROCESS, popen.pid, min(19, mine + spec.nice))
         return _SpawnedProcess(popen, log)
 
+    def launch_many(self, specs: list[LaunchSpec], landed: Landed) -> None:
+        for i, spec in enumerate(specs):
+            try:
+                process = self.launch(spec)
+            except OSError as exc:
+                landed(i, exc)
+            else:
+                landed(i, process)
 
     def prepare(self, spec: LaunchSpec) -> None:
         pass
@@ -222,24 +240,44 @@ class ForkServerLauncher:
             self._start(spec)
 
     def launch(self, spec: LaunchSpec) -> Launched:
-        spec.agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        control = self._control or self._start(spec)
+        results: list[Launched | OSError] = []
+        self.launch_many([spec], lambda _, result: results.append(result))
+        if isinstance(results[0], OSError):
+            raise results[0]
+        return results[0]
+
+    def launch_many(self, specs: list[LaunchSpec], landed: Landed) -> None:
+        """Every request is written at once and the template answers them in order: one
+        round trip per batch, not per agent (the coordinator's wait for each answer was 8 ms
+        of a blocked loop per agent with 512 agents starting on 2 cores)."""
+        if not specs:
+            return
+        control = self._control or self._start(specs[0])
         assert self._answers is not None
-        priority = min(19, os.getpriority(os.PRIO_PROCESS, 0) + spec.nice)
-        request = {
-            "argv": spec.argv()[3:],  # without `python -m agent_worker`
-            "log": str(spec.log_path),
-            "env": spec.env,
-            "priority": priority,
-        }
-        control.sendall(json.dumps(request).encode() + b"\n")
-        line = self._answers.readline()
-        if not line:
-            raise OSError(f"the fork server ended (see {spec.agent_dir.parent}/forkserver.log)")
-        answer = json.loads(line)
-        if "pid" not in answer:
-            raise OSError(f"the fork server could not fork {spec.agent_id}: {answer.get('error')}")
-        return _ForkedProcess(int(answer["pid"]))
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        lines = []
+        for spec in specs:
+            spec.agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            request = {
+                "argv": spec.argv()[3:],  # without `python -m agent_worker`
+                "log": str(spec.log_path),
+                "env": spec.env,
+                "priority": min(19, mine + spec.nice),
+            }
+            lines.append(json.dumps(request).encode() + b"\n")
+        control.sendall(b"".join(lines))
+        for i, spec in enumerate(specs):
+            line = self._answers.readline()
+            if not line:
+                where = f"{spec.agent_dir.parent}/forkserver.log"
+                landed(i, OSError(f"the fork server ended (see {where})"))
+                continue
+            answer = json.loads(line)
+            if "pid" in answer:
+                landed(i, _ForkedProcess(int(answer["pid"])))
+            else:
+                error = answer.get("error")
+                landed(i, OSError(f"the fork server could not fork {spec.agent_id}: {error}"))
 
     def close(self) -> None:
         if self._answers is not None:

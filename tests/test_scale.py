@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import run_yaml
 
+from benchmarks.crowd import crowd_scenario
 from benchmarks.scenario import burst_scenario, pingpong_scenario
 from orchestrator.report.model import Verdict
 
@@ -48,3 +49,31 @@ def test_concurrent_timelines_consume_their_own_replies(private_tmp: Path) -> No
 def test_two_hundred_thousand_messages(private_tmp: Path, scenario: object) -> None:
     assert callable(scenario)
     _check(scenario(200_000), private_tmp / "report", 200_000)
+
+
+def _crowd(agents: int, report_dir: Path) -> None:
+    """`agents` agents in one room and in dm pairs (benchmarks.crowd): every delivery made,
+    every pair answered, every agent exited, nothing left."""
+    report = run_yaml(crowd_scenario(agents), report_dir)
+    assert report.verdict is Verdict.PASS, report.verification.reasons[:5]
+    assert len(report.agents) == agents
+    assert all(a.status == "exited" for a in report.agents), {
+        a.id: a.status for a in report.agents if a.status != "exited"
+    }
+    # The roll call, then a ping and a pong per pair.
+    assert report.bus.messages_routed == 1 + agents
+    assert report.bus.dead_letters == 0 and report.bus.refused == 0
+    assert report.coordinator is not None and report.coordinator.sampler is not None
+    assert report.coordinator.sampler.agents == agents
+    # The processes themselves are checked by the autouse no_leftover_processes fixture.
+
+
+@pytest.mark.timeout(180)
+def test_256_agents_in_one_room_and_in_dm_pairs(private_tmp: Path) -> None:
+    _crowd(256, private_tmp / "report")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_1000_agents_in_one_room_and_in_dm_pairs(private_tmp: Path) -> None:
+    _crowd(1000, private_tmp / "report")

@@ -70,9 +70,9 @@ from protocol.testhooks import DropHook
 
 HWM = 100_000
 BATCH = 64
+"""Frames drained per readiness callback before yielding to other tasks."""
 TIMER_SLACK_S = 0.005
 """Retransmission deadlines this close together are served by one timer callback."""
-"""Frames drained per readiness callback before yielding to other tasks."""
 
 
 class AgentGone(Exception):
@@ -349,7 +349,11 @@ class Bus:
                 continue
             for pending in link.outbox.take_sendable(now):
                 self._send_pending(link, pending)
-                self._check_by(link, pending.deadline)
+            # Whatever the outbox now waits for: the frames just sent, and frames a broken
+            # link refused on push (due at once, as dead letters: nothing else reports them).
+            deadline = link.outbox.next_deadline()
+            if deadline is not None:
+                self._check_by(link, deadline)
             if link.inbound.ack_due:
                 self._send(link, Kind.ACK, encode_body(Ack(credit=self.policy.window)), 0, 0)
                 link.inbound.ack_due = False

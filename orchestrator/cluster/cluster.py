@@ -307,6 +307,9 @@ class Cluster:
         failed: list[OSError] = []
 
         def on_loop(i: int, result: Launched | OSError) -> None:
+            if self._closed and not isinstance(result, OSError):
+                _kill_and_reap(result.pid)  # landed after teardown: nobody would stop it
+                return
             if isinstance(result, OSError):
                 failed.append(result)
                 self.bus.agent_gone(specs[i].agent_id, f"not launched: {result}")
@@ -322,7 +325,13 @@ class Cluster:
         try:
             await asyncio.shield(work)
         except asyncio.CancelledError:
-            await work  # every launch under way lands, and is adopted, before we go
+            # Every launch under way lands, and is adopted, before we go (however often we
+            # are cancelled meanwhile); its own failure does not replace the interruption.
+            while not work.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(work)
+            if not work.cancelled():
+                work.exception()
             raise
         if failed:
             raise StartupError(f"could not launch every agent: {failed[0]}")
@@ -330,13 +339,16 @@ class Cluster:
     def _adopt(
         self, config: AgentConfig, spec: LaunchSpec, link: Link, process: Launched
     ) -> AgentHandle:
-        handle = AgentHandle(spec, config, process, link, time.monotonic())
+        now = time.monotonic()
+        handle = AgentHandle(spec, config, process, link, now)
         self.handles[handle.id] = handle
         self._pids.add(process.pid)
         self.events.emit(
             ev.AgentLaunched(agent=handle.id, pid=process.pid, launcher=self.launcher.name,
                              incarnation=spec.incarnation)
         )  # fmt: skip
+        if link.ready_info is not None and self._move(handle, AgentState.READY):
+            handle.ready_at = now  # its READY was handled before its pid landed (rare)
         self._watch(handle)
         return handle
 
@@ -546,13 +558,14 @@ class Cluster:
         if self._closed:
             return
         self._closed = True
-        for handle in self.handles.values():
-            if handle.exit is None:
-                handle.planned_exit = True
-                self._signal(handle, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    _, status, usage = os.wait4(handle.pid, 0)
-                    self._on_exit(handle, status, usage)
+        live = [h for h in self.handles.values() if h.exit is None]
+        for handle in live:  # every signal first, then the reaping: they die in parallel
+            handle.planned_exit = True
+            self._signal(handle, signal.SIGKILL)
+        for handle in live:
+            with contextlib.suppress(ChildProcessError):
+                _, status, usage = os.wait4(handle.pid, 0)
+                self._on_exit(handle, status, usage)
         for pid, pidfd in list(self._pidfds.items()):
             if self._loop is not None:
                 with contextlib.suppress(Exception):
@@ -593,6 +606,13 @@ def ensure_fd_budget(agents: int) -> None:
     # Generously (agents launched later need room too), never past the hard limit.
     raised = need if hard == resource.RLIM_INFINITY else max(need, min(hard, 65536))
     resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+
+
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _kill_groups(pids: set[int]) -> None:

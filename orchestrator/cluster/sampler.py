@@ -138,7 +138,8 @@ class Sampler:
             t0, c0 = time.monotonic(), time.thread_time()
             readings = self._read(agents, uss_for)
             cpu = time.thread_time() - c0
-            self._account(cpu, time.monotonic() - t0, len(readings))
+            with self._read_lock:  # the on-demand rounds account too
+                self._account(cpu, time.monotonic() - t0, len(readings))
             # The interval that keeps a round within the budget: grow at once when a round
             # does not fit, shrink back gently (never below the configured interval).
             fit = cpu / BUDGET
@@ -160,7 +161,7 @@ class Sampler:
         return frozenset((agents + agents)[start : start + size])
 
     def _account(self, cpu_s: float, wall_s: float, readings: int) -> None:
-        self.cost.rounds += 1
+        self.cost.rounds += 1  # under _read_lock
         self.cost.readings += readings
         self.cost.cpu_s += cpu_s
         self.cost.max_round_s = max(self.cost.max_round_s, wall_s)
@@ -207,8 +208,9 @@ class Sampler:
         c0 = time.thread_time()
         readings = self._read(items, None)
         cpu = time.thread_time() - c0
-        self.cost.cpu_s += cpu
-        self.cost.readings += len(readings)
+        with self._read_lock:
+            self.cost.cpu_s += cpu
+            self.cost.readings += len(readings)
         return readings
 
     # -- on the loop -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ percentiles and memory curves without its own memory growing.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -81,15 +82,15 @@ class LatencyHistogram:
 
 
 class Series:
-    """(t, value) points, at most `limit`: when full, adjacent pairs merge keeping the max.
+    """(t, value) points, at most `limit`: when full, adjacent pairs merge keeping the max
+    (`keep="max"`: a memory peak is never averaged away) or the min (`keep="min"`: the floor a
+    leak verdict reads is never raised by a spike)."""
 
-    Keeping the max means a memory peak is never averaged away by the decimation.
-    """
+    __slots__ = ("keep_max", "limit", "points")
 
-    __slots__ = ("limit", "points")
-
-    def __init__(self, limit: int = 512) -> None:
+    def __init__(self, limit: int = 512, keep: Literal["max", "min"] = "max") -> None:
         self.limit = limit
+        self.keep_max = keep == "max"
         self.points: list[tuple[float, int]] = []
 
     def add(self, t: float, value: int) -> None:
@@ -99,7 +100,7 @@ class Series:
             pts = self.points
             for i in range(0, len(pts) - 1, 2):
                 a, b = pts[i], pts[i + 1]
-                merged.append(a if a[1] >= b[1] else b)
+                merged.append(a if (a[1] >= b[1]) == self.keep_max else b)
             if len(pts) % 2:
                 merged.append(pts[-1])
             self.points = merged

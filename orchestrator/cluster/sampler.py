@@ -68,6 +68,20 @@ class AgentSamples:
     num_threads: int | None = None
     cpu_user_s: float = 0.0
     cpu_system_s: float = 0.0
+    floors: dict[str, Series] = field(default_factory=dict)
+    """Per series (`rss`, `uss`, `fds`, `threads`): the points a leak verdict reads, decimated
+    keeping minima, bounded (FLOOR_POINTS) however long the run."""
+
+    def floor(self, name: str, t: float, value: int) -> None:
+        series = self.floors.get(name)
+        if series is None:
+            series = self.floors[name] = Series(FLOOR_POINTS, keep="min")
+        series.add(t, value)
+
+
+FLOOR_POINTS = 2048
+"""Points kept per floor series: 34 hours at one a minute after decimation, 34 minutes at one
+a second before any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +112,11 @@ class SamplerCost:
 
 
 class Sampler:
-    def __init__(self, events: EventLog, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, events: EventLog, interval_s: float = 1.0, uss_every: int = USS_EVERY
+    ) -> None:
         self.events = events
+        self.uss_every = uss_every
         self.base_interval_s = interval_s
         self.agents: dict[str, AgentSamples] = {}
         self.cost = SamplerCost(interval_s=interval_s)
@@ -155,7 +172,7 @@ class Sampler:
         """The agents whose USS this round reads: the next 1/USS_EVERY of them, in turn."""
         if not agents:
             return frozenset()
-        size = max(1, -(-len(agents) // USS_EVERY))
+        size = max(1, -(-len(agents) // self.uss_every))
         start = self._uss_cursor % len(agents)
         self._uss_cursor = start + size
         return frozenset((agents + agents)[start : start + size])
@@ -224,8 +241,12 @@ class Sampler:
             s.rss.add(t, r.rss)
             s.peak_rss = max(s.peak_rss, r.rss)
             s.hwm = max(s.hwm, r.hwm or 0)
+            s.floor("rss", t, r.rss)
+            s.floor("fds", t, r.fds)
+            s.floor("threads", t, r.threads)
             if r.uss is not None:
                 s.uss_peak = max(s.uss_peak, r.uss)
+                s.floor("uss", t, r.uss)
             if s.first_rss is None:
                 s.first_rss = r.rss
             s.last_rss = r.rss

@@ -25,7 +25,7 @@ from orchestrator.events import DEFAULT_MAX_BYTES, EventStorage, events_schema
 from orchestrator.report.console import print_quiet, print_summary, print_table, progress_bar
 from orchestrator.report.junit import write_junit
 from orchestrator.report.model import EXIT_INVALID, ScenarioReport
-from orchestrator.run.runner import RunOptions
+from orchestrator.run.runner import RunOptions, SoakOptions
 from orchestrator.run.session import (
     Outcome,
     Planned,
@@ -244,6 +244,126 @@ def run(
     130 interrupted (Ctrl-C), 143 terminated (SIGTERM); either way the runs that finished are
     still reported and the others torn down.
     """
+    _run_files(
+        files, report_dir, timeout, repeat, parallel, seed, filters, launcher, keep_run_dir,
+        events_storage, events_max_size, quiet, verbose, None,
+    )  # fmt: skip
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--duration",
+    type=DurationType(),
+    required=True,
+    help="How long to soak: the script repeats on the same agents until this is spent (8h).",
+)
+@click.option(
+    "--warmup",
+    type=DurationType(),
+    help="Samples this long after READY are left out of the leak verdicts."
+    " [default: a fifth of the duration, at most 5m]",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where reports go [default: scenario-runs/<timestamp>[-<name>]/].",
+)
+@click.option("--timeout", type=DurationType(), help="Override each pass's timeout (e.g. 30s).")
+@click.option(
+    "--sample-interval",
+    type=DurationType(),
+    default="1s",
+    show_default=True,
+    help="How often each agent's memory is read (longer if 1,000 agents need it).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=(1 << 63) - 1),
+    help="Seed every random choice. [default: random, and recorded]",
+)
+@click.option(
+    "--launcher",
+    type=click.Choice(sorted(LAUNCHERS)),
+    default=default_launcher(),
+    show_default=True,
+    help="How agents start (see `run --help`).",
+)
+@click.option("--keep-run-dir", is_flag=True, help="Keep the private run directory.")
+@click.option(
+    "--events",
+    "events_storage",
+    type=click.Choice([e.value for e in EventStorage]),
+    default=EventStorage.SUMMARY.value,
+    show_default=True,
+    help="What events.jsonl keeps (a soak defaults to the summary: no per-message lines).",
+)
+@click.option(
+    "--events-max-size",
+    type=SizeType(),
+    default="1GiB",
+    show_default=True,
+    help="The most events.jsonl may hold.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print each scenario's verdict only.")
+@click.option("-v", "--verbose", is_flag=True, help="Per-agent table and error details.")
+def soak(
+    files: tuple[Path, ...],
+    duration: Duration,
+    warmup: Duration | None,
+    report_dir: Path | None,
+    timeout: Duration | None,
+    sample_interval: Duration,
+    seed: int | None,
+    launcher: str,
+    keep_run_dir: bool,
+    events_storage: str,
+    events_max_size: int,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Soak: run each scenario's script on repeat, with the same agents, for a duration, and
+    judge every agent's memory, descriptors and threads for leaks (LEAK, NO LEAK or
+    INCONCLUSIVE per series, in the report; `memory: {leak: none}` asserts it).
+
+    Exit status as for `run`.
+    """
+    if duration.seconds <= 0:
+        raise click.BadParameter("a soak needs a positive duration", param_hint="'--duration'")
+    if sample_interval.seconds < 0.05:
+        raise click.BadParameter("at least 50ms", param_hint="'--sample-interval'")
+    warmup_s = (
+        warmup.seconds if warmup is not None else SoakOptions.default_warmup(duration.seconds)
+    )
+    if warmup_s >= duration.seconds:
+        raise click.BadParameter(
+            f"the warm-up ({Duration(warmup_s)}) must be shorter than the duration"
+            f" ({duration}): nothing would be left to judge",
+            param_hint="'--warmup'",
+        )
+    _run_files(
+        files, report_dir, timeout, 1, 1, seed, (), launcher, keep_run_dir, events_storage,
+        events_max_size, quiet, verbose,
+        SoakOptions(duration.seconds, warmup_s, sample_interval.seconds),
+    )  # fmt: skip
+
+
+def _run_files(
+    files: tuple[Path, ...],
+    report_dir: Path | None,
+    timeout: Duration | None,
+    repeat: int,
+    parallel: int,
+    seed: int | None,
+    filters: tuple[str, ...],
+    launcher: str,
+    keep_run_dir: bool,
+    events_storage: str,
+    events_max_size: int,
+    quiet: bool,
+    verbose: bool,
+    soak: SoakOptions | None,
+) -> None:
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose ask for opposite things: choose one")
     if events_storage == EventStorage.OFF.value and events_max_size != DEFAULT_MAX_BYTES:
@@ -278,6 +398,8 @@ def run(
         seed=seed,
         events=EventStorage(events_storage),
         events_max_bytes=events_max_size,
+        soak=soak,
+        sample_interval_s=soak.sample_interval_s if soak else 1.0,
     )
     # soft_wrap: a long report path stays on one line in a CI log; and a log is not 80 columns
     # wide (rich's guess without a terminal), so tables get room unless COLUMNS says otherwise.

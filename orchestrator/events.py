@@ -343,6 +343,14 @@ class AssertionEvaluated(Event, tag="assertion.evaluated", kw_only=True):
     message: str
 
 
+class SoakIteration(Event, tag="soak.iteration", kw_only=True):
+    """A soak run starts another pass of its script on the same agents."""
+
+    iteration: int
+    elapsed_s: float
+    remaining_s: float
+
+
 class RunError(Event, tag="error", kw_only=True):
     """An error of the run (a crash, a failed step, the runner breaking...), as collected."""
 
@@ -355,7 +363,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     AgentExited, AgentCrashed, AgentHung, AgentError, PluginEventRecord, StateChanged,
     ActionStarted, ActionCompleted, ActionFailed, MessageSent, MessageRefused, MessageDelivered,
     MessageRetry, MessageDeadLetter, CommandSent, CommandResult, WireRejected, Sample,
-    StepStarted, StepFinished, StopConditionMet, AssertionEvaluated, RunError,
+    StepStarted, StepFinished, StopConditionMet, AssertionEvaluated, RunError, SoakIteration,
 )  # fmt: skip
 
 for _cls in EVENT_TYPES:
@@ -371,7 +379,7 @@ AnyEvent = (
     | ActionStarted | ActionCompleted | ActionFailed | MessageSent | MessageRefused
     | MessageDelivered | MessageRetry | MessageDeadLetter | CommandSent | CommandResult
     | WireRejected | Sample | StepStarted | StepFinished | StopConditionMet | AssertionEvaluated
-    | RunError
+    | RunError | SoakIteration
 )  # fmt: skip
 """One line of events.jsonl."""
 

@@ -18,8 +18,8 @@ Memory series (bytes): LEAK when the slope's lower bound clears the floor (the s
 worth calling a leak, `floor_per_h`) and the trend and the thirds agree; NO LEAK when the slope's
 upper bound is under the floor (the run can exclude a leak that large); otherwise INCONCLUSIVE.
 `detectable_per_h` says what the run could resolve: the floor plus the half-width of the slope's
-interval (a slower leak's lower bound would not clear the floor). A run too short (fewer than MIN_WINDOWS windows) or too noisy for its
-floor is INCONCLUSIVE, never NO LEAK.
+interval (a slower leak's lower bound would not clear the floor). A run too short (fewer than
+MIN_WINDOWS windows) or too noisy for its floor is INCONCLUSIVE, never NO LEAK.
 
 Count series (descriptors, threads) follow CPython's refleak rule: steady growth of any size
 is a leak. LEAK when the minima rise across the thirds and the trend is significant; NO LEAK

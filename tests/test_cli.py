@@ -15,7 +15,11 @@ from click.testing import CliRunner
 from orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted(
+    p for p in (ROOT / "examples").glob("*.yaml") if "# command: soak" not in p.read_text()
+)
+"""Every example but the soaks: tests/test_soak.py runs those (with their header's
+arguments) and checks each agent's verdicts, not only the outcome."""
 
 GOOD = """\
 name: cli-good
@@ -152,10 +156,10 @@ def test_timed_out_wait_is_an_error_exit_3(tmp_path: Path, private_tmp: Path) ->
     assert report["steps"][1]["status"] == "failed" and "300ms" in report["steps"][1]["error"]
 
 
-def _header(example: Path) -> tuple[str, list[str]]:
-    """An example's expected outcome (`# expect: PASS`) and extra arguments (`# args: ...`),
-    from the comment lines at its top."""
-    expect, args = None, []
+def _header(example: Path) -> tuple[str, list[str], str]:
+    """An example's expected outcome (`# expect: PASS`), extra arguments (`# args: ...`) and
+    command (`# command: soak`; default `run`), from the comment lines at its top."""
+    expect, args, command = None, [], "run"
     for line in example.read_text().splitlines():
         if not line.startswith("#"):
             break
@@ -164,18 +168,20 @@ def _header(example: Path) -> tuple[str, list[str]]:
             expect = value.strip()
         elif key == "args":
             args = shlex.split(value)
+        elif key == "command":
+            command = value.strip()
     assert expect in ("PASS", "FAIL", "ERROR", "FLAKY"), f"{example}: no '# expect:' line"
-    return expect, args
+    return expect, args, command
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_examples_give_their_expected_verdict_through_the_installed_command(
     example: Path, tmp_path: Path, private_tmp: Path
 ) -> None:
-    expect, args = _header(example)
+    expect, args, command = _header(example)
     script = Path(sys.executable).parent / "scenario-runner"
     done = subprocess.run(
-        [str(script), "run", str(example), "--report-dir", str(tmp_path), *args],
+        [str(script), command, str(example), "--report-dir", str(tmp_path), *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -47,6 +47,7 @@ from orchestrator.judge.matching import (
     MessageFilter,
 )
 from orchestrator.judge.statecheck import check_state, describe_state_check
+from orchestrator.leak import LeakAnalysis, LeakVerdict
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.rules import RuleError, RunView, call_rule
 from orchestrator.scenario.assertions import (
@@ -99,6 +100,9 @@ class ErrorFact:
 class MemoryFact:
     peak_rss: int | None
     uss_peak: int | None
+    leaks: tuple[LeakAnalysis, ...] | None = None
+    """The leak verdict of each series, when the run computed them (soak runs, or a `leak`
+    limit anywhere in the scenario)."""
 
 
 @dataclass
@@ -566,13 +570,27 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
     )
     limits = {k: v for k, v in (("peak_rss", m.peak_rss), ("uss", m.uss)) if v is not None}
     expected = f"{'every agent' if m.agent is None else m.agent}: " + ", ".join(
-        f"{k} <= {v.human_readable(decimal=False)}" for k, v in limits.items()
+        [f"{k} <= {v.human_readable(decimal=False)}" for k, v in limits.items()]
+        + (["no leak in any series"] if m.leak == "none" else [])
+        + (["a leak in some series"] if m.leak == "detected" else [])
     )
     over: list[str] = []
     unmeasured: list[str] = []
     worst: dict[str, tuple[int, str]] = {}
+    verdicts: Counter[str] = Counter()
     for agent in agents:
         fact = facts.memory[agent]
+        if m.leak is not None:
+            if fact.leaks is None:
+                unmeasured.append(f"{agent} leak verdict")
+            for leak in fact.leaks or ():
+                verdicts[leak.verdict.value] += 1
+                if m.leak == "none" and leak.verdict is not LeakVerdict.NO_LEAK:
+                    verdict = leak.verdict.value.upper()
+                    over.append(f"{agent} {leak.series}: {verdict}, {leak.reason}")
+            found = [x for x in fact.leaks or () if x.verdict is LeakVerdict.LEAK]
+            if m.leak == "detected" and fact.leaks is not None and not found:
+                over.append(f"{agent}: no series judged LEAK")
         for key, limit in limits.items():
             value = fact.peak_rss if key == "peak_rss" else fact.uss_peak
             if value is None:
@@ -582,7 +600,10 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
                 worst[key] = (value, agent)
             if value > limit:
                 over.append(f"{agent} {key} {_mib(value)} > {_mib(limit)}")
-    actual = ", ".join(f"max {k} {_mib(v)} ({who})" for k, (v, who) in worst.items()) or "nothing"
+    actual = ", ".join(
+        [f"max {k} {_mib(v)} ({who})" for k, (v, who) in worst.items()]
+        + [f"{n} series {verdict}" for verdict, n in sorted(verdicts.items())]
+    ) or "nothing"
     if not agents:
         return _result(
             ident, a, passed=False, expected=expected, actual="no agent measured",

@@ -112,6 +112,30 @@ class ActionReport(BaseModel):
     """The JSON Schema of its parameters model, if it has one."""
 
 
+class LeakReport(BaseModel):
+    """One series' leak verdict (orchestrator/leak.py; docs/leaks.md says how it is made)."""
+
+    series: str
+    verdict: str
+    """`leak`, `no leak` or `inconclusive`."""
+    reason: str
+    unit: str
+    """`bytes` or `count`."""
+    slope_per_h: float | None
+    slope_low_per_h: float | None
+    slope_high_per_h: float | None
+    """The Theil-Sen growth per hour of the window minima and its 95% confidence interval."""
+    trend_tau: float | None
+    trend_p: float | None
+    floor_per_h: float
+    """The smallest growth called a leak (0 for counts: any steady growth is one)."""
+    detectable_per_h: float | None
+    """The smallest growth this run could have called a leak."""
+    windows: int
+    analysed_s: float
+    """Seconds of samples after the warm-up."""
+
+
 class MemoryReport(BaseModel):
     samples: int
     rss_first_bytes: int | None
@@ -128,6 +152,18 @@ class MemoryReport(BaseModel):
     num_threads: int | None
     rss_series: list[tuple[float, int]]
     """(seconds since run start, RSS bytes), decimated to a bounded length keeping peaks."""
+    leak: list[LeakReport] = []
+    """Soak runs: the leak verdict of each series (uss, rss, fds, threads)."""
+
+
+class SoakReport(BaseModel):
+    duration_s: float
+    """The soak's requested duration (`--duration`)."""
+    warmup_s: float
+    """Samples before this (from the first READY) are left out of the leak verdicts."""
+    iterations: int
+    """Passes of the script run."""
+    elapsed_s: float
 
 
 class AgentReport(BaseModel):
@@ -269,6 +305,8 @@ class ScenarioReport(BaseModel):
     verification: VerificationReport
     stop_reason: str | None = None
     """Set when a `stop_when` condition ended the script early."""
+    soak: SoakReport | None = None
+    """Set for a soak run (`scenario-runner soak`)."""
     steps: list[StepReport]
     assertions: list[AssertionReport]
     errors: list[ErrorReport]

@@ -239,9 +239,10 @@ class Executor:
 
     def _record(self, loc: tuple[str | int, ...], step: Step, timeline: _Timeline) -> None:
         path = format_loc(loc)
-        self.results[path] = StepResult(
-            path, step.id, step_kind(step), describe(step), timeline.name, step.critical
-        )
+        if path not in self.results:  # a soak's next pass adds to the same results
+            self.results[path] = StepResult(
+                path, step.id, step_kind(step), describe(step), timeline.name, step.critical
+            )
         if isinstance(step, WaitForStep) and step.wait_for.state is None:
             tap = self.taps[path] = Tap(self.events, _matcher(step, self.members), timeline.floor)
             agent = _waits_on(step)
@@ -282,6 +283,14 @@ class Executor:
         self.taps.clear()
         self._waits_on.clear()
         self._loss.close()
+
+    def again(self) -> None:
+        """Get ready to run the script once more on the same agents (a soak's next pass):
+        fresh timelines and waits that look only after now, the same step results (their
+        runs, failures and durations add up)."""
+        self._timelines.clear()
+        self._register()
+        self._loss = self.events.subscribe(self._on_loss, (AgentCrashed, AgentHung))
 
     # -- the run --------------------------------------------------------------------------
     async def run(self, deadline: float) -> list[StepResult]:

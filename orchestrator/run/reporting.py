@@ -16,6 +16,7 @@ from orchestrator.cluster.cluster import AgentHandle
 from orchestrator.cluster.sampler import AgentSamples, Sampler
 from orchestrator.events import ErrorKind, EventLog, EventStorage
 from orchestrator.judge.judges import AssertionResult
+from orchestrator.leak import LeakAnalysis
 from orchestrator.metrics import LatencyHistogram
 from orchestrator.report.model import (
     EXIT_CODES,
@@ -26,6 +27,7 @@ from orchestrator.report.model import (
     CoordinatorReport,
     ErrorReport,
     EventLogReport,
+    LeakReport,
     MemoryReport,
     SamplerReport,
     ScenarioReport,
@@ -40,7 +42,12 @@ from orchestrator.scenario.spec import Scenario
 from protocol import AgentStats
 
 
-def agent_report(handle: AgentHandle, samples: AgentSamples | None, launcher: str) -> AgentReport:
+def agent_report(
+    handle: AgentHandle,
+    samples: AgentSamples | None,
+    launcher: str,
+    leaks: tuple[LeakAnalysis, ...] = (),
+) -> AgentReport:
     """An agent's entry: how its process ended, its memory, its link's and its own counts."""
     link = handle.link
     exit_info = handle.exit
@@ -71,6 +78,7 @@ def agent_report(handle: AgentHandle, samples: AgentSamples | None, launcher: st
             num_fds=samples.num_fds if samples else None,
             num_threads=samples.num_threads if samples else None,
             rss_series=[(round(t, 3), v) for t, v in samples.rss.points] if samples else [],
+            leak=[leak_report(a) for a in leaks],
         ),
         messages_in=link.stats.delivered,
         messages_out=link.stats.posted,
@@ -228,6 +236,25 @@ def assertion_report(a: AssertionResult) -> AssertionReport:
         required=a.required,
         error=a.error,
         inline=a.inline,
+    )
+
+
+def leak_report(a: LeakAnalysis) -> LeakReport:
+    fit = a.fit
+    return LeakReport(
+        series=a.series,
+        verdict=a.verdict.value,
+        reason=a.reason,
+        unit="count" if a.floor_per_h == 0 else "bytes",
+        slope_per_h=round(fit.slope_per_h, 3) if fit else None,
+        slope_low_per_h=round(fit.slope_low_per_h, 3) if fit else None,
+        slope_high_per_h=round(fit.slope_high_per_h, 3) if fit else None,
+        trend_tau=round(fit.tau, 4) if fit else None,
+        trend_p=round(fit.p, 6) if fit else None,
+        floor_per_h=a.floor_per_h,
+        detectable_per_h=round(fit.detectable_per_h, 3) if fit else None,
+        windows=a.windows,
+        analysed_s=a.analysed_s,
     )
 
 

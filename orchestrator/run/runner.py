@@ -8,6 +8,7 @@ when the run is cancelled or the runner itself breaks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import sys
@@ -27,7 +28,7 @@ from orchestrator.cluster.cluster import (
     StartupError,
 )
 from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
-from orchestrator.cluster.sampler import Sampler
+from orchestrator.cluster.sampler import USS_EVERY, Sampler
 from orchestrator.events import (
     DEFAULT_MAX_BYTES,
     ErrorKind,
@@ -37,6 +38,7 @@ from orchestrator.events import (
     RunError,
     RunFinished,
     RunStarted,
+    SoakIteration,
 )
 from orchestrator.judge.judges import (
     AssertionResult,
@@ -44,12 +46,14 @@ from orchestrator.judge.judges import (
     Facts,
     MemoryFact,
 )
+from orchestrator.leak import LeakAnalysis, analyse
 from orchestrator.report.model import (
     EXIT_CODES,
     EXIT_INVALID,
     AgentReport,
     ErrorReport,
     ScenarioReport,
+    SoakReport,
     Timings,
     Verdict,
     VerificationReport,
@@ -71,8 +75,8 @@ from orchestrator.run.reporting import (
 )
 from orchestrator.run.rundir import make_run_dir, sweep_stale
 from orchestrator.run.verdict import Decision, decide
-from orchestrator.run.wire import agent_configs, plugin_env, room_members
-from orchestrator.scenario.assertions import Assertion, ErrorsAssertion
+from orchestrator.run.wire import SOAK_MAX_PER_ROOM, agent_configs, plugin_env, room_members
+from orchestrator.scenario.assertions import Assertion, ErrorsAssertion, MemoryAssertion
 from orchestrator.scenario.durations import Duration
 from orchestrator.scenario.schema import StateCheck
 from orchestrator.scenario.spec import Scenario, all_steps
@@ -91,6 +95,21 @@ script-phase lag p50 9.3 ms, max 29 ms; at +5, 2,340 msg/s and p50 6.1 ms, max 2
 sessions of their own, as before: 1,930 msg/s, p50 11.6 ms, max 41-53 ms). Agents compete
 with each other exactly as before."""
 
+
+
+@dataclass(frozen=True, slots=True)
+class SoakOptions:
+    """A soak run: the script on repeat, on the same agents, for `duration_s`."""
+
+    duration_s: float
+    warmup_s: float
+    """Samples in the first `warmup_s` after READY are left out of the leak verdicts."""
+    sample_interval_s: float = 1.0
+
+    @staticmethod
+    def default_warmup(duration_s: float) -> float:
+        """A fifth of the run, at most five minutes."""
+        return min(300.0, duration_s / 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +136,8 @@ class RunOptions:
     """What goes to events.jsonl (`--events`)."""
     events_max_bytes: int = DEFAULT_MAX_BYTES
     """The size cap of a `full` events.jsonl (`--events-max-size`)."""
+    soak: SoakOptions | None = None
+    """Set for `scenario-runner soak`: the script repeats until the duration is spent."""
 
 
 def default_report_dir(scenario: Scenario) -> Path:
@@ -158,6 +179,9 @@ class ScenarioRun:
         )
         """The link timings, checked against each other (protocol/liveness.py)."""
         self._script_t0 = 0.0
+        self.iterations = 0
+        """Passes of the script (1 unless this is a soak)."""
+        self.leaks: dict[str, tuple[LeakAnalysis, ...]] = {}
 
     async def execute(self) -> ScenarioReport:
         # Custom rules are imported here, like plugins in the agents: from the file's folder.
@@ -201,7 +225,9 @@ class ScenarioRun:
             on_lost=self._on_lost,
             stop_deadline_s=opts.stop_deadline_s,
         )
-        sampler = Sampler(events, opts.sample_interval_s)
+        # A soak reads every agent's USS each round (its leak verdict needs the points); the
+        # sampler's budget lengthens the interval when that is too costly.
+        sampler = Sampler(events, opts.sample_interval_s, uss_every=1 if opts.soak else USS_EVERY)
         self.events, self.sampler, self.cluster = events, sampler, cluster
         t_start = time.monotonic()
         t_ready = t_script_end = t_start
@@ -289,7 +315,23 @@ class ScenarioRun:
             action_timeout_s=action_timeout + 5.0,
         )
         self._script_t0 = t_ready
-        self.steps = await executor.run(t_ready + timeout)
+        soak = self.options.soak
+        if soak is None:
+            self.iterations = 1
+            self.steps = await executor.run(t_ready + timeout)
+        else:
+            # Passes start until the duration is spent; the last one finishes within its own
+            # timeout (cutting it at the end would fail its waits for nothing).
+            end = t_ready + soak.duration_s
+            while (now := time.monotonic()) < end and executor.stop_reason is None:
+                if self.iterations:
+                    executor.again()
+                self.iterations += 1
+                events.emit(
+                    SoakIteration(iteration=self.iterations, elapsed_s=round(now - t_ready, 3),
+                                  remaining_s=round(end - now, 3))
+                )  # fmt: skip
+                self.steps = await executor.run(time.monotonic() + timeout)
         self.stop_reason = executor.stop_reason
         for message in executor.rule_errors:
             self._error(ErrorReport(source=ErrorKind.RULE, message=message))
@@ -301,6 +343,8 @@ class ScenarioRun:
         final_states = {
             agent: h.bye.stats.state for agent, h in cluster.handles.items() if h.bye
         }
+        if self.options.soak is not None or _asks_for_leaks(self.scenario):
+            self.leaks = await asyncio.to_thread(self._leak_verdicts, sampler)
         facts = self._facts(sampler, script_s)
         facts.final_states = final_states
         self.agent_reports = self._agent_reports(cluster, sampler)
@@ -315,7 +359,13 @@ class ScenarioRun:
         self.assertions = await judgement.final(facts, inline)
 
     async def _launch(self, cluster: Cluster, sampler: Sampler, run_dir: Path) -> None:
-        configs = agent_configs(self.scenario, run_dir, self.options.seed, self.options.repeat)
+        configs = agent_configs(
+            self.scenario,
+            run_dir,
+            self.options.seed,
+            self.options.repeat,
+            SOAK_MAX_PER_ROOM if self.options.soak else None,
+        )
         await cluster.launch(configs, self.options.startup_timeout_s)
         for handle in cluster.handles.values():
             sampler.track(handle.id, handle.pid)
@@ -334,6 +384,7 @@ class ScenarioRun:
                 agent: MemoryFact(
                     peak_rss=peak_rss(self._bye_stats(agent), samples),
                     uss_peak=samples.uss_peak or None,
+                    leaks=self.leaks.get(agent),
                 )
                 for agent, samples in sampler.agents.items()
             },
@@ -344,6 +395,24 @@ class ScenarioRun:
                 if h.ready_info is not None
             },
         )
+
+    def _leak_verdicts(self, sampler: Sampler) -> dict[str, tuple[LeakAnalysis, ...]]:
+        """Each agent's leak verdict per series (blocking: scipy; run in a thread)."""
+        soak = self.options.soak
+        warmup = soak.warmup_s if soak is not None else 0.0
+        verdicts: dict[str, tuple[LeakAnalysis, ...]] = {}
+        for agent, samples in sampler.agents.items():
+            verdicts[agent] = tuple(
+                analyse(
+                    name,
+                    samples.floors[name].points,
+                    warmup_s=warmup,
+                    counts=name in COUNT_SERIES,
+                )
+                for name in LEAK_SERIES
+                if name in samples.floors
+            )
+        return verdicts
 
     def _bye_stats(self, agent: str) -> AgentStats | None:
         handle = self.cluster.handles.get(agent) if self.cluster else None
@@ -436,6 +505,7 @@ class ScenarioRun:
                                            message=fact.message))  # fmt: skip
         self.errors += step_errors(self.steps)
         agents = self.agent_reports or self._agent_reports(cluster, sampler)
+        soak = self.options.soak
         scenario = self.scenario
         return ScenarioReport(
             scenario=scenario.name,
@@ -460,6 +530,14 @@ class ScenarioRun:
                 run_errors=decision.run_errors,
             ),
             stop_reason=self.stop_reason,
+            soak=SoakReport(
+                duration_s=soak.duration_s,
+                warmup_s=soak.warmup_s,
+                iterations=self.iterations,
+                elapsed_s=round(timings.script_s, 3),
+            )
+            if soak is not None
+            else None,
             steps=[step_report(s) for s in self.steps],
             assertions=[assertion_report(a) for a in self.assertions],
             errors=self.errors,
@@ -475,9 +553,22 @@ class ScenarioRun:
 
     def _agent_reports(self, cluster: Cluster, sampler: Sampler) -> list[AgentReport]:
         return [
-            agent_report(handle, sampler.agents.get(agent), self.options.launcher)
+            agent_report(
+                handle, sampler.agents.get(agent), self.options.launcher, self.leaks.get(agent, ())
+            )
             for agent, handle in cluster.handles.items()
         ]
+
+
+LEAK_SERIES = ("uss", "rss", "fds", "threads")
+COUNT_SERIES = frozenset({"fds", "threads"})
+
+
+def _asks_for_leaks(scenario: Scenario) -> bool:
+    """A `memory` assertion with a `leak` limit, at the end or in an `assert` step."""
+    candidates: list[Assertion] = list(scenario.assertions)
+    candidates += [s.assert_ for _, s in all_steps(scenario) if isinstance(s, AssertStep)]
+    return any(isinstance(a, MemoryAssertion) and a.memory.leak is not None for a in candidates)
 
 
 def _log_tail(path: Path) -> str | None:

@@ -239,11 +239,18 @@ class MemoryAssertionArgs(SpecModel):
     agent: AgentPattern | None = None
     peak_rss: Size | None = None
     uss: Size | None = None
+    leak: Literal["none", "detected"] | None = None
+    """`none`: every series of each selected agent (USS, RSS, descriptors, threads) must be
+    judged NO LEAK after the warm-up; a LEAK fails, and so does INCONCLUSIVE (the run could not
+    tell: make it longer). `detected`: each selected agent must be judged LEAK in at least one
+    series (a known-leaky control that the instrument must catch)."""
 
     @model_validator(mode="after")
     def _a_limit(self) -> Self:
-        if self.peak_rss is None and self.uss is None:
-            raise spec_error("memory", "a memory assertion needs a limit: peak_rss and/or uss")
+        if self.peak_rss is None and self.uss is None and self.leak is None:
+            raise spec_error(
+                "memory", "a memory assertion needs a limit: peak_rss, uss and/or leak"
+            )
         return self
 
 

@@ -506,8 +506,7 @@ class Cluster:
 
     def _signal(self, handle: AgentHandle, sig: signal.Signals) -> None:
         if handle.exit is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(handle.pid, sig)
+            signal_agent(handle.pid, sig)
 
     async def stop(self, deadline_s: float) -> None:
         """STOP every live agent, then escalate on whoever is still there. Reaps everyone.
@@ -608,9 +607,22 @@ def ensure_fd_budget(agents: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
 
 
+def signal_agent(pid: int, sig: signal.Signals) -> None:
+    """Signal an agent's process group (it and whatever it started), or the agent alone while
+    it has no group yet: a forked agent makes its own group first thing, and a signal sent
+    before that found no group and was lost (a teardown then waited 10 s in wait4 for an
+    agent nobody had killed)."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    except PermissionError:
+        pass
+
+
 def _kill_and_reap(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    signal_agent(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
 
@@ -619,8 +631,7 @@ def _kill_groups(pids: set[int]) -> None:
     """The finalizer of a cluster dropped without `close` (or alive at interpreter exit):
     its agents' process groups get SIGKILL, so none outlives the coordinator."""
     for pid in list(pids):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        signal_agent(pid, signal.SIGKILL)
 
 
 def _quietly(task: asyncio.Future[Ready]) -> None:

@@ -54,6 +54,7 @@ from agent_worker.plugins import (
 )
 from agent_worker.state import StatePathError, get_path, set_path
 from agent_worker.store import MemoryStore
+from agent_worker.tracer import Tracer
 from agent_worker.transport import Transport
 from protocol import (
     ActionFinished,
@@ -69,6 +70,7 @@ from protocol import (
     CmdQueryMemory,
     CmdSend,
     CmdSetState,
+    CmdTrace,
     EncodeError,
     Event,
     Msg,
@@ -147,6 +149,8 @@ class AgentRuntime:
         self.random = random.Random(f"plugins:{config.seed}")
         """For plugins' random choices: seeded from the run's seed, so `--seed` replays them."""
         self.counters = Counters()
+        self.tracer = Tracer()
+        """tracemalloc on request (`CmdTrace`): where this agent's memory goes."""
         self.plugins: list[Plugin] = []
         self.actions: dict[str, Action] = {a.name: a for a in BUILTIN_ACTIONS}
         self._infos: tuple[ActionInfo, ...] | None = None
@@ -543,6 +547,8 @@ class AgentRuntime:
         try:
             if isinstance(command, CmdAction):
                 result = await self._run_action_command(command)
+            elif isinstance(command, CmdTrace):
+                result = Result(ok=True, value=self.tracer.run(command))
             else:
                 result = self._run_command(command)
         except Exception as exc:

@@ -291,6 +291,12 @@ def run(
 )
 @click.option("--keep-run-dir", is_flag=True, help="Keep the private run directory.")
 @click.option(
+    "--trace-leaks",
+    is_flag=True,
+    help="Run tracemalloc in every agent and report the allocation sites (file:line, with"
+    " the traceback) that grew after the warm-up. Costs the agents memory and time.",
+)
+@click.option(
     "--events",
     "events_storage",
     type=click.Choice([e.value for e in EventStorage]),
@@ -317,6 +323,7 @@ def soak(
     seed: int | None,
     launcher: str,
     keep_run_dir: bool,
+    trace_leaks: bool,
     events_storage: str,
     events_max_size: int,
     quiet: bool,
@@ -344,7 +351,7 @@ def soak(
     _run_files(
         files, report_dir, timeout, 1, 1, seed, (), launcher, keep_run_dir, events_storage,
         events_max_size, quiet, verbose,
-        SoakOptions(duration.seconds, warmup_s, sample_interval.seconds),
+        SoakOptions(duration.seconds, warmup_s, sample_interval.seconds, trace_leaks),
     )  # fmt: skip
 
 

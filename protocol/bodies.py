@@ -236,8 +236,21 @@ class CmdAction(WireModel):
     """The room the action runs for (its callback posts there); the agent's first if unset."""
 
 
+class CmdTrace(WireModel):
+    """Where an agent's memory goes (tracemalloc): `start` tracing, `mark` the baseline (the
+    end of a soak's warm-up), `report` the allocation sites that grew since the mark."""
+
+    op: Literal["trace"] = "trace"
+    step: Literal["start", "mark", "report"]
+    frames: int = Field(default=16, ge=1, le=100)
+    """Frames kept per allocation (`start`)."""
+    top: int = Field(default=10, ge=1, le=100)
+    """Sites reported (`report`)."""
+
+
 Command = Annotated[
-    CmdSend | CmdSetState | CmdGetState | CmdQueryMemory | CmdAction, Field(discriminator="op")
+    CmdSend | CmdSetState | CmdGetState | CmdQueryMemory | CmdAction | CmdTrace,
+    Field(discriminator="op"),
 ]
 
 

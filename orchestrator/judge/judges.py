@@ -103,6 +103,8 @@ class MemoryFact:
     leaks: tuple[LeakAnalysis, ...] | None = None
     """The leak verdict of each series, when the run computed them (soak runs, or a `leak`
     limit anywhere in the scenario)."""
+    top_site: str | None = None
+    """With --trace-leaks: the allocation site that grew most after the warm-up."""
 
 
 @dataclass
@@ -587,7 +589,8 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
                 verdicts[leak.verdict.value] += 1
                 if m.leak == "none" and leak.verdict is not LeakVerdict.NO_LEAK:
                     verdict = leak.verdict.value.upper()
-                    over.append(f"{agent} {leak.series}: {verdict}, {leak.reason}")
+                    where = f"; grew most at {fact.top_site}" if fact.top_site else ""
+                    over.append(f"{agent} {leak.series}: {verdict}, {leak.reason}{where}")
             found = [x for x in fact.leaks or () if x.verdict is LeakVerdict.LEAK]
             if m.leak == "detected" and fact.leaks is not None and not found:
                 over.append(f"{agent}: no series judged LEAK")

@@ -136,6 +136,33 @@ class LeakReport(BaseModel):
     """Seconds of samples after the warm-up."""
 
 
+class LeakSite(BaseModel):
+    """An allocation site that grew after the warm-up (`--trace-leaks`, tracemalloc)."""
+
+    file: str
+    line: int
+    """The most recent frame in the agent's own code (a plugin), else the allocating frame."""
+    size_diff_bytes: int
+    count_diff: int
+    size_bytes: int
+    count: int
+    traceback: list[str]
+    """file:line, most recent first."""
+
+
+class TraceReport(BaseModel):
+    """`--trace-leaks`: what tracemalloc saw in the agent, at the end of the soak."""
+
+    traced_bytes: int
+    traced_peak_bytes: int
+    tracing_overhead_bytes: int
+    """Memory tracemalloc itself used (its own cost)."""
+    gc_objects: list[int]
+    """Objects tracked by the garbage collector, per generation."""
+    sites: list[LeakSite]
+    """The sites that grew most since the end of the warm-up, largest first."""
+
+
 class MemoryReport(BaseModel):
     samples: int
     rss_first_bytes: int | None
@@ -154,6 +181,8 @@ class MemoryReport(BaseModel):
     """(seconds since run start, RSS bytes), decimated to a bounded length keeping peaks."""
     leak: list[LeakReport] = []
     """Soak runs: the leak verdict of each series (uss, rss, fds, threads)."""
+    trace: TraceReport | None = None
+    """Soak runs with --trace-leaks: where the memory went."""
 
 
 class SoakReport(BaseModel):

@@ -33,6 +33,7 @@ from orchestrator.report.model import (
     ScenarioReport,
     StepReport,
     Timings,
+    TraceReport,
     Verdict,
     VerificationReport,
 )
@@ -47,6 +48,7 @@ def agent_report(
     samples: AgentSamples | None,
     launcher: str,
     leaks: tuple[LeakAnalysis, ...] = (),
+    trace: JsonValue = None,
 ) -> AgentReport:
     """An agent's entry: how its process ended, its memory, its link's and its own counts."""
     link = handle.link
@@ -79,6 +81,7 @@ def agent_report(
             num_threads=samples.num_threads if samples else None,
             rss_series=[(round(t, 3), v) for t, v in samples.rss.points] if samples else [],
             leak=[leak_report(a) for a in leaks],
+            trace=TraceReport.model_validate(trace) if trace is not None else None,
         ),
         messages_in=link.stats.delivered,
         messages_out=link.stats.posted,

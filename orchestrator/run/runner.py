@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal
+
+from pydantic import JsonValue
 
 from orchestrator.cluster.cluster import (
     AgentHandle,
@@ -81,7 +84,7 @@ from orchestrator.scenario.durations import Duration
 from orchestrator.scenario.schema import StateCheck
 from orchestrator.scenario.spec import Scenario, all_steps
 from orchestrator.scenario.steps import AssertStep
-from protocol import AgentStats
+from protocol import AgentStats, CmdTrace
 from protocol.liveness import Liveness
 
 LOG_TAIL_LINES = 20
@@ -105,6 +108,9 @@ class SoakOptions:
     warmup_s: float
     """Samples in the first `warmup_s` after READY are left out of the leak verdicts."""
     sample_interval_s: float = 1.0
+    trace_leaks: bool = False
+    """Run tracemalloc in every agent and report the allocation sites that grew after the
+    warm-up."""
 
     @staticmethod
     def default_warmup(duration_s: float) -> float:
@@ -128,6 +134,9 @@ class RunOptions:
     coordinator_timeout_s: float = 10.0
     inbox_capacity: int = 1024
     sample_interval_s: float = 1.0
+    trace_leaks: bool = False
+    """Run tracemalloc in every agent and report the allocation sites that grew after the
+    warm-up."""
     seed: int = 0
     """The run's seed; each agent's seed is derived from it (`agent_seed`)."""
     repeat: int | None = None
@@ -182,6 +191,8 @@ class ScenarioRun:
         self.iterations = 0
         """Passes of the script (1 unless this is a soak)."""
         self.leaks: dict[str, tuple[LeakAnalysis, ...]] = {}
+        self.traces: dict[str, JsonValue] = {}
+        """`--trace-leaks`: each agent's answer to the final trace report."""
 
     async def execute(self) -> ScenarioReport:
         # Custom rules are imported here, like plugins in the agents: from the file's folder.
@@ -323,7 +334,13 @@ class ScenarioRun:
             # Passes start until the duration is spent; the last one finishes within its own
             # timeout (cutting it at the end would fail its waits for nothing).
             end = t_ready + soak.duration_s
+            marked = not soak.trace_leaks
+            if soak.trace_leaks:
+                await self._trace(cluster, "start")
             while (now := time.monotonic()) < end and executor.stop_reason is None:
+                if not marked and now >= t_ready + soak.warmup_s:
+                    await self._trace(cluster, "mark")  # the baseline: the warm-up is over
+                    marked = True
                 if self.iterations:
                     executor.again()
                 self.iterations += 1
@@ -332,9 +349,39 @@ class ScenarioRun:
                                   remaining_s=round(end - now, 3))
                 )  # fmt: skip
                 self.steps = await executor.run(time.monotonic() + timeout)
+            if soak.trace_leaks:
+                if not marked:
+                    self._error(ErrorReport(source=ErrorKind.RUNNER, message=(
+                        "--trace-leaks: the soak ended before its warm-up did; no allocation"
+                        " sites to report")))  # fmt: skip
+                else:
+                    self.traces = await self._trace(cluster, "report")
         self.stop_reason = executor.stop_reason
         for message in executor.rule_errors:
             self._error(ErrorReport(source=ErrorKind.RULE, message=message))
+
+    async def _trace(self, cluster: Cluster, step: Literal["start", "mark", "report"]) -> dict[
+        str, JsonValue
+    ]:
+        """Send a tracing step to every live agent at once; their answers (a failure is an
+        error of the run, naming the agent)."""
+        agents = [a for a, h in cluster.handles.items() if not h.state.ended]
+
+        async def one(agent: str) -> JsonValue:
+            result = await cluster.command(agent, CmdTrace(step=step), TRACE_TIMEOUT_S)
+            if not result.ok:
+                raise RuntimeError(result.error)
+            return result.value
+
+        answers = await asyncio.gather(*(one(a) for a in agents), return_exceptions=True)
+        values: dict[str, JsonValue] = {}
+        for agent, answer in zip(agents, answers, strict=True):
+            if isinstance(answer, BaseException):
+                self._error(ErrorReport(source=ErrorKind.RUNNER, agent=agent,
+                                        message=f"--trace-leaks {step}: {answer}"))  # fmt: skip
+            else:
+                values[agent] = answer
+        return values
 
     async def _judge_all(
         self, cluster: Cluster, sampler: Sampler, judgement: Judgement, script_s: float
@@ -385,6 +432,7 @@ class ScenarioRun:
                     peak_rss=peak_rss(self._bye_stats(agent), samples),
                     uss_peak=samples.uss_peak or None,
                     leaks=self.leaks.get(agent),
+                    top_site=_top_site(self.traces.get(agent)),
                 )
                 for agent, samples in sampler.agents.items()
             },
@@ -554,14 +602,31 @@ class ScenarioRun:
     def _agent_reports(self, cluster: Cluster, sampler: Sampler) -> list[AgentReport]:
         return [
             agent_report(
-                handle, sampler.agents.get(agent), self.options.launcher, self.leaks.get(agent, ())
+                handle,
+                sampler.agents.get(agent),
+                self.options.launcher,
+                self.leaks.get(agent, ()),
+                self.traces.get(agent),
             )
             for agent, handle in cluster.handles.items()
         ]
 
 
 LEAK_SERIES = ("uss", "rss", "fds", "threads")
+TRACE_TIMEOUT_S = 60.0
+"""A tracemalloc snapshot of a large heap takes seconds."""
 COUNT_SERIES = frozenset({"fds", "threads"})
+
+
+def _top_site(trace: JsonValue) -> str | None:
+    """'file:line (+size)' of the site that grew most, from an agent's trace report."""
+    if not isinstance(trace, dict) or not isinstance(sites := trace.get("sites"), list):
+        return None
+    if not sites or not isinstance(site := sites[0], dict):
+        return None
+    grown = site.get("size_diff_bytes")
+    size = f" (+{grown / 2**20:.1f} MiB)" if isinstance(grown, int) else ""
+    return f"{site.get('file')}:{site.get('line')}{size}"
 
 
 def _asks_for_leaks(scenario: Scenario) -> bool:

@@ -22,14 +22,17 @@ interval (a slower leak's lower bound would not clear the floor). A run too shor
 MIN_WINDOWS windows) or too noisy for its floor is INCONCLUSIVE, never NO LEAK.
 
 Count series (descriptors, threads) follow CPython's refleak rule: steady growth of any size
-is a leak. LEAK when the minima rise across the thirds and the trend is significant; NO LEAK
-when the last third's minima are no higher than the first's; otherwise INCONCLUSIVE.
+is a leak. LEAK when the minima rise in at least COUNT_STEPS separate steps, across the thirds,
+with a significant trend; NO LEAK when the last third's minima are no higher than the first's;
+otherwise INCONCLUSIVE (a step or two up, such as a thread pool starting one more thread, is
+not steady growth).
 
 This module is pure: it takes points and returns a verdict (`tests/test_leak.py`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ MIN_WINDOWS = 6
 MAX_WINDOWS = 30
 POINTS_PER_WINDOW = 3
 """At least this many samples per window, so that a window's minimum means something."""
+COUNT_STEPS = 3
+"""A count series must rise in at least this many separate steps to be a leak."""
 TREND_P = 0.05
 """The Mann-Kendall trend must be significant at this level."""
 
@@ -163,7 +168,10 @@ def analyse(
     fields = TrendFit(slope, low, high, tau, p, detectable, first, middle, last)
     trending = tau > 0 and p < TREND_P
     if counts:
-        if rising and trending:
+        # Steady growth rises again and again; a step or two (a pool starting one more thread
+        # when it first needs it) is not a leak.
+        ups = sum(1 for a, b in itertools.pairwise(vs) if b > a)
+        if ups >= COUNT_STEPS and rising and trending:
             return result(LeakVerdict.LEAK, f"{series} rose steadily from {first:g} to "
                           f"{last:g} after the warm-up", fields)  # fmt: skip
         if last <= first:

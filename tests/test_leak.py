@@ -92,6 +92,9 @@ def test_counts_follow_the_refleak_rule() -> None:
     result = analyse("fds", growing, counts=True)
     assert result.verdict is LeakVerdict.LEAK, result.reason
     assert result.floor_per_h == 0.0
+    # One step up (a pool starting another thread the first time it is busy) is not steady.
+    step = [(float(t), 5.0 + (t >= 300)) for t in range(600)]
+    assert analyse("threads", step, counts=True).verdict is LeakVerdict.INCONCLUSIVE
     # Flapping between 12 and 13 (a descriptor opened and closed) is not growth.
     flapping = [(float(t), 12.0 + (t // 7) % 2) for t in range(600)]
     assert analyse("fds", flapping, counts=True).verdict is not LeakVerdict.LEAK

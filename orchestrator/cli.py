@@ -21,8 +21,20 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
-from orchestrator.events import DEFAULT_MAX_BYTES, EventStorage, events_schema
-from orchestrator.report.console import print_quiet, print_summary, print_table, progress_bar
+from orchestrator.events import (
+    DEFAULT_MAX_BYTES,
+    Event,
+    EventStorage,
+    SoakProgress,
+    events_schema,
+)
+from orchestrator.report.console import (
+    print_quiet,
+    print_summary,
+    print_table,
+    progress_bar,
+    soak_progress_line,
+)
 from orchestrator.report.junit import write_junit
 from orchestrator.report.model import EXIT_INVALID, ScenarioReport
 from orchestrator.run.runner import RunOptions, SoakOptions
@@ -291,6 +303,13 @@ def run(
 )
 @click.option("--keep-run-dir", is_flag=True, help="Keep the private run directory.")
 @click.option(
+    "--progress-every",
+    type=DurationType(),
+    default="1m",
+    show_default=True,
+    help="How often to print each agent's memory and trend, and checkpoint report.json.",
+)
+@click.option(
     "--trace-leaks",
     is_flag=True,
     help="Run tracemalloc in every agent and report the allocation sites (file:line, with"
@@ -323,6 +342,7 @@ def soak(
     seed: int | None,
     launcher: str,
     keep_run_dir: bool,
+    progress_every: Duration,
     trace_leaks: bool,
     events_storage: str,
     events_max_size: int,
@@ -351,7 +371,10 @@ def soak(
     _run_files(
         files, report_dir, timeout, 1, 1, seed, (), launcher, keep_run_dir, events_storage,
         events_max_size, quiet, verbose,
-        SoakOptions(duration.seconds, warmup_s, sample_interval.seconds, trace_leaks),
+        SoakOptions(
+            duration.seconds, warmup_s, sample_interval.seconds,
+            max(1.0, progress_every.seconds), trace_leaks,
+        ),
     )  # fmt: skip
 
 
@@ -432,6 +455,10 @@ def _run_files(
 
         terminated = False
 
+        def progress(item: Planned, event: Event) -> None:
+            if isinstance(event, SoakProgress) and not quiet:
+                console.print(soak_progress_line(item.scenario.label, event), highlight=False)
+
         async def run_all() -> None:
             # SIGTERM is handled like Ctrl-C: the runs are cancelled and tear themselves down.
             nonlocal terminated
@@ -446,7 +473,7 @@ def _run_files(
 
             loop.add_signal_handler(signal.SIGTERM, on_sigterm)
             try:
-                await run_planned(planned, options, parallel, started, finished)
+                await run_planned(planned, options, parallel, started, finished, progress)
             finally:
                 loop.remove_signal_handler(signal.SIGTERM)
 

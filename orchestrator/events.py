@@ -351,6 +351,27 @@ class SoakIteration(Event, tag="soak.iteration", kw_only=True):
     remaining_s: float
 
 
+class AgentMemoryNow(msgspec.Struct, frozen=True, kw_only=True):
+    """One agent in a soak's progress line."""
+
+    agent: str
+    rss: int | None
+    uss: int | None
+    uss_per_h: float | None
+    """The Theil-Sen growth of its USS so far (after the warm-up once it is over)."""
+    verdict: str
+    """The leak verdict on its USS so far."""
+
+
+class SoakProgress(Event, tag="soak.progress", kw_only=True):
+    """A soak's periodic progress (every minute by default), also checkpointed to report.json."""
+
+    iteration: int
+    elapsed_s: float
+    remaining_s: float
+    agents: list[AgentMemoryNow]
+
+
 class RunError(Event, tag="error", kw_only=True):
     """An error of the run (a crash, a failed step, the runner breaking...), as collected."""
 
@@ -364,6 +385,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ActionStarted, ActionCompleted, ActionFailed, MessageSent, MessageRefused, MessageDelivered,
     MessageRetry, MessageDeadLetter, CommandSent, CommandResult, WireRejected, Sample,
     StepStarted, StepFinished, StopConditionMet, AssertionEvaluated, RunError, SoakIteration,
+    SoakProgress,
 )  # fmt: skip
 
 for _cls in EVENT_TYPES:
@@ -379,7 +401,7 @@ AnyEvent = (
     | ActionStarted | ActionCompleted | ActionFailed | MessageSent | MessageRefused
     | MessageDelivered | MessageRetry | MessageDeadLetter | CommandSent | CommandResult
     | WireRejected | Sample | StepStarted | StepFinished | StopConditionMet | AssertionEvaluated
-    | RunError | SoakIteration
+    | RunError | SoakIteration | SoakProgress
 )  # fmt: skip
 """One line of events.jsonl."""
 

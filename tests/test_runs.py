@@ -503,10 +503,12 @@ def test_a_run_the_runner_cannot_carry_out_is_an_error_and_the_others_are_report
 ) -> None:
     real = session.run_scenario
 
-    async def breaks_on_coin(scenario: Scenario, source: Path, options: RunOptions) -> object:
+    async def breaks_on_coin(
+        scenario: Scenario, source: Path, options: RunOptions, on_event: object = None
+    ) -> object:
         if scenario.name == "coin":
             raise RuntimeError("a bug in the runner")
-        return await real(scenario, source, options)
+        return await real(scenario, source, options, on_event)  # type: ignore[arg-type]
 
     monkeypatch.setattr(session, "run_scenario", breaks_on_coin)
     report_dir = tmp_path / "r"

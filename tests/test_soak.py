@@ -6,10 +6,16 @@ themselves are tested on synthetic series in test_leak.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -76,3 +82,52 @@ def test_a_leak_assertion_in_a_short_ordinary_run_cannot_pass(
     assert result.exit_code == 1 and report.verdict is Verdict.FAIL
     clean = next(a for a in report.assertions if a.id == "clean-is-clean")
     assert not clean.passed and "INCONCLUSIVE" in clean.message
+
+
+@pytest.mark.timeout(120)
+def test_a_soak_killed_midway_leaves_a_readable_checkpoint(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    report_dir = tmp_path / "killed"
+    script = Path(sys.executable).parent / "scenario-runner"
+    command = [
+        str(script), "soak", str(EXAMPLE), "--duration", "60s", "--warmup", "4s",
+        "--sample-interval", "250ms", "--progress-every", "2s", "--report-dir", str(report_dir),
+    ]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(private_tmp)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        # Wait for a checkpoint written after the warm-up (progress lines say when).
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in process.stdout:
+            if line.startswith(b"soak soak-controls") and b"warming up" not in line:
+                break
+            assert time.monotonic() < deadline, "no progress line after the warm-up"
+        deadline = time.monotonic() + 10
+        while not (report_dir / "report.json").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # polling for a file another process writes
+        process.kill()  # SIGKILL: no teardown, no final report
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+    report = ScenarioReport.model_validate_json((report_dir / "report.json").read_text())
+    assert report.verdict is Verdict.ERROR
+    assert report.soak is not None and not report.soak.complete
+    assert report.soak.iterations > 0 and report.soak.elapsed_s < 60
+    assert any("checkpoint" in r for r in report.verification.reasons)
+    leaky = next(a for a in report.agents if a.id == "leaky")
+    assert {x.series for x in leaky.memory.leak} >= {"uss", "rss"}
+    assert leaky.memory.samples > 0
+    # The agents went with the coordinator (the death pipe, PR_SET_PDEATHSIG).
+    deadline = time.monotonic() + 10
+    while [p for p in psutil.process_iter(["environ"]) if _ran_in(p, private_tmp)]:
+        assert time.monotonic() < deadline, "agents outlived a SIGKILLed soak"
+        time.sleep(0.05)  # polling for processes to be gone
+
+
+def _ran_in(process: psutil.Process, tmp: Path) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return (process.info.get("environ") or {}).get("TMPDIR") == str(tmp)
+    return False

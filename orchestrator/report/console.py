@@ -17,8 +17,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from orchestrator.events import SoakProgress
 from orchestrator.report.model import ScenarioReport, Verdict
 from orchestrator.run.session import Outcome, ScenarioOutcome
+from orchestrator.scenario.durations import Duration
 
 _STYLE = {
     Verdict.PASS: "bold green",
@@ -171,3 +173,23 @@ def print_summary(console: Console, report: ScenarioReport, verbose: bool = Fals
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+PROGRESS_AGENTS = 5
+"""Agents on a soak's progress line: those whose USS grows fastest."""
+
+
+def soak_progress_line(label: str, event: SoakProgress) -> str:
+    """One line a soak prints every progress interval (a log gets one line a minute):
+    `soak NAME 12m0s/8h, pass 1234: leaky uss 95.1 MiB +3331.2 MiB/h (leak), ...`."""
+    done = Duration(round(event.elapsed_s))
+    total = Duration(round(event.elapsed_s + event.remaining_s))
+    ranked = sorted(event.agents, key=lambda a: -(a.uss_per_h or 0.0))
+    parts = []
+    for a in ranked[:PROGRESS_AGENTS]:
+        memory = a.uss if a.uss is not None else a.rss
+        now = f"{memory / 2**20:.1f} MiB" if memory is not None else "?"
+        trend = f" {a.uss_per_h / 2**20:+.1f} MiB/h" if a.uss_per_h is not None else ""
+        parts.append(f"{a.agent} uss {now}{trend} ({a.verdict})")
+    more = f", {len(ranked) - PROGRESS_AGENTS} more" if len(ranked) > PROGRESS_AGENTS else ""
+    return f"soak {label} {done}/{total}, pass {event.iteration}: " + ", ".join(parts) + more

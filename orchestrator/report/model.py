@@ -7,6 +7,7 @@ directory and prints a short summary on the console.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 
@@ -193,6 +194,9 @@ class SoakReport(BaseModel):
     iterations: int
     """Passes of the script run."""
     elapsed_s: float
+    complete: bool = True
+    """False in a checkpoint: the report of a soak still running (or killed since), written
+    every `progress` interval; its verdict is ERROR, saying so, and no assertion is judged."""
 
 
 class AgentReport(BaseModel):
@@ -350,6 +354,10 @@ class ScenarioReport(BaseModel):
     """The private run directory, when kept with --keep-run-dir (removed otherwise)."""
 
     def write(self, directory: Path) -> Path:
+        """Write report.json atomically: a reader (or a soak killed while checkpointing) sees
+        the previous report or this one, never half of one."""
         path = directory / "report.json"
-        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        partial = path.with_suffix(".json.tmp")
+        partial.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, path)
         return path

@@ -34,6 +34,7 @@ from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
 from orchestrator.cluster.sampler import USS_EVERY, Sampler
 from orchestrator.events import (
     DEFAULT_MAX_BYTES,
+    AgentMemoryNow,
     ErrorKind,
     Event,
     EventLog,
@@ -42,6 +43,7 @@ from orchestrator.events import (
     RunFinished,
     RunStarted,
     SoakIteration,
+    SoakProgress,
 )
 from orchestrator.judge.judges import (
     AssertionResult,
@@ -108,6 +110,9 @@ class SoakOptions:
     warmup_s: float
     """Samples in the first `warmup_s` after READY are left out of the leak verdicts."""
     sample_interval_s: float = 1.0
+    progress_every_s: float = 60.0
+    """How often a soak reports its progress (a `soak.progress` event, a line on the console)
+    and checkpoints report.json."""
     trace_leaks: bool = False
     """Run tracemalloc in every agent and report the allocation sites that grew after the
     warm-up."""
@@ -134,6 +139,9 @@ class RunOptions:
     coordinator_timeout_s: float = 10.0
     inbox_capacity: int = 1024
     sample_interval_s: float = 1.0
+    progress_every_s: float = 60.0
+    """How often a soak reports its progress (a `soak.progress` event, a line on the console)
+    and checkpoints report.json."""
     trace_leaks: bool = False
     """Run tracemalloc in every agent and report the allocation sites that grew after the
     warm-up."""
@@ -188,6 +196,11 @@ class ScenarioRun:
         )
         """The link timings, checked against each other (protocol/liveness.py)."""
         self._script_t0 = 0.0
+        self._t_start = 0.0
+        self._started_at = ""
+        self._report_dir = Path()
+        self._run_dir = Path()
+        """Where and since when: what a soak's checkpoint report needs mid-run."""
         self.iterations = 0
         """Passes of the script (1 unless this is a soak)."""
         self.leaks: dict[str, tuple[LeakAnalysis, ...]] = {}
@@ -242,6 +255,8 @@ class ScenarioRun:
         self.events, self.sampler, self.cluster = events, sampler, cluster
         t_start = time.monotonic()
         t_ready = t_script_end = t_start
+        self._t_start, self._started_at = t_start, started_at
+        self._report_dir, self._run_dir = report_dir, run_dir
         try:
             events.emit(
                 RunStarted(scenario=self.scenario.name, file=str(self.source),
@@ -337,7 +352,11 @@ class ScenarioRun:
             marked = not soak.trace_leaks
             if soak.trace_leaks:
                 await self._trace(cluster, "start")
+            next_progress = t_ready + soak.progress_every_s
             while (now := time.monotonic()) < end and executor.stop_reason is None:
+                if now >= next_progress:
+                    await self._progress(cluster, t_ready, end)
+                    next_progress = time.monotonic() + soak.progress_every_s
                 if not marked and now >= t_ready + soak.warmup_s:
                     await self._trace(cluster, "mark")  # the baseline: the warm-up is over
                     marked = True
@@ -359,6 +378,51 @@ class ScenarioRun:
         self.stop_reason = executor.stop_reason
         for message in executor.rule_errors:
             self._error(ErrorReport(source=ErrorKind.RULE, message=message))
+
+    async def _progress(self, cluster: Cluster, t_ready: float, end: float) -> None:
+        """A soak's progress: each agent's memory now and its USS trend so far (an event the
+        console prints), and a checkpoint of report.json, so a soak killed at hour 7 leaves a
+        readable report of the first 7 hours."""
+        sampler = self.sampler
+        soak = self.options.soak
+        if sampler is None or soak is None or self.events is None:
+            return
+        now = time.monotonic()
+        elapsed = now - t_ready
+        warming = elapsed <= soak.warmup_s
+        self.leaks = await asyncio.to_thread(
+            self._leak_verdicts, sampler, 0.0 if warming else soak.warmup_s
+        )
+        rows = []
+        for agent, samples in sampler.agents.items():
+            uss = next((a for a in self.leaks.get(agent, ()) if a.series == "uss"), None)
+            rows.append(
+                AgentMemoryNow(
+                    agent=agent,
+                    rss=samples.last_rss,
+                    uss=samples.floors["uss"].points[-1][1] if "uss" in samples.floors else None,
+                    uss_per_h=round(uss.fit.slope_per_h, 1) if uss and uss.fit else None,
+                    verdict="warming up" if warming else uss.verdict.value if uss else "none yet",
+                )
+            )
+        self.events.emit(
+            SoakProgress(iteration=self.iterations, elapsed_s=round(elapsed, 3),
+                         remaining_s=round(max(0.0, end - now), 3), agents=rows)
+        )  # fmt: skip
+        t_start = self._t_start
+        report = self._report(
+            self._report_dir,
+            self._run_dir,
+            cluster,
+            sampler,
+            self.events,
+            self._started_at,
+            Timings(launch_s=t_ready - t_start, script_s=elapsed, teardown_s=0.0,
+                    total_s=now - t_start),
+            checkpoint=f"checkpoint: the soak was still running at {Duration(round(elapsed))}"
+            f" of {Duration(soak.duration_s)} (pass {self.iterations}); no assertion judged",
+        )  # fmt: skip
+        await asyncio.to_thread(report.write, self._report_dir)
 
     async def _trace(self, cluster: Cluster, step: Literal["start", "mark", "report"]) -> dict[
         str, JsonValue
@@ -444,10 +508,14 @@ class ScenarioRun:
             },
         )
 
-    def _leak_verdicts(self, sampler: Sampler) -> dict[str, tuple[LeakAnalysis, ...]]:
-        """Each agent's leak verdict per series (blocking: scipy; run in a thread)."""
+    def _leak_verdicts(
+        self, sampler: Sampler, warmup: float | None = None
+    ) -> dict[str, tuple[LeakAnalysis, ...]]:
+        """Each agent's leak verdict per series (blocking: scipy; run in a thread). `warmup`:
+        the soak's own by default."""
         soak = self.options.soak
-        warmup = soak.warmup_s if soak is not None else 0.0
+        if warmup is None:
+            warmup = soak.warmup_s if soak is not None else 0.0
         verdicts: dict[str, tuple[LeakAnalysis, ...]] = {}
         for agent, samples in sampler.agents.items():
             verdicts[agent] = tuple(
@@ -545,14 +613,34 @@ class ScenarioRun:
         events: EventLog,
         started_at: str,
         timings: Timings,
+        checkpoint: str | None = None,
     ) -> ScenarioReport:
-        decision = self.decide(events)
+        """The run's report; with `checkpoint` (why the run is not over), a soak's report of
+        what is known so far: verdict ERROR with that reason, no assertions judged yet, and
+        nothing of the run's state changed by making it."""
+        if checkpoint is None:
+            decision = self.decide(events)
+        else:
+            decision = Decision(Verdict.ERROR, 0.0, self.scenario.verification.threshold,
+                                [checkpoint], [checkpoint])  # fmt: skip
         verdict = decision.verdict
+        errors = list(self.errors)
         for fact in self.judgement.agent_errors if self.judgement else []:
-            self.errors.append(ErrorReport(source=fact.kind, agent=fact.agent,
-                                           message=fact.message))  # fmt: skip
-        self.errors += step_errors(self.steps)
-        agents = self.agent_reports or self._agent_reports(cluster, sampler)
+            errors.append(ErrorReport(source=fact.kind, agent=fact.agent,
+                                      message=fact.message))  # fmt: skip
+        steps = (
+            self.steps
+            if checkpoint is None or self.executor is None
+            else list(self.executor.results.values())
+        )
+        errors += step_errors(steps)
+        if checkpoint is None:
+            self.errors = errors
+        agents = (
+            self.agent_reports
+            if self.agent_reports and checkpoint is None
+            else self._agent_reports(cluster, sampler)
+        )
         soak = self.options.soak
         scenario = self.scenario
         return ScenarioReport(
@@ -583,12 +671,13 @@ class ScenarioRun:
                 warmup_s=soak.warmup_s,
                 iterations=self.iterations,
                 elapsed_s=round(timings.script_s, 3),
+                complete=checkpoint is None,
             )
             if soak is not None
             else None,
-            steps=[step_report(s) for s in self.steps],
+            steps=[step_report(s) for s in steps],
             assertions=[assertion_report(a) for a in self.assertions],
-            errors=self.errors,
+            errors=errors,
             agents=agents,
             bus=bus_report(cluster.bus),
             events_file=str(events.spill_path) if events.storage is not EventStorage.OFF else "",

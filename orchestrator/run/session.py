@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, JsonValue
 
+from orchestrator.events import Event
 from orchestrator.report.model import EXIT_INVALID, ScenarioReport, Verdict
 from orchestrator.run.reporting import broken_report
 from orchestrator.run.runner import RunOptions, run_scenario
@@ -124,6 +126,7 @@ async def run_planned(
     parallel: int = 1,
     on_start: Callable[[Planned], None] | None = None,
     on_done: Callable[[Planned, ScenarioReport], None] | None = None,
+    on_event: Callable[[Planned, Event], None] | None = None,
 ) -> list[ScenarioReport]:
     """Run everything, at most `parallel` at once, in one event loop; reports in plan order.
 
@@ -140,8 +143,9 @@ async def run_planned(
             run_options = dataclasses.replace(
                 options, report_dir=item.report_dir, repeat=item.repeat
             )
+            listen = None if on_event is None else functools.partial(on_event, item)
             try:
-                report = await run_scenario(item.scenario, item.source, run_options)
+                report = await run_scenario(item.scenario, item.source, run_options, listen)
             except Exception as exc:  # a runner bug: this run is an ERROR, the others go on
                 report = broken_report(
                     item.scenario, item.source, run_options.report_dir, run_options.repeat,

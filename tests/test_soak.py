@@ -56,7 +56,7 @@ def test_the_leaky_agent_leaks_and_the_clean_one_does_not(
         a.id: {leak.series: leak.verdict for leak in a.memory.leak} for a in report.agents
     }
     assert verdicts["leaky"]["uss"] == "leak" and verdicts["leaky"]["rss"] == "leak"
-    assert verdicts["clean"] == dict.fromkeys(("uss", "rss", "fds", "threads"), "no leak")
+    assert verdicts["clean"] == dict.fromkeys(("uss", "rss", "fds", "threads", "store"), "no leak")
     leaky_uss = next(x for x in report.agents[0].memory.leak if x.series == "uss")
     assert leaky_uss.slope_low_per_h is not None
     # 64 KiB a message, one message a pass: the rate found brackets the rate leaked.
@@ -131,3 +131,21 @@ def _ran_in(process: psutil.Process, tmp: Path) -> bool:
     with contextlib.suppress(psutil.Error):
         return (process.info.get("environ") or {}).get("TMPDIR") == str(tmp)
     return False
+
+
+@pytest.mark.timeout(60)
+def test_the_coordinator_and_the_stores_are_measured_like_the_agents(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    # Too short for verdicts worth asserting: this checks that the rows are there.
+    report_dir = tmp_path / "short"
+    CliRunner().invoke(main, [
+        "soak", str(EXAMPLE), "--duration", "12s", "--warmup", "4s",
+        "--sample-interval", "250ms", "--report-dir", str(report_dir), "-q",
+    ])  # fmt: skip
+    report = ScenarioReport.model_validate_json((report_dir / "report.json").read_text())
+    assert report.coordinator is not None
+    assert {x.series for x in report.coordinator.leak} == {"uss", "rss", "fds", "threads"}
+    assert len(report.coordinator.rss_series) > 10
+    for agent in report.agents:
+        assert "store" in {x.series for x in agent.memory.leak}, agent.id

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -25,6 +26,19 @@ import psutil
 
 from orchestrator.events import EventLog, Sample
 from orchestrator.metrics import Series
+
+
+def _store_size(path: str | None) -> int | None:
+    """The SQLite store's size on disk, its write-ahead log included; None if unreadable."""
+    if path is None:
+        return None
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        size += os.stat(path + "-wal").st_size
+    return size
 
 
 def vm_hwm_bytes(pid: int) -> int | None:
@@ -47,6 +61,9 @@ USS_EVERY = 10
 """Each agent's USS is read about once every this many periodic rounds (and at READY and
 before STOP)."""
 
+COORDINATOR = "coordinator"
+"""The coordinator's own row among the readings (`Sampler.coordinator`)."""
+
 BUDGET = 0.05
 """The share of one core the periodic rounds may use; past it, the interval grows."""
 
@@ -55,6 +72,8 @@ BUDGET = 0.05
 class AgentSamples:
     pid: int
     process: psutil.Process
+    store_path: str | None = None
+    """The agent's memory store (SQLite): its size, with the WAL, is the `store` series."""
     rss: Series = field(default_factory=Series)
     count: int = 0
     peak_rss: int = 0
@@ -96,6 +115,7 @@ class Reading:
     fds: int
     hwm: int | None
     uss: int | None
+    store: int | None = None
 
 
 @dataclass(slots=True)
@@ -128,10 +148,13 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._uss_cursor = 0
+        self.coordinator = AgentSamples(os.getpid(), psutil.Process())
+        """The coordinator measured like an agent (a soak tool whose own memory grows would
+        poison every verdict); read every round, reported as a row of its own."""
 
-    def track(self, agent: str, pid: int) -> None:
+    def track(self, agent: str, pid: int, store_path: str | None = None) -> None:
         with contextlib.suppress(psutil.Error):
-            self.agents[agent] = AgentSamples(pid, psutil.Process(pid))
+            self.agents[agent] = AgentSamples(pid, psutil.Process(pid), store_path)
 
     # -- periodic rounds, in a thread -----------------------------------------------------
     def start(self) -> None:
@@ -151,7 +174,8 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):  # the pacing of the samples, by design
             agents = list(self.agents.items())
-            uss_for = self._uss_slice([a for a, _ in agents])
+            uss_for = self._uss_slice([a for a, _ in agents]) | {COORDINATOR}
+            agents.append((COORDINATOR, self.coordinator))
             t0, c0 = time.monotonic(), time.thread_time()
             readings = self._read(agents, uss_for)
             cpu = time.thread_time() - c0
@@ -204,7 +228,7 @@ class Sampler:
                         uss = s.process.memory_full_info().uss
                 readings.append(
                     Reading(agent, rss, cpu.user, cpu.system, threads, fds,
-                            vm_hwm_bytes(s.pid), uss)
+                            vm_hwm_bytes(s.pid), uss, _store_size(s.store_path))
                 )  # fmt: skip
         return readings
 
@@ -214,6 +238,8 @@ class Sampler:
         `sample` events are emitted when this returns."""
         wanted = self.agents if agents is None else {a: self.agents[a] for a in agents}
         items = list(wanted.items())
+        if agents is None:
+            items.append((COORDINATOR, self.coordinator))
         if not items:
             return
         t0 = time.monotonic()
@@ -234,7 +260,8 @@ class Sampler:
     def _publish(self, readings: list[Reading], reason: str) -> None:
         t = self.events.now()
         for r in readings:
-            s = self.agents.get(r.agent)
+            coordinator = r.agent == COORDINATOR
+            s = self.coordinator if coordinator else self.agents.get(r.agent)
             if s is None:
                 continue
             s.count += 1
@@ -247,11 +274,15 @@ class Sampler:
             if r.uss is not None:
                 s.uss_peak = max(s.uss_peak, r.uss)
                 s.floor("uss", t, r.uss)
+            if r.store is not None:
+                s.floor("store", t, r.store)
             if s.first_rss is None:
                 s.first_rss = r.rss
             s.last_rss = r.rss
             s.num_fds, s.num_threads = r.fds, r.threads
             s.cpu_user_s, s.cpu_system_s = r.cpu_user_s, r.cpu_system_s
+            if coordinator:
+                continue  # a row of its own in the report, not an agent's sample event
             self.events.emit(
                 Sample(agent=r.agent, reason=reason, rss=r.rss,
                        cpu_s=round(r.cpu_user_s + r.cpu_system_s, 4), fds=r.fds,

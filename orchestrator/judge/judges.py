@@ -67,6 +67,8 @@ from orchestrator.scenario.jsonschema_lite import validate as validate_json
 from orchestrator.scenario.schema import SpecModel, StateCheck, is_pattern
 
 EVIDENCE_LIMIT = 20
+PROCESS_SERIES = frozenset({"uss", "rss", "fds", "threads"})
+"""What a `leak` limit judges: the process, not its store on disk (reported beside it)."""
 Members = Mapping[str, frozenset[str]]
 """Room id -> its agents."""
 
@@ -586,12 +588,18 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
             if fact.leaks is None:
                 unmeasured.append(f"{agent} leak verdict")
             for leak in fact.leaks or ():
+                if leak.series not in PROCESS_SERIES:
+                    continue  # the store on disk is reported, not the process's leak
                 verdicts[leak.verdict.value] += 1
                 if m.leak == "none" and leak.verdict is not LeakVerdict.NO_LEAK:
                     verdict = leak.verdict.value.upper()
                     where = f"; grew most at {fact.top_site}" if fact.top_site else ""
                     over.append(f"{agent} {leak.series}: {verdict}, {leak.reason}{where}")
-            found = [x for x in fact.leaks or () if x.verdict is LeakVerdict.LEAK]
+            found = [
+                x
+                for x in fact.leaks or ()
+                if x.verdict is LeakVerdict.LEAK and x.series in PROCESS_SERIES
+            ]
             if m.leak == "detected" and fact.leaks is not None and not found:
                 over.append(f"{agent}: no series judged LEAK")
         for key, limit in limits.items():

@@ -303,6 +303,12 @@ class CoordinatorReport(BaseModel):
     in its `sample` events, the cost of the script alone, apart from start-up)."""
     sampler: SamplerReport | None = None
     """What measuring the agents cost the coordinator."""
+    rss_series: list[tuple[float, int]] = []
+    """The coordinator's own RSS, sampled with the agents'."""
+    uss_peak_bytes: int | None = None
+    leak: list[LeakReport] = []
+    """Soak runs: the coordinator's own leak verdicts (a soak tool whose memory grows would
+    poison every verdict it gives)."""
 
 
 

@@ -288,7 +288,9 @@ def event_log_report(events: EventLog, storage: EventStorage) -> EventLogReport:
     )
 
 
-def coordinator_report(loop: LoopWatch, sampler: Sampler | None = None) -> CoordinatorReport:
+def coordinator_report(
+    loop: LoopWatch, sampler: Sampler | None = None, leaks: tuple[LeakAnalysis, ...] = ()
+) -> CoordinatorReport:
     user, system = loop.cpu_s()
     return CoordinatorReport(
         pid=os.getpid(),
@@ -299,6 +301,11 @@ def coordinator_report(loop: LoopWatch, sampler: Sampler | None = None) -> Coord
         loop_lag_by_phase={p.value: h.summary() for p, h in loop.lag.items()},
         cpu_s_by_phase={p.value: round(cpu, 4) for p, cpu in loop.cpu_by_phase.items()},
         sampler=sampler_report(sampler) if sampler is not None else None,
+        rss_series=[(round(t, 3), v) for t, v in sampler.coordinator.rss.points]
+        if sampler is not None
+        else [],
+        uss_peak_bytes=sampler.coordinator.uss_peak or None if sampler is not None else None,
+        leak=[leak_report(a) for a in leaks],
     )
 
 

@@ -15,7 +15,8 @@ The method, for the points after the warm-up:
    third lies between them (the growth is sustained, not a step at one moment).
 
 Memory series (bytes): LEAK when the slope's lower bound clears the floor (the smallest growth
-worth calling a leak, `floor_per_h`) and the trend and the thirds agree; NO LEAK when the slope's
+worth calling a leak, `floor_per_h`), the trend and the thirds agree, and the growth over the
+analysed time, at that lower bound, is at least MIN_GROWTH (1 MiB); NO LEAK when the slope's
 upper bound is under the floor (the run can exclude a leak that large); otherwise INCONCLUSIVE.
 `detectable_per_h` says what the run could resolve: the floor plus the half-width of the slope's
 interval (a slower leak's lower bound would not clear the floor). A run too short (fewer than
@@ -49,6 +50,11 @@ TREND_P = 0.05
 """The Mann-Kendall trend must be significant at this level."""
 
 MIB = 1024 * 1024
+MIN_GROWTH = 1.0 * MIB
+"""A memory LEAK must also have grown this much over the analysed part of the run (at its
+slope's lower bound). A clean agent settling in its first minute (SQLite and allocator pools
+filling: about 30 KiB) grows steadily enough, over 25 s, to extrapolate to 5 MiB/h; that is
+not a leak a run of seconds can establish."""
 MEMORY_FLOOR_PER_H = 1.0 * MIB
 """The default floor for memory series: growth under 1 MiB an hour is not called a leak."""
 
@@ -165,6 +171,8 @@ def analyse(
     first, middle, last = _median(vs[:third]), _median(vs[third:-third] or vs), _median(vs[-third:])
     rising = last > first and first <= middle <= last
     detectable = floor_per_h + (high - low) / 2
+    if not counts and analysed > 0:
+        detectable = max(detectable, MIN_GROWTH * 3600 / analysed)
     fields = TrendFit(slope, low, high, tau, p, detectable, first, middle, last)
     trending = tau > 0 and p < TREND_P
     if counts:
@@ -179,6 +187,15 @@ def analyse(
                           f"({first:g} -> {last:g})", fields)  # fmt: skip
         return result(LeakVerdict.INCONCLUSIVE, f"{series} grew ({first:g} -> {last:g}) but "
                       "not steadily", fields)  # fmt: skip
+    grown = low * analysed / 3600
+    if low > floor_per_h and trending and rising and grown < MIN_GROWTH:
+        why = (
+            f"grows {_rate(slope)} (95% CI {_rate(low)} to {_rate(high)}), but only "
+            f"{grown / 1024:.0f} KiB over the {analysed:.0f}s analysed, under the "
+            f"{MIN_GROWTH / MIB:g} MiB a leak must show: run longer to tell a leak from "
+            "settling"
+        )
+        return result(LeakVerdict.INCONCLUSIVE, why, fields)
     if low > floor_per_h and trending and rising:
         why = (
             f"grows {_rate(slope)} (95% CI {_rate(low)} to {_rate(high)}), above the floor "

@@ -77,6 +77,16 @@ def test_growth_during_the_warm_up_then_flat_is_no_leak() -> None:
     assert analyse("uss", half, warmup_s=300).verdict is not LeakVerdict.LEAK
 
 
+def test_settling_for_seconds_is_not_a_leak() -> None:
+    # 30 KiB of steady growth over 30 s (an agent's pools filling): 3.5 MiB/h by its slope,
+    # but a run of seconds cannot call that a leak.
+    points = [(t / 4, BASE + 1024.0 * t / 4) for t in range(120)]
+    result = analyse("uss", points)
+    assert result.verdict is LeakVerdict.INCONCLUSIVE, result.reason
+    assert "run longer" in result.reason
+    assert result.fit is not None and result.fit.detectable_per_h > 100 * MIB
+
+
 def test_too_few_samples_after_the_warm_up_is_inconclusive() -> None:
     points = _series(30, 1.0, per_h=1024 * MIB)
     result = analyse("uss", points, warmup_s=20)

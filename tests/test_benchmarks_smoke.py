@@ -177,3 +177,16 @@ def test_crowd_benchmark_refuses_an_odd_count(capsys: pytest.CaptureFixture[str]
         _benchmark("crowd").main(["--counts", "5"])
     assert exc.value.code == 2
     assert "even" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_soak_benchmark_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    r = _run_json(
+        "soak", ["--durations", "6s", "--agents", "3", "--sample-interval", "250ms"], capsys
+    )
+    (run,) = r["runs"]
+    assert run["agents"] == 3 and run["iterations"] > 0
+    assert run["report_bytes"] > 0 and run["events_bytes"] > 0
+    assert 0 < run["sampler_share"] < 1 and run["sampler_cpu_s"] > 0
+    assert run["coordinator_rss_end_mib"] > 0 and run["coordinator_rss_verdict"] is not None
+    assert sum(run["echo_verdicts"].values()) == 2 * 4  # 2 echoes, 4 process series

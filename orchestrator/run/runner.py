@@ -405,7 +405,7 @@ class ScenarioRun:
                 AgentMemoryNow(
                     agent=agent,
                     rss=samples.last_rss,
-                    uss=samples.floors["uss"].points[-1][1] if "uss" in samples.floors else None,
+                    uss=samples.floors["uss"].last() if "uss" in samples.floors else None,
                     uss_per_h=round(uss.fit.slope_per_h, 1) if uss and uss.fit else None,
                     verdict="warming up" if warming else uss.verdict.value if uss else "none yet",
                 )

@@ -21,6 +21,8 @@ from click.testing import CliRunner
 
 from orchestrator.cli import main
 from orchestrator.report.model import EXIT_INVALID, ScenarioReport, Verdict
+from orchestrator.scenario.assertions import MemoryAssertion
+from orchestrator.scenario.loader import ScenarioError, load_scenario_text
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "soak.yaml"
 
@@ -149,3 +151,17 @@ def test_the_coordinator_and_the_stores_are_measured_like_the_agents(
     assert len(report.coordinator.rss_series) > 10
     for agent in report.agents:
         assert "store" in {x.series for x in agent.memory.leak}, agent.id
+
+
+@pytest.mark.parametrize(
+    ("rate", "problem"),
+    [("1MiB/day", "one of s, min, h"), ("lots/h", "is not a size"), ("1MiB", "size per time")],
+)
+def test_a_growth_limit_is_a_size_per_time(rate: str, problem: str) -> None:
+    text = EXAMPLE.read_text().replace("growth: {max: 1MiB/h}", f"growth: {{max: {rate}}}")
+    with pytest.raises(ScenarioError, match=problem):
+        load_scenario_text(text, "soak.yaml")
+    ok = load_scenario_text(EXAMPLE.read_text(), "soak.yaml")
+    limit = next(a for a in ok.assertions if a.id == "clean-stays-flat")
+    assert isinstance(limit, MemoryAssertion) and limit.memory.growth is not None
+    assert limit.memory.growth.max == 1024 * 1024  # bytes per hour

@@ -577,6 +577,7 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
         [f"{k} <= {v.human_readable(decimal=False)}" for k, v in limits.items()]
         + (["no leak in any series"] if m.leak == "none" else [])
         + (["a leak in some series"] if m.leak == "detected" else [])
+        + ([f"USS and RSS growth under {m.growth.max / 2**20:g} MiB/h"] if m.growth else [])
     )
     over: list[str] = []
     unmeasured: list[str] = []
@@ -584,6 +585,21 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
     verdicts: Counter[str] = Counter()
     for agent in agents:
         fact = facts.memory[agent]
+        if m.growth is not None:
+            if fact.leaks is None:
+                unmeasured.append(f"{agent} growth")
+            for leak in fact.leaks or ():
+                if leak.series not in ("uss", "rss"):
+                    continue
+                if leak.fit is None:
+                    over.append(f"{agent} {leak.series}: growth unknown ({leak.reason})")
+                elif leak.fit.slope_high_per_h > m.growth.max:
+                    over.append(
+                        f"{agent} {leak.series} grows up to "
+                        f"{leak.fit.slope_high_per_h / 2**20:.2f} MiB/h at 95% confidence"
+                        f" (slope {leak.fit.slope_per_h / 2**20:.2f} MiB/h), over"
+                        f" {m.growth.max / 2**20:g} MiB/h"
+                    )
         if m.leak is not None:
             if fact.leaks is None:
                 unmeasured.append(f"{agent} leak verdict")

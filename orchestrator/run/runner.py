@@ -731,7 +731,11 @@ def _asks_for_leaks(scenario: Scenario) -> bool:
     """A `memory` assertion with a `leak` limit, at the end or in an `assert` step."""
     candidates: list[Assertion] = list(scenario.assertions)
     candidates += [s.assert_ for _, s in all_steps(scenario) if isinstance(s, AssertStep)]
-    return any(isinstance(a, MemoryAssertion) and a.memory.leak is not None for a in candidates)
+    return any(
+        isinstance(a, MemoryAssertion)
+        and (a.memory.leak is not None or a.memory.growth is not None)
+        for a in candidates
+    )
 
 
 def _log_tail(path: Path) -> str | None:

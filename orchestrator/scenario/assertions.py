@@ -13,11 +13,14 @@ from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ByteSize,
     Discriminator,
     Field,
     JsonValue,
     Tag,
+    TypeAdapter,
+    ValidationError,
     WithJsonSchema,
     model_validator,
 )
@@ -232,6 +235,44 @@ AgentPattern = Annotated[str, AfterValidator(_check_agent_pattern)]
 """An agent id, or a shell-style pattern over agent ids (`worker-*`)."""
 
 
+_RATE_UNITS = {"s": 3600.0, "min": 60.0, "m": 60.0, "h": 1.0}
+
+
+def _parse_rate(value: object) -> float:
+    """`1MiB/h`, `64KiB/min`, `10kB/s` -> bytes per hour."""
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise spec_error("rate", f"a growth rate is a size per time, like 1MiB/h, not {value!r}")
+    size, _, unit = value.partition("/")
+    per = _RATE_UNITS.get(unit.strip())
+    if per is None:
+        raise spec_error("rate", f"{value!r}: the time unit is one of s, min, h")
+    try:
+        amount = _SIZE.validate_python(size.strip())
+    except ValidationError:
+        raise spec_error("rate", f"{value!r}: {size.strip()!r} is not a size") from None
+    return float(amount) * per
+
+
+_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+
+
+GrowthRate = Annotated[
+    float,
+    BeforeValidator(_parse_rate),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*/\s*(s|min|m|h)$"}
+    ),
+]
+"""A growth rate, written as a size per time unit: `1MiB/h`, `64KiB/min`; bytes per hour."""
+
+
+class GrowthLimit(SpecModel):
+    """The most memory (USS and RSS) may grow after the warm-up, at 95% confidence: the
+    upper bound of the slope's interval must be under `max`."""
+
+    max: GrowthRate
+
+
 class MemoryAssertionArgs(SpecModel):
     """Each selected agent's peak RSS (its own high-water mark) and/or its largest sampled USS
     stay at or under the limits. `agent` is an id or a pattern; unset means every agent."""
@@ -239,6 +280,7 @@ class MemoryAssertionArgs(SpecModel):
     agent: AgentPattern | None = None
     peak_rss: Size | None = None
     uss: Size | None = None
+    growth: GrowthLimit | None = None
     leak: Literal["none", "detected"] | None = None
     """`none`: every series of each selected agent (USS, RSS, descriptors, threads) must be
     judged NO LEAK after the warm-up; a LEAK fails, and so does INCONCLUSIVE (the run could not
@@ -247,9 +289,9 @@ class MemoryAssertionArgs(SpecModel):
 
     @model_validator(mode="after")
     def _a_limit(self) -> Self:
-        if self.peak_rss is None and self.uss is None and self.leak is None:
+        if all(x is None for x in (self.peak_rss, self.uss, self.leak, self.growth)):
             raise spec_error(
-                "memory", "a memory assertion needs a limit: peak_rss, uss and/or leak"
+                "memory", "a memory assertion needs a limit: peak_rss, uss, growth and/or leak"
             )
         return self
 

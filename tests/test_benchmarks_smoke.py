@@ -190,3 +190,13 @@ def test_soak_benchmark_reports_every_figure(capsys: pytest.CaptureFixture[str])
     assert 0 < run["sampler_share"] < 1 and run["sampler_cpu_s"] > 0
     assert run["coordinator_rss_end_mib"] > 0 and run["coordinator_rss_verdict"] is not None
     assert sum(run["echo_verdicts"].values()) == 2 * 4  # 2 echoes, 4 process series
+
+
+@pytest.mark.timeout(120)
+def test_leakfind_benchmark_reports_every_agent(capsys: pytest.CaptureFixture[str]) -> None:
+    r = _run_json("leakfind", ["--duration", "9s", "--rates", "65536", "--clean", "1"], capsys)
+    assert r["passes"] > 0
+    agents = {a["agent"]: a for a in r["agents"]}
+    assert set(agents) == {"leak0", "clean0"}
+    assert agents["leak0"]["injected_per_h"] > 0 and agents["clean0"]["injected_per_h"] == 0
+    assert all(a["verdict"] in ("leak", "no leak", "inconclusive") for a in agents.values())

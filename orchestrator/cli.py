@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
+from orchestrator.compare import CompareError, Thresholds, load_side
+from orchestrator.compare import compare as run_compare
 from orchestrator.events import (
     DEFAULT_MAX_BYTES,
     Event,
@@ -29,6 +31,7 @@ from orchestrator.events import (
     events_schema,
 )
 from orchestrator.report.console import (
+    print_comparison,
     print_quiet,
     print_summary,
     print_table,
@@ -376,6 +379,42 @@ def soak(
             max(1.0, progress_every.seconds), trace_leaks,
         ),
     )  # fmt: skip
+
+
+@main.command()
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--max-memory", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Percent an agent's peak RSS or USS may grow before it is a regression.")
+@click.option("--max-latency", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Percent the delivery latency p99 may grow.")
+@click.option("--max-duration", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Percent a run's duration may grow.")
+@click.option("--max-growth", type=SizeType(), default="1MiB", show_default=True,
+              help="How much more an agent's USS may grow per hour in a soak (beyond both"
+              " sides' 95% intervals).")
+def compare(
+    base: Path, new: Path, max_memory: float, max_latency: float, max_duration: float,
+    max_growth: int,
+) -> None:  # fmt: skip
+    """Compare two report directories (before and after a change): per scenario its duration
+    and delivery p99, per agent its peak RSS, USS and soak growth rate. With repeated runs on
+    both sides, a metric regresses only when the best new run is worse than the worst base run
+    by more than the threshold.
+
+    Exit status: 0 no regression, 1 a regression, 2 a directory without readable reports.
+    """
+    limits = Thresholds(max_memory / 100, max_latency / 100, max_duration / 100, max_growth)
+    try:
+        changes, only = run_compare(load_side(base), load_side(new), limits)
+    except CompareError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INVALID)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH  # a CI log is not 80 columns wide
+    print_comparison(console, changes, only)
+    sys.exit(1 if any(c.regression for c in changes) else 0)
 
 
 def _run_files(

@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from orchestrator.compare import Change
 from orchestrator.events import SoakProgress
 from orchestrator.report.model import ScenarioReport, Verdict
 from orchestrator.run.session import Outcome, ScenarioOutcome
@@ -193,3 +194,28 @@ def soak_progress_line(label: str, event: SoakProgress) -> str:
         parts.append(f"{a.agent} uss {now}{trend} ({a.verdict})")
     more = f", {len(ranked) - PROGRESS_AGENTS} more" if len(ranked) > PROGRESS_AGENTS else ""
     return f"soak {label} {done}/{total}, pass {event.iteration}: " + ", ".join(parts) + more
+
+
+def print_comparison(console: Console, changes: Sequence[Change], only: Sequence[str]) -> None:
+    """`scenario-runner compare`: one row per metric, regressions first."""
+    table = Table(title="base -> new")
+    for column in ("scenario", "subject", "metric", "base", "new", "change", "status", "note"):
+        table.add_column(column, justify="right" if column in ("base", "new", "change") else "left")
+
+    def shown(value: float | None, unit: str) -> str:
+        if value is None:
+            return "-"
+        if unit == "B":
+            return f"{value / 2**20:.1f} MiB"
+        return f"{value:.2f} {unit}"
+
+    for c in sorted(changes, key=lambda c: (not c.regression, c.scenario, c.subject, c.metric)):
+        change = "-" if c.change is None else f"{c.change:+.1%}"
+        status = "[red]REGRESSION[/red]" if c.regression else "ok"
+        table.add_row(esc(c.scenario), esc(c.subject), c.metric, shown(c.base, c.unit),
+                      shown(c.new, c.unit), change, status, esc(c.note))  # fmt: skip
+    console.print(table)
+    for line in only:
+        console.print(esc(line), highlight=False)
+    regressions = sum(1 for c in changes if c.regression)
+    console.print(f"{regressions} regression(s) in {len(changes)} comparison(s)", highlight=False)

@@ -40,6 +40,7 @@ from orchestrator.report.console import (
 )
 from orchestrator.report.junit import write_junit
 from orchestrator.report.model import EXIT_INVALID, ScenarioReport
+from orchestrator.run import live
 from orchestrator.run.runner import RunOptions, SoakOptions
 from orchestrator.run.session import (
     Outcome,
@@ -236,6 +237,12 @@ def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
     help="The most events.jsonl may hold: a full log keeps only the summary from 90% of it,"
     " and any log stops at it (the report says from which events).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus metrics on 127.0.0.1:PORT while running (per agent memory,"
+    " descriptors, threads, messages; delivery latency; retries, dead letters; progress).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print each scenario's verdict only.")
 @click.option("-v", "--verbose", is_flag=True, help="Per-agent table and error details.")
 def run(
@@ -250,6 +257,7 @@ def run(
     keep_run_dir: bool,
     events_storage: str,
     events_max_size: int,
+    metrics_port: int | None,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -261,7 +269,7 @@ def run(
     """
     _run_files(
         files, report_dir, timeout, repeat, parallel, seed, filters, launcher, keep_run_dir,
-        events_storage, events_max_size, quiet, verbose, None,
+        events_storage, events_max_size, quiet, verbose, None, metrics_port,
     )  # fmt: skip
 
 
@@ -333,6 +341,12 @@ def run(
     show_default=True,
     help="The most events.jsonl may hold.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus metrics on 127.0.0.1:PORT while running (per agent memory,"
+    " descriptors, threads, messages; delivery latency; retries, dead letters; progress).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print each scenario's verdict only.")
 @click.option("-v", "--verbose", is_flag=True, help="Per-agent table and error details.")
 def soak(
@@ -349,6 +363,7 @@ def soak(
     trace_leaks: bool,
     events_storage: str,
     events_max_size: int,
+    metrics_port: int | None,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -378,6 +393,7 @@ def soak(
             duration.seconds, warmup_s, sample_interval.seconds,
             max(1.0, progress_every.seconds), trace_leaks,
         ),
+        metrics_port,
     )  # fmt: skip
 
 
@@ -432,6 +448,7 @@ def _run_files(
     quiet: bool,
     verbose: bool,
     soak: SoakOptions | None,
+    metrics_port: int | None = None,
 ) -> None:
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose ask for opposite things: choose one")
@@ -475,6 +492,15 @@ def _run_files(
     console = Console(stderr=False, soft_wrap=True)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = LOG_WIDTH
+    metrics = None
+    if metrics_port is not None:
+        try:
+            metrics = live.serve(metrics_port)
+        except OSError as exc:
+            click.echo(f"--metrics-port {metrics_port}: {exc.strerror}", err=True)
+            sys.exit(EXIT_INVALID)
+        port = metrics[0].server_port
+        console.print(f"metrics: http://127.0.0.1:{port}/metrics", highlight=False)
     done: dict[Path, ScenarioReport] = {}
     interrupted = False
     with progress_bar(console, disable=quiet) as bar:
@@ -522,6 +548,9 @@ def _run_files(
             # Every run in flight was cancelled and tore itself down (agents, sockets, run
             # directories); what finished is still summarised below.
             interrupted = True
+    if metrics is not None:
+        metrics[0].shutdown()
+        metrics[0].server_close()
     finished_runs = [item for item in planned if item.report_dir in done]
     reports = [done[item.report_dir] for item in finished_runs]
     results = outcomes(finished_runs, reports)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel
@@ -54,6 +55,20 @@ class LatencyHistogram:
         self.count += other.count
         self.total_s += other.total_s
         self.max_s = max(self.max_s, other.max_s)
+
+    def cumulative(self, bounds: Sequence[float]) -> list[tuple[float, int]]:
+        """(bound, how many were at most about `bound`) for each bound, in order: a
+        Prometheus histogram's buckets (each of ours counted under the first bound at or
+        above its upper edge)."""
+        out: list[tuple[float, int]] = []
+        seen = 0
+        index = 0
+        for bound in bounds:
+            while index < self.BUCKETS and self.MIN_S * self.GROWTH**index <= bound:
+                seen += self._counts[index]
+                index += 1
+            out.append((bound, seen))
+        return out
 
     def percentile(self, q: float) -> float | None:
         """Upper edge of the bucket holding the q-quantile (capped at the exact max)."""

@@ -65,6 +65,7 @@ from orchestrator.report.model import (
     VerificationReport,
 )
 from orchestrator.rules import RunView
+from orchestrator.run import live
 from orchestrator.run.executor import SEND_TIMEOUT_S, Executor, StepResult
 from orchestrator.run.judging import Judgement, no_events
 from orchestrator.run.loopwatch import LoopWatch, Phase
@@ -215,11 +216,13 @@ class ScenarioRun:
             sys.path.append(folder)
         report_dir = self.options.report_dir or default_report_dir(self.scenario)
         report_dir.mkdir(parents=True, exist_ok=True)
+        live.ACTIVE[id(self)] = self  # what --metrics-port serves while the run goes on
         sweep_stale()  # what killed coordinators left behind
         run_dir = make_run_dir()
         try:
             return await self._execute(report_dir, run_dir)
         finally:  # also when cancelled (Ctrl-C) or when the runner itself broke
+            live.ACTIVE.pop(id(self), None)
             if not self.options.keep_run_dir:
                 shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -383,6 +386,10 @@ class ScenarioRun:
         self.stop_reason = executor.stop_reason
         for message in executor.rule_errors:
             self._error(ErrorReport(source=ErrorKind.RULE, message=message))
+
+    def elapsed_s(self) -> float:
+        """Seconds since the run started (0 before)."""
+        return time.monotonic() - self._t_start if self._t_start else 0.0
 
     async def _progress(self, cluster: Cluster, t_ready: float, end: float) -> None:
         """A soak's progress: each agent's memory now and its USS trend so far (an event the

@@ -89,7 +89,15 @@ def _worse(
     worst_base, best_new = max(b), min(n)
     regression = best_new > worst_base * (1 + allowed)
     many = len(b) + len(n) > 2
-    spread = f"base {min(b):g}..{max(b):g}, new {min(n):g}..{max(n):g}" if many else ""
+
+    def show(x: float) -> str:
+        return f"{x / MIB:.2f} MiB" if unit == "B" else f"{x:.4g} {unit}"
+
+    spread = (
+        f"base {show(min(b))} .. {show(max(b))}, new {show(min(n))} .. {show(max(n))}"
+        if many
+        else ""
+    )
     return Change(scenario, subject, metric, max(b), min(n), unit, regression, spread)
 
 
@@ -102,6 +110,10 @@ def compare(
     changes: list[Change] = []
     only = [f"only in base: {s}" for s in sorted(set(base) - set(new))]
     only += [f"only in new: {s}" for s in sorted(set(new) - set(base))]
+    if not set(base) & set(new):
+        raise CompareError(
+            "no scenario is in both (" + "; ".join(only) + "): nothing to compare"
+        )
     for label in sorted(set(base) & set(new)):
         b, n = base[label], new[label]
         for change in (

@@ -151,7 +151,9 @@ def analyse(
     if len(minima) < MIN_WINDOWS:
         return result(
             LeakVerdict.INCONCLUSIVE,
-            f"too short to tell: {len(minima)} window(s) of samples after the warm-up, "
+            f"too short to tell: {len(minima)} window(s) of samples"
+            + (" after the warm-up" if warmup_s else "")
+            + ", "
             f"{MIN_WINDOWS} needed ({len(points)} samples over {analysed:.0f}s)",
         )
     from scipy import stats  # imported here: only a soak's judging needs it (0.2 s)

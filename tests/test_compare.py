@@ -111,3 +111,15 @@ def test_a_soak_growth_rate_regresses_beyond_both_intervals(
     result = CliRunner().invoke(main, ["compare", str(tmp_path / "base"), str(tmp_path / "new")])
     assert result.exit_code == (1 if regression else 0), result.output
     assert "USS growth" in result.output
+
+
+def test_two_sides_with_no_scenario_in_common_are_invalid_input(
+    runs: Path, tmp_path: Path
+) -> None:
+    for path in _copy(runs / "base", tmp_path / "other"):
+        report = json.loads(path.read_text())
+        report["scenario"] = report["variant"] = "renamed"
+        path.write_text(json.dumps(report))
+    result = CliRunner().invoke(main, ["compare", str(runs / "base"), str(tmp_path / "other")])
+    assert result.exit_code == EXIT_INVALID
+    assert "nothing to compare" in result.output and "only in new: renamed" in result.output

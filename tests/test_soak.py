@@ -155,7 +155,12 @@ def test_the_coordinator_and_the_stores_are_measured_like_the_agents(
 
 @pytest.mark.parametrize(
     ("rate", "problem"),
-    [("1MiB/day", "one of s, min, h"), ("lots/h", "is not a size"), ("1MiB", "size per time")],
+    [
+        ("1MiB/day", r"one of s, m \(or min\), h"),
+        ("lots/h", "is not a size"),
+        ("1MiB", "size per time"),
+        ("0MiB/h", "more than nothing"),
+    ],
 )
 def test_a_growth_limit_is_a_size_per_time(rate: str, problem: str) -> None:
     text = EXAMPLE.read_text().replace("growth: {max: 1MiB/h}", f"growth: {{max: {rate}}}")

@@ -583,6 +583,8 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
     unmeasured: list[str] = []
     worst: dict[str, tuple[int, str]] = {}
     verdicts: Counter[str] = Counter()
+    fastest: tuple[float, str] | None = None
+    """The largest 95% upper bound of USS/RSS growth seen (for a `growth` limit's actual)."""
     for agent in agents:
         fact = facts.memory[agent]
         if m.growth is not None:
@@ -593,7 +595,10 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
                     continue
                 if leak.fit is None:
                     over.append(f"{agent} {leak.series}: growth unknown ({leak.reason})")
-                elif leak.fit.slope_high_per_h > m.growth.max:
+                    continue
+                if fastest is None or leak.fit.slope_high_per_h > fastest[0]:
+                    fastest = (leak.fit.slope_high_per_h, f"{agent} {leak.series}")
+                if leak.fit.slope_high_per_h > m.growth.max:
                     over.append(
                         f"{agent} {leak.series} grows up to "
                         f"{leak.fit.slope_high_per_h / 2**20:.2f} MiB/h at 95% confidence"
@@ -630,6 +635,11 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
     actual = ", ".join(
         [f"max {k} {_mib(v)} ({who})" for k, (v, who) in worst.items()]
         + [f"{n} series {verdict}" for verdict, n in sorted(verdicts.items())]
+        + (
+            [f"growth up to {fastest[0] / 2**20:.2f} MiB/h at 95% ({fastest[1]})"]
+            if fastest is not None
+            else []
+        )
     ) or "nothing"
     if not agents:
         return _result(
@@ -637,9 +647,11 @@ async def _memory(ident: str, a: MemoryAssertion, facts: Facts) -> AssertionResu
             message=f"no agent matching {selector!r} was measured",
         )  # fmt: skip
     problems = over + [f"{u} was not measured" for u in unmeasured]
+    more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+    shown = "; ".join(problems[:5]) + more
     return _result(
         ident, a, passed=not problems, expected=expected, actual=actual,
-        message="; ".join(problems[:5]) or f"{len(agents)} agent(s) within limits: {actual}",
+        message=shown or f"{len(agents)} agent(s) as expected: {actual}",
     )  # fmt: skip
 
 

@@ -198,9 +198,13 @@ def soak_progress_line(label: str, event: SoakProgress) -> str:
 
 def print_comparison(console: Console, changes: Sequence[Change], only: Sequence[str]) -> None:
     """`scenario-runner compare`: one row per metric, regressions first."""
-    table = Table(title="base -> new")
-    for column in ("scenario", "subject", "metric", "base", "new", "change", "status", "note"):
-        table.add_column(column, justify="right" if column in ("base", "new", "change") else "left")
+    table = Table(title="base -> new (with repeats: the worst base run against the best new one)")
+    columns = (
+        "scenario", "subject", "metric", "worst base", "best new", "change", "status", "note",
+    )  # fmt: skip
+    for column in columns:
+        right = column in ("worst base", "best new", "change")
+        table.add_column(column, justify="right" if right else "left")
 
     def shown(value: float | None, unit: str) -> str:
         if value is None:

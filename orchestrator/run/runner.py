@@ -730,8 +730,13 @@ def _top_site(trace: JsonValue) -> str | None:
     if not sites or not isinstance(site := sites[0], dict):
         return None
     grown = site.get("size_diff_bytes")
-    size = f" (+{grown / 2**20:.1f} MiB)" if isinstance(grown, int) else ""
-    return f"{site.get('file')}:{site.get('line')}{size}"
+    size = ""
+    if isinstance(grown, int):
+        size = f" (+{grown / 2**20:.1f} MiB)" if grown >= 2**20 else f" (+{grown / 1024:.1f} KiB)"
+    where = str(site.get("file"))
+    with contextlib.suppress(ValueError):
+        where = str(Path(where).relative_to(Path.cwd()))
+    return f"{where}:{site.get('line')}{size}"
 
 
 def _asks_for_leaks(scenario: Scenario) -> bool:

@@ -59,7 +59,8 @@ def decide(
         if step.kind == "assert":
             continue
         if step.status is StepStatus.FAILED:
-            errors_reasons.append(f"step {step.path} failed: {step.error}")
+            runs = f" (failed {step.failed} of {step.runs} runs)" if step.runs > 1 else ""
+            errors_reasons.append(f"step {step.path} failed{runs}: {step.error}")
         elif step.status is StepStatus.SKIPPED and (
             stop_reason is None or step.skipped_reason != stop_reason
         ):

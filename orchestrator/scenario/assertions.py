@@ -245,11 +245,13 @@ def _parse_rate(value: object) -> float:
     size, _, unit = value.partition("/")
     per = _RATE_UNITS.get(unit.strip())
     if per is None:
-        raise spec_error("rate", f"{value!r}: the time unit is one of s, min, h")
+        raise spec_error("rate", f"{value!r}: the time unit is one of s, m (or min), h")
     try:
         amount = _SIZE.validate_python(size.strip())
     except ValidationError:
         raise spec_error("rate", f"{value!r}: {size.strip()!r} is not a size") from None
+    if amount <= 0:
+        raise spec_error("rate", f"{value!r}: a growth limit must be more than nothing")
     return float(amount) * per
 
 

@@ -238,10 +238,12 @@ class CmdAction(WireModel):
 
 class CmdTrace(WireModel):
     """Where an agent's memory goes (tracemalloc): `start` tracing, `mark` the baseline (the
-    end of a soak's warm-up), `report` the allocation sites that grew since the mark."""
+    end of a soak's warm-up), `report` the allocation sites that grew since the mark; `stats`
+    (no tracing needed): the interpreter's allocated memory blocks (`sys.getallocatedblocks`),
+    cheap enough to ask every minute."""
 
     op: Literal["trace"] = "trace"
-    step: Literal["start", "mark", "report"]
+    step: Literal["start", "mark", "report", "stats"]
     frames: int = Field(default=16, ge=1, le=100)
     """Frames kept per allocation (`start`)."""
     top: int = Field(default=10, ge=1, le=100)

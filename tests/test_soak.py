@@ -143,14 +143,17 @@ def test_the_coordinator_and_the_stores_are_measured_like_the_agents(
     report_dir = tmp_path / "short"
     CliRunner().invoke(main, [
         "soak", str(EXAMPLE), "--duration", "12s", "--warmup", "4s",
-        "--sample-interval", "250ms", "--report-dir", str(report_dir), "-q",
+        "--sample-interval", "250ms", "--progress-every", "2s", "--report-dir", str(report_dir),
+        "-q",
     ])  # fmt: skip
     report = ScenarioReport.model_validate_json((report_dir / "report.json").read_text())
     assert report.coordinator is not None
     assert {x.series for x in report.coordinator.leak} == {"uss", "rss", "fds", "threads"}
     assert len(report.coordinator.rss_series) > 10
     for agent in report.agents:
-        assert "store" in {x.series for x in agent.memory.leak}, agent.id
+        # The store on disk, and from inside the agent its allocated blocks (asked at each
+        # progress interval).
+        assert {"store", "blocks"} <= {x.series for x in agent.memory.leak}, agent.id
 
 
 @pytest.mark.parametrize(

@@ -402,6 +402,14 @@ class ScenarioRun:
         now = time.monotonic()
         elapsed = now - t_ready
         warming = elapsed <= soak.warmup_s
+        # From inside each agent: the interpreter's allocated blocks (a Python-level leak
+        # shows here before it shows in memory), one point per progress interval.
+        t = self.events.now()
+        for agent, stats in (await self._trace(cluster, "stats")).items():
+            blocks = stats.get("allocated_blocks") if isinstance(stats, dict) else None
+            samples = sampler.agents.get(agent)
+            if samples is not None and isinstance(blocks, int):
+                samples.floor("blocks", t, blocks)
         self.leaks = await asyncio.to_thread(
             self._leak_verdicts, sampler, 0.0 if warming else soak.warmup_s
         )
@@ -436,9 +444,9 @@ class ScenarioRun:
         )  # fmt: skip
         await asyncio.to_thread(report.write, self._report_dir)
 
-    async def _trace(self, cluster: Cluster, step: Literal["start", "mark", "report"]) -> dict[
-        str, JsonValue
-    ]:
+    async def _trace(
+        self, cluster: Cluster, step: Literal["start", "mark", "report", "stats"]
+    ) -> dict[str, JsonValue]:
         """Send a tracing step to every live agent at once; their answers (a failure is an
         error of the run, naming the agent)."""
         agents = [a for a, h in cluster.handles.items() if not h.state.ended]
@@ -715,12 +723,14 @@ class ScenarioRun:
         ]
 
 
-LEAK_SERIES = ("uss", "rss", "fds", "threads", "store")
+LEAK_SERIES = ("uss", "rss", "fds", "threads", "store", "blocks")
 """`store`, the agent's SQLite store on disk, is judged and reported as a series of its own:
-a growing store is then neither mistaken for the process leaking nor hides a leak."""
+a growing store is then neither mistaken for the process leaking nor hides a leak. `blocks`,
+the interpreter's allocated memory blocks from inside the agent (one point per progress
+interval), is reported beside them too."""
 TRACE_TIMEOUT_S = 60.0
 """A tracemalloc snapshot of a large heap takes seconds."""
-COUNT_SERIES = frozenset({"fds", "threads"})
+COUNT_SERIES = frozenset({"fds", "threads", "blocks"})
 
 
 def _top_site(trace: JsonValue) -> str | None:

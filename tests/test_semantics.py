@@ -8,6 +8,7 @@ the last case is `validate`'s.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,15 +73,19 @@ def run() -> Iterator[tuple[ScenarioReport, list[Event]]]:
         if isinstance(event, MessageSent | MessageRefused | ActionEnded):
             seen.append(event)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tempfile, "tempdir", str(root))
-        scenario = load_scenario_text(SCENARIO, "semantics.yaml")
-        report = asyncio.run(
-            run_scenario(
-                scenario, TESTS_DIR / "semantics.yaml", RunOptions(report_dir=root / "r"), probe
-            )
-        )
-    yield report, seen
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tempfile, "tempdir", str(root))
+            scenario = load_scenario_text(SCENARIO, "semantics.yaml")
+            report = asyncio.run(
+                run_scenario(
+                    scenario, TESTS_DIR / "semantics.yaml", RunOptions(report_dir=root / "r"),
+                    probe,
+                )
+            )  # fmt: skip
+        yield report, seen
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # it was left in /tmp after every suite
 
 
 def _assertion(report: ScenarioReport, ident: str) -> tuple[bool, str]:

@@ -112,6 +112,48 @@ def main() -> None:
     """Run multi-agent scenarios: one OS process per agent, a ZeroMQ bus between them."""
 
 
+# Options `run` and `soak` share, written once.
+SEED_OPTION = click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=(1 << 63) - 1),
+    help="Seed every random choice (models' `chance`, plugins' runtime.random); each agent's"
+    " seed derives from it, the scenario and the repeat. [default: random, and recorded]",
+)
+LAUNCHER_OPTION = click.option(
+    "--launcher",
+    type=click.Choice(sorted(LAUNCHERS)),
+    default=default_launcher(),
+    show_default=True,
+    help="How agents start: forked from a template that has imported their modules (fast,"
+    " small), or each a fresh interpreter (spawn).",
+)
+KEEP_RUN_DIR_OPTION = click.option(
+    "--keep-run-dir",
+    is_flag=True,
+    help="Keep the private run directory (agent stores and logs, the socket).",
+)
+EVENTS_MAX_SIZE_OPTION = click.option(
+    "--events-max-size",
+    type=SizeType(),
+    default="1GiB",
+    show_default=True,
+    help="The most events.jsonl may hold: a full log keeps only the summary from 90% of it,"
+    " and any log stops at it (the report says from which events).",
+)
+METRICS_PORT_OPTION = click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus metrics on 127.0.0.1:PORT while running (per agent memory,"
+    " descriptors, threads, messages; delivery latency; retries, dead letters; progress).",
+)
+QUIET_OPTION = click.option(
+    "-q", "--quiet", is_flag=True, help="Print each scenario's verdict only."
+)
+VERBOSE_OPTION = click.option(
+    "-v", "--verbose", is_flag=True, help="Per-agent table and error details."
+)
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
@@ -193,12 +235,7 @@ def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
     show_default=True,
     help="Run up to N scenario runs at once (each with its own agents and run directory).",
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0, max=(1 << 63) - 1),
-    help="Seed every random choice (models' `chance`, plugins' runtime.random); each agent's"
-    " seed derives from it, the scenario and the repeat. [default: random, and recorded]",
-)
+@SEED_OPTION
 @click.option(
     "--filter",
     "filters",
@@ -206,19 +243,8 @@ def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
     metavar="PATTERN",
     help="Run only scenarios whose name or a tag matches this glob (repeatable: any matches).",
 )
-@click.option(
-    "--launcher",
-    type=click.Choice(sorted(LAUNCHERS)),
-    default=default_launcher(),
-    show_default=True,
-    help="How agents start: forked from a template that has imported their modules (fast,"
-    " small), or each a fresh interpreter (spawn).",
-)
-@click.option(
-    "--keep-run-dir",
-    is_flag=True,
-    help="Keep the private run directory (agent stores and logs, the socket).",
-)
+@LAUNCHER_OPTION
+@KEEP_RUN_DIR_OPTION
 @click.option(
     "--events",
     "events_storage",
@@ -229,22 +255,10 @@ def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
     " (summary), or nothing (off). Waits and assertions always see every event; the report"
     " counts what the file left out.",
 )
-@click.option(
-    "--events-max-size",
-    type=SizeType(),
-    default="1GiB",
-    show_default=True,
-    help="The most events.jsonl may hold: a full log keeps only the summary from 90% of it,"
-    " and any log stops at it (the report says from which events).",
-)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(min=0, max=65535),
-    help="Serve Prometheus metrics on 127.0.0.1:PORT while running (per agent memory,"
-    " descriptors, threads, messages; delivery latency; retries, dead letters; progress).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Print each scenario's verdict only.")
-@click.option("-v", "--verbose", is_flag=True, help="Per-agent table and error details.")
+@EVENTS_MAX_SIZE_OPTION
+@METRICS_PORT_OPTION
+@QUIET_OPTION
+@VERBOSE_OPTION
 def run(
     files: tuple[Path, ...],
     report_dir: Path | None,
@@ -300,19 +314,9 @@ def run(
     show_default=True,
     help="How often each agent's memory is read (longer if 1,000 agents need it).",
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0, max=(1 << 63) - 1),
-    help="Seed every random choice. [default: random, and recorded]",
-)
-@click.option(
-    "--launcher",
-    type=click.Choice(sorted(LAUNCHERS)),
-    default=default_launcher(),
-    show_default=True,
-    help="How agents start (see `run --help`).",
-)
-@click.option("--keep-run-dir", is_flag=True, help="Keep the private run directory.")
+@SEED_OPTION
+@LAUNCHER_OPTION
+@KEEP_RUN_DIR_OPTION
 @click.option(
     "--progress-every",
     type=DurationType(),
@@ -334,21 +338,10 @@ def run(
     show_default=True,
     help="What events.jsonl keeps (a soak defaults to the summary: no per-message lines).",
 )
-@click.option(
-    "--events-max-size",
-    type=SizeType(),
-    default="1GiB",
-    show_default=True,
-    help="The most events.jsonl may hold.",
-)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(min=0, max=65535),
-    help="Serve Prometheus metrics on 127.0.0.1:PORT while running (per agent memory,"
-    " descriptors, threads, messages; delivery latency; retries, dead letters; progress).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Print each scenario's verdict only.")
-@click.option("-v", "--verbose", is_flag=True, help="Per-agent table and error details.")
+@EVENTS_MAX_SIZE_OPTION
+@METRICS_PORT_OPTION
+@QUIET_OPTION
+@VERBOSE_OPTION
 def soak(
     files: tuple[Path, ...],
     duration: Duration,

@@ -235,13 +235,10 @@ class Sampler:
         return readings
 
     # -- on demand (READY, before STOP) --------------------------------------------------
-    async def sample_now(self, reason: str, agents: Iterable[str] | None = None) -> None:
-        """Sample `agents` (default: every tracked one), USS included, off the loop; their
-        `sample` events are emitted when this returns."""
-        wanted = self.agents if agents is None else {a: self.agents[a] for a in agents}
-        items = list(wanted.items())
-        if agents is None:
-            items.append((COORDINATOR, self.coordinator))
+    async def sample_now(self, reason: str) -> None:
+        """Sample every tracked agent and the coordinator, USS included, off the loop; the
+        agents' `sample` events are emitted when this returns."""
+        items = [*self.agents.items(), (COORDINATOR, self.coordinator)]
         if not items:
             return
         t0 = time.monotonic()

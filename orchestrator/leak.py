@@ -85,6 +85,8 @@ class TrendFit:
     middle: float
     last: float
     """The median window minimum of each third."""
+    line: tuple[tuple[float, float], tuple[float, float]]
+    """The fitted line at the first and last analysed sample: ((t, value), (t, value))."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +177,10 @@ def analyse(
     detectable = floor_per_h + (high - low) / 2
     if not counts and analysed > 0:
         detectable = max(detectable, MIN_GROWTH * 3600 / analysed)
-    fields = TrendFit(slope, low, high, tau, p, detectable, first, middle, last)
+    t_from, t_to = points[0][0], points[-1][0]
+    icept, per_s = float(fit.intercept), float(fit.slope)
+    line = ((t_from, icept + per_s * t_from), (t_to, icept + per_s * t_to))
+    fields = TrendFit(slope, low, high, tau, p, detectable, first, middle, last, line)
     trending = tau > 0 and p < TREND_P
     if counts:
         # Steady growth rises again and again; a step or two (a pool starting one more thread

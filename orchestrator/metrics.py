@@ -100,40 +100,59 @@ class LatencyHistogram:
 class Series:
     """(t, value) points, at most `limit`: when full, adjacent pairs merge keeping the max
     (`keep="max"`: a memory peak is never averaged away) or the min (`keep="min"`: the floor a
-    leak verdict reads is never raised by a spike)."""
+    leak verdict reads is never raised by a spike).
 
-    __slots__ = ("_t", "_v", "keep_max", "limit")
+    `preallocate`: take the memory of all `limit` points at once, so that the series filling
+    up is not growth of its owner (a soak's coordinator judges its own memory, and measured
+    how its series filling up over the first half hour looked like a leak)."""
 
-    def __init__(self, limit: int = 512, keep: Literal["max", "min"] = "max") -> None:
+    __slots__ = ("_n", "_t", "_v", "keep_max", "limit", "preallocated")
+
+    def __init__(
+        self, limit: int = 512, keep: Literal["max", "min"] = "max", preallocate: bool = False
+    ) -> None:
         self.limit = limit
         self.keep_max = keep == "max"
+        self.preallocated = preallocate
         # Two flat arrays, 16 bytes a point: a list of tuples took about 65, and a soak keeps
         # five series per agent (measured: at 64 agents the coordinator grew by the series
         # filling up, and its own leak verdict saw it).
-        self._t = array("d")
-        self._v = array("q")
+        capacity = limit + 1 if preallocate else 0
+        self._t = array("d", bytes(8 * capacity))
+        self._v = array("q", bytes(8 * capacity))
+        self._n = 0
 
     @property
     def points(self) -> list[tuple[float, int]]:
-        return list(zip(self._t, self._v, strict=True))
+        n = self._n
+        return list(zip(self._t[:n], self._v[:n], strict=True))
 
     def __len__(self) -> int:
-        return len(self._t)
+        return self._n
 
     def last(self) -> int | None:
-        return self._v[-1] if self._v else None
+        return self._v[self._n - 1] if self._n else None
 
     def add(self, t: float, value: int) -> None:
-        self._t.append(t)
-        self._v.append(value)
-        if len(self._t) > self.limit:
-            ts, vs = array("d"), array("q")
-            old_t, old_v = self._t, self._v
-            for i in range(0, len(old_t) - 1, 2):
-                j = i if (old_v[i] >= old_v[i + 1]) == self.keep_max else i + 1
-                ts.append(old_t[j])
-                vs.append(old_v[j])
-            if len(old_t) % 2:
-                ts.append(old_t[-1])
-                vs.append(old_v[-1])
-            self._t, self._v = ts, vs
+        n = self._n
+        if n < len(self._t):
+            self._t[n], self._v[n] = t, value
+        else:
+            self._t.append(t)
+            self._v.append(value)
+        n += 1
+        if n > self.limit:
+            # Merge adjacent pairs in place: point k takes the kept one of 2k and 2k+1.
+            ts, vs, keep_max = self._t, self._v, self.keep_max
+            k = 0
+            for i in range(0, n - 1, 2):
+                j = i if (vs[i] >= vs[i + 1]) == keep_max else i + 1
+                ts[k], vs[k] = ts[j], vs[j]
+                k += 1
+            if n % 2:
+                ts[k], vs[k] = ts[n - 1], vs[n - 1]
+                k += 1
+            n = k
+            if not self.preallocated:
+                del ts[n:], vs[n:]
+        self._n = n

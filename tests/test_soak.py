@@ -58,9 +58,19 @@ def test_the_leaky_agent_leaks_and_the_clean_one_does_not(
         a.id: {leak.series: leak.verdict for leak in a.memory.leak} for a in report.agents
     }
     assert verdicts["leaky"]["uss"] == "leak" and verdicts["leaky"]["rss"] == "leak"
-    assert verdicts["clean"] == dict.fromkeys(("uss", "rss", "fds", "threads", "store"), "no leak")
-    leaky_uss = next(x for x in report.agents[0].memory.leak if x.series == "uss")
+    assert verdicts["leaky"]["pss"] == "leak"
+    assert verdicts["clean"] == dict.fromkeys(
+        ("uss", "pss", "rss", "fds", "threads", "store"), "no leak"
+    )
+    leaky = next(a for a in report.agents if a.id == "leaky")
+    leaky_uss = next(x for x in leaky.memory.leak if x.series == "uss")
     assert leaky_uss.slope_low_per_h is not None
+    # What the HTML report charts: every judged series, bounded, with its fitted line rising.
+    assert set(leaky.memory.series) == set(verdicts["leaky"])
+    assert all(0 < len(points) <= 120 for points in leaky.memory.series.values())
+    assert leaky_uss.trend_line is not None
+    (t0, v0), (t1, v1) = leaky_uss.trend_line
+    assert t1 > t0 and v1 > v0
     # 64 KiB a message, one message a pass: the rate found brackets the rate leaked.
     per_h = 64 * 1024 * report.soak.iterations / report.soak.elapsed_s * 3600
     assert leaky_uss.slope_low_per_h * 0.8 <= per_h <= (leaky_uss.slope_high_per_h or 0) * 1.25

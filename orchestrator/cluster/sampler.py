@@ -90,8 +90,16 @@ class AgentSamples:
     cpu_user_s: float = 0.0
     cpu_system_s: float = 0.0
     floors: dict[str, Series] = field(default_factory=dict)
-    """Per series (`rss`, `uss`, `fds`, `threads`): the points a leak verdict reads, decimated
-    keeping minima, bounded (FLOOR_POINTS) however long the run."""
+    """Per series (FLOOR_SERIES): the points a leak verdict reads, decimated keeping minima,
+    bounded (FLOOR_POINTS) however long the run."""
+    preallocate: bool = False
+    """Take every series' memory up front (a soak: see `Series`)."""
+
+    def __post_init__(self) -> None:
+        if self.preallocate:
+            self.rss = Series(preallocate=True)
+            for name in FLOOR_SERIES:
+                self.floors[name] = Series(FLOOR_POINTS, keep="min", preallocate=True)
 
     def floor(self, name: str, t: float, value: int) -> None:
         series = self.floors.get(name)
@@ -100,9 +108,14 @@ class AgentSamples:
         series.add(t, value)
 
 
-FLOOR_POINTS = 2048
-"""Points kept per floor series: 34 hours at one a minute after decimation, 34 minutes at one
-a second before any."""
+FLOOR_POINTS = 256
+"""Points kept per floor series. A verdict reads at most 30 window minima, and a window's
+minimum over points decimated by minimum is the minimum over every sample, so more points buy
+nothing (2048 were kept until a soak's coordinator was seen growing by them for 34 minutes)."""
+
+FLOOR_SERIES = ("rss", "uss", "pss", "fds", "threads", "store", "blocks")
+"""The floor series an agent can have: read from outside by the sampler, `blocks` from inside
+(a soak's stats step). A series never measured stays empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +130,7 @@ class Reading:
     fds: int
     hwm: int | None
     uss: int | None
+    pss: int | None = None
     store: int | None = None
 
 
@@ -135,9 +149,14 @@ class SamplerCost:
 
 class Sampler:
     def __init__(
-        self, events: EventLog, interval_s: float = 1.0, uss_every: int = USS_EVERY
+        self,
+        events: EventLog,
+        interval_s: float = 1.0,
+        uss_every: int = USS_EVERY,
+        preallocate: bool = False,
     ) -> None:
         self.events = events
+        self.preallocate = preallocate
         self.uss_every = uss_every
         self.base_interval_s = interval_s
         self.agents: dict[str, AgentSamples] = {}
@@ -150,13 +169,15 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._uss_cursor = 0
-        self.coordinator = AgentSamples(os.getpid(), psutil.Process())
+        self.coordinator = AgentSamples(os.getpid(), psutil.Process(), preallocate=preallocate)
         """The coordinator measured like an agent (a soak tool whose own memory grows would
         poison every verdict); read every round, reported as a row of its own."""
 
     def track(self, agent: str, pid: int, store_path: str | None = None) -> None:
         with contextlib.suppress(psutil.Error):
-            self.agents[agent] = AgentSamples(pid, psutil.Process(pid), store_path)
+            self.agents[agent] = AgentSamples(
+                pid, psutil.Process(pid), store_path, preallocate=self.preallocate
+            )
 
     # -- periodic rounds, in a thread -----------------------------------------------------
     def start(self) -> None:
@@ -224,13 +245,16 @@ class Sampler:
                         fds = s.process.num_fds()
                 except psutil.Error:
                     continue  # gone: its exit is the cluster's record
-                uss = None
+                uss = pss = None
                 if uss_for is None or agent in uss_for:
+                    # One walk of smaps gives both: USS (private) and PSS (private plus a
+                    # fair share of what the agent shares with its siblings and the template).
                     with contextlib.suppress(psutil.Error):
-                        uss = s.process.memory_full_info().uss
+                        full = s.process.memory_full_info()
+                        uss, pss = full.uss, getattr(full, "pss", None)
                 readings.append(
                     Reading(agent, rss, cpu.user, cpu.system, threads, fds,
-                            vm_hwm_bytes(s.pid), uss, _store_size(s.store_path))
+                            vm_hwm_bytes(s.pid), uss, pss, _store_size(s.store_path))
                 )  # fmt: skip
         return readings
 
@@ -273,6 +297,8 @@ class Sampler:
             if r.uss is not None:
                 s.uss_peak = max(s.uss_peak, r.uss)
                 s.floor("uss", t, r.uss)
+            if r.pss is not None:
+                s.floor("pss", t, r.pss)
             if r.store is not None:
                 s.floor("store", t, r.store)
             if s.first_rss is None:

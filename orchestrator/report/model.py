@@ -135,6 +135,9 @@ class LeakReport(BaseModel):
     windows: int
     analysed_s: float
     """Seconds of samples after the warm-up."""
+    trend_line: tuple[tuple[float, float], tuple[float, float]] | None = None
+    """The fitted line at the first and last analysed sample, ((t, value), (t, value)), t in
+    seconds since the run's start: what the HTML report draws over the series."""
 
 
 class LeakSite(BaseModel):
@@ -181,7 +184,11 @@ class MemoryReport(BaseModel):
     rss_series: list[tuple[float, int]]
     """(seconds since run start, RSS bytes), decimated to a bounded length keeping peaks."""
     leak: list[LeakReport] = []
-    """Soak runs: the leak verdict of each series (uss, rss, fds, threads)."""
+    """Soak runs: the leak verdict of each series (uss, pss, rss, fds, threads, store,
+    blocks; only uss, rss, fds and threads are what `leak` and `growth` assertions judge)."""
+    series: dict[str, list[tuple[float, int]]] = {}
+    """Soak runs: each series the verdicts read (the minima kept per interval), decimated to
+    at most CHART_POINTS points for charts."""
     trace: TraceReport | None = None
     """Soak runs with --trace-leaks: where the memory went."""
 
@@ -305,6 +312,8 @@ class CoordinatorReport(BaseModel):
     """What measuring the agents cost the coordinator."""
     rss_series: list[tuple[float, int]] = []
     """The coordinator's own RSS, sampled with the agents'."""
+    series: dict[str, list[tuple[float, int]]] = {}
+    """Soak runs: as `MemoryReport.series`, for the coordinator."""
     uss_peak_bytes: int | None = None
     leak: list[LeakReport] = []
     """Soak runs: the coordinator's own leak verdicts (a soak tool whose memory grows would

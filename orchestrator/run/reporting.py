@@ -17,7 +17,7 @@ from orchestrator.cluster.sampler import AgentSamples, Sampler
 from orchestrator.events import ErrorKind, EventLog, EventStorage
 from orchestrator.judge.judges import AssertionResult
 from orchestrator.leak import LeakAnalysis
-from orchestrator.metrics import LatencyHistogram
+from orchestrator.metrics import LatencyHistogram, Series
 from orchestrator.report.model import (
     EXIT_CODES,
     ActionReport,
@@ -81,6 +81,7 @@ def agent_report(
             num_threads=samples.num_threads if samples else None,
             rss_series=[(round(t, 3), v) for t, v in samples.rss.points] if samples else [],
             leak=[leak_report(a) for a in leaks],
+            series=chart_series(samples, leaks),
             trace=TraceReport.model_validate(trace) if trace is not None else None,
         ),
         messages_in=link.stats.delivered,
@@ -103,6 +104,26 @@ def agent_report(
     )
 
 
+
+
+CHART_POINTS = 120
+"""Points per series in the report's `series` (what the HTML report charts): enough for a
+chart's width, and the report's size does not depend on the run's length."""
+
+
+def chart_series(
+    samples: AgentSamples | None, leaks: tuple[LeakAnalysis, ...]
+) -> dict[str, list[tuple[float, int]]]:
+    """The series each leak verdict read, decimated keeping minima (a soak's only)."""
+    if samples is None:
+        return {}
+    charts: dict[str, list[tuple[float, int]]] = {}
+    for a in leaks:
+        kept = Series(CHART_POINTS, keep="min")
+        for t, v in samples.floors[a.series].points:
+            kept.add(t, v)
+        charts[a.series] = [(round(t, 3), v) for t, v in kept.points]
+    return charts
 
 
 def peak_rss(stats: AgentStats | None, samples: AgentSamples | None) -> int | None:
@@ -258,7 +279,12 @@ def leak_report(a: LeakAnalysis) -> LeakReport:
         detectable_per_h=round(fit.detectable_per_h, 3) if fit else None,
         windows=a.windows,
         analysed_s=a.analysed_s,
-    )
+        trend_line=(
+            ((round(fit.line[0][0], 3), round(fit.line[0][1], 1)),
+             (round(fit.line[1][0], 3), round(fit.line[1][1], 1)))
+            if fit else None
+        ),
+    )  # fmt: skip
 
 
 def bus_report(bus: Bus) -> BusReport:
@@ -306,6 +332,7 @@ def coordinator_report(
         else [],
         uss_peak_bytes=sampler.coordinator.uss_peak or None if sampler is not None else None,
         leak=[leak_report(a) for a in leaks],
+        series=chart_series(sampler.coordinator, leaks) if sampler is not None else {},
     )
 
 

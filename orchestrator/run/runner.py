@@ -255,7 +255,12 @@ class ScenarioRun:
         )
         # A soak reads every agent's USS each round (its leak verdict needs the points); the
         # sampler's budget lengthens the interval when that is too costly.
-        sampler = Sampler(events, opts.sample_interval_s, uss_every=1 if opts.soak else USS_EVERY)
+        sampler = Sampler(
+            events,
+            opts.sample_interval_s,
+            uss_every=1 if opts.soak else USS_EVERY,
+            preallocate=opts.soak is not None,
+        )
         self.events, self.sampler, self.cluster = events, sampler, cluster
         t_start = time.monotonic()
         t_ready = t_script_end = t_start
@@ -548,7 +553,7 @@ class ScenarioRun:
                     counts=name in COUNT_SERIES,
                 )
                 for name in LEAK_SERIES
-                if name in samples.floors
+                if samples.floors.get(name)  # a series never measured is left out
             )
         return verdicts
 
@@ -723,11 +728,12 @@ class ScenarioRun:
         ]
 
 
-LEAK_SERIES = ("uss", "rss", "fds", "threads", "store", "blocks")
+LEAK_SERIES = ("uss", "pss", "rss", "fds", "threads", "store", "blocks")
 """`store`, the agent's SQLite store on disk, is judged and reported as a series of its own:
-a growing store is then neither mistaken for the process leaking nor hides a leak. `blocks`,
-the interpreter's allocated memory blocks from inside the agent (one point per progress
-interval), is reported beside them too."""
+a growing store is then neither mistaken for the process leaking nor hides a leak. `pss` (USS
+plus a fair share of the pages the agent shares) and `blocks`, the interpreter's allocated
+memory blocks from inside the agent (one point per progress interval), are reported beside
+them too."""
 TRACE_TIMEOUT_S = 60.0
 """A tracemalloc snapshot of a large heap takes seconds."""
 COUNT_SERIES = frozenset({"fds", "threads", "blocks"})

@@ -799,6 +799,10 @@ def test_scenario_built_in_code_checks_references_too() -> None:
         ("0", 0.0, "0s"),
         ("3", 3.0, "3s"),
         (" 2 s ", 2.0, "2s"),
+        ("5min", 300.0, "5m"),
+        ("1h30m", 5400.0, "90m"),
+        ("1h 30min 15s", 5415.0, "5415s"),
+        ("2m500ms", 120.5, "120.5s"),
         (2, 2.0, "2s"),
         (0.5, 0.5, "500ms"),
     ],
@@ -813,7 +817,8 @@ def test_duration_parse_and_render(text: str | float, seconds: float, rendered: 
 
 @pytest.mark.parametrize(
     "text",
-    ["", "-1s", "-1", "2 parsecs", "1d", "s", "nan", "inf", "1e999s", "1.2.3s", "2 s s"],
+    ["", "-1s", "-1", "2 parsecs", "1d", "s", "nan", "inf", "1e999s", "1.2.3s", "2 s s",
+     "30m1h", "1m1m", "1m1min", "1h30", "1h-30m", "1 h x"],
 )
 def test_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match=r"bad duration .*: expected a number with a unit"):

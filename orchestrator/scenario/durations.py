@@ -6,6 +6,7 @@ A duration is written once by a user ("250ms", "2s", "5m"), parsed here once, an
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 # 250 / 1000 is the float nearest 0.25, while 250 * 0.001 need not be.
 _UNITS: dict[str, tuple[int, int]] = {
     "h": (3600, 1),
+    "min": (60, 1),
     "m": (60, 1),
     "s": (1, 1),
     "ms": (1, 1000),
@@ -25,10 +27,14 @@ _UNITS: dict[str, tuple[int, int]] = {
 }
 
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
-_DURATION_RE = re.compile(rf"^\s*(?P<number>{_NUMBER})\s*(?P<unit>us|ms|s|m|h)?\s*$")
+_UNIT = r"us|ms|min|s|m|h"  # longest first where one is a prefix of another
+_BARE_RE = re.compile(rf"^\s*(?P<number>{_NUMBER})\s*$")
+_PART_RE = re.compile(rf"\s*(?P<number>{_NUMBER})\s*(?P<unit>{_UNIT})\s*")
+_ORDER = ("h", "m", "s", "ms", "us")
+"""Parts of a compound duration ("1h30m") go from the largest unit down, each once."""
 
 # The same grammar for JSON Schema consumers (editors); they have no whitespace tolerance to offer.
-DURATION_PATTERN = rf"^{_NUMBER}(us|ms|s|m|h)?$"
+DURATION_PATTERN = rf"^(?:{_NUMBER}|(?:{_NUMBER}(?:{_UNIT}))+)$"
 
 
 def _bad(value: object) -> ValueError:
@@ -36,7 +42,8 @@ def _bad(value: object) -> ValueError:
     if len(shown) > 40:  # the message is one line of an error report, whatever was written
         shown = f"{shown[:36]}...{shown[-1]}"
     return ValueError(
-        f"bad duration {shown}: expected a number with a unit us, ms, s, m or h, e.g. 250ms or 2s"
+        f"bad duration {shown}: expected a number with a unit us, ms, s, m (or min) or h, e.g."
+        " 250ms, 2s or 1h30m"
     )
 
 
@@ -58,7 +65,8 @@ class Duration:
 
     @classmethod
     def parse(cls, value: str | int | float) -> Duration:
-        """Parse "250ms", "2s", "1.5s", "5m", "1h", "100us", or a plain number of seconds."""
+        """Parse "250ms", "2s", "1.5s", "5m" (or "5min"), "1h", "100us", a compound such as
+        "1h30m" (largest unit first), or a plain number of seconds."""
         # bool is an int subclass; `timeout: yes` in YAML is a mistake, not one second.
         if isinstance(value, bool):
             raise _bad(value)
@@ -68,11 +76,25 @@ class Duration:
             return cls(float(value))
         if not isinstance(value, str):
             raise _bad(value)
-        match = _DURATION_RE.match(value)
-        if match is None:
-            raise _bad(value)
-        multiplier, divisor = _UNITS[match["unit"] or "s"]
-        seconds = float(match["number"]) * multiplier / divisor
+        bare = _BARE_RE.match(value)
+        if bare is not None:
+            parts = [(bare["number"], "s")]
+        else:
+            parts, end = [], 0
+            for match in _PART_RE.finditer(value):
+                if match.start() != end:
+                    raise _bad(value)
+                parts.append((match["number"], match["unit"]))
+                end = match.end()
+            if not parts or end != len(value):
+                raise _bad(value)
+            order = [_ORDER.index("m" if unit == "min" else unit) for _, unit in parts]
+            if any(a >= b for a, b in itertools.pairwise(order)):
+                raise _bad(value)  # "30m1h", "1m1m": a typo, not a duration
+        seconds = 0.0
+        for number, unit in parts:
+            multiplier, divisor = _UNITS[unit]
+            seconds += float(number) * multiplier / divisor
         if not math.isfinite(seconds):
             raise _bad(value)
         return cls(seconds)
@@ -140,7 +162,8 @@ class Duration:
                 {"type": "string", "pattern": DURATION_PATTERN},
                 {"type": "number", "minimum": 0},
             ],
-            "description": 'a duration such as "250ms", "2s", "5m", or a number of seconds',
+            "description": 'a duration such as "250ms", "2s", "5m", "1h30m", or a number of'
+            " seconds",
         }
 
 

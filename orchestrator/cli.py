@@ -38,6 +38,7 @@ from orchestrator.report.console import (
     progress_bar,
     soak_progress_line,
 )
+from orchestrator.report.html import write_html
 from orchestrator.report.junit import write_junit
 from orchestrator.report.model import EXIT_INVALID, ScenarioReport
 from orchestrator.run import live
@@ -424,6 +425,44 @@ def compare(
         console.width = LOG_WIDTH  # a CI log is not 80 columns wide
     print_comparison(console, changes, only)
     sys.exit(1 if any(c.regression for c in changes) else 0)
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report_command(run_dir: Path) -> None:
+    """Write report.html again from what a report directory holds (report.json and
+    events.jsonl), in RUN_DIR and every run directory under it: for a soak killed mid-run,
+    whose checkpointed report.json has no page yet, or after an upgrade.
+
+    Exit status: 0 written, 2 no readable report.json in or under RUN_DIR.
+    """
+    if not run_dir.is_dir():
+        click.echo(f"error: {run_dir}: not a directory", err=True)
+        sys.exit(EXIT_INVALID)
+    paths = sorted(run_dir.rglob("report.json"))
+    if not paths:
+        click.echo(f"error: {run_dir}: no report.json in it (or under it)", err=True)
+        sys.exit(EXIT_INVALID)
+    failed = 0
+    for path in paths:
+        try:
+            report = ScenarioReport.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError) as exc:
+            click.echo(f"error: {path}: not a report this version can read: "
+                       f"{_first_problem(exc)}", err=True)  # fmt: skip
+            failed += 1
+            continue
+        click.echo(str(write_html(report, path.parent)))
+    sys.exit(EXIT_INVALID if failed else 0)
+
+
+def _first_problem(exc: OSError | ValidationError) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the top level"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
 
 
 def _run_files(

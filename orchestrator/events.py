@@ -421,6 +421,12 @@ def events_schema() -> dict[str, object]:
 _decoder = msgspec.json.Decoder(AnyEvent)
 
 
+def decode_event(line: bytes) -> Event:
+    """One line of events.jsonl (msgspec.DecodeError or ValidationError if it is not one)."""
+    event: Event = _decoder.decode(line)
+    return event
+
+
 def read_events(path: Path, upto: int | None = None) -> Iterator[Event]:
     """Every event of an `events.jsonl` file, in order (streamed: bounded memory); with
     `upto`, only its first `upto` bytes (what was written when a reader started, while the
@@ -431,8 +437,7 @@ def read_events(path: Path, upto: int | None = None) -> Iterator[Event]:
             read += len(line)
             if upto is not None and read > upto:
                 return
-            event: Event = _decoder.decode(line)
-            yield event
+            yield decode_event(line)
 
 
 # --- the log ----------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from orchestrator.judge.judges import (
     MemoryFact,
 )
 from orchestrator.leak import LeakAnalysis, analyse
+from orchestrator.report.html import write_html
 from orchestrator.report.model import (
     EXIT_CODES,
     EXIT_INVALID,
@@ -334,6 +335,22 @@ class ScenarioRun:
             ),
         )
         report.write(report_dir)
+        try:
+            await asyncio.to_thread(write_html, report, report_dir)
+        except Exception as exc:  # the page failing is the runner's bug: say so, keep the rest
+            report.errors.append(
+                ErrorReport(
+                    source=ErrorKind.RUNNER,
+                    message=f"report.html could not be written: {exc!r}",
+                    detail=traceback.format_exc(),
+                )
+            )
+            if report.verdict is not Verdict.ERROR:
+                report.verdict, report.exit_code = Verdict.ERROR, EXIT_CODES[Verdict.ERROR]
+            why = "the runner could not write report.html"
+            report.verification.run_errors.append(why)
+            report.verification.reasons.append(why)
+            report.write(report_dir)
         return report
 
     async def _script(self, cluster: Cluster, events: EventLog, t_ready: float) -> None:

@@ -334,7 +334,8 @@ class ScenarioRun:
                 total_s=t_end - t_start,
             ),
         )
-        report.write(report_dir)
+        # The page first, report.json last: report.json's arrival means the run is done (an
+        # interrupted invocation counts the runs with one), so nothing may follow it.
         try:
             await asyncio.to_thread(write_html, report, report_dir)
         except Exception as exc:  # the page failing is the runner's bug: say so, keep the rest
@@ -350,7 +351,7 @@ class ScenarioRun:
             why = "the runner could not write report.html"
             report.verification.run_errors.append(why)
             report.verification.reasons.append(why)
-            report.write(report_dir)
+        report.write(report_dir)
         return report
 
     async def _script(self, cluster: Cluster, events: EventLog, t_ready: float) -> None:

@@ -27,6 +27,7 @@ from orchestrator.events import (
     DEFAULT_MAX_BYTES,
     Event,
     EventStorage,
+    SoakLocating,
     SoakProgress,
     events_schema,
 )
@@ -36,6 +37,7 @@ from orchestrator.report.console import (
     print_summary,
     print_table,
     progress_bar,
+    soak_locating_line,
     soak_progress_line,
 )
 from orchestrator.report.html import write_html
@@ -328,8 +330,16 @@ def run(
 @click.option(
     "--trace-leaks",
     is_flag=True,
-    help="Run tracemalloc in every agent and report the allocation sites (file:line, with"
-    " the traceback) that grew after the warm-up. Costs the agents memory and time.",
+    help="Run tracemalloc in every agent for the whole soak and report the allocation sites"
+    " (file:line, with the traceback) that grew after the warm-up. Costs the agents memory"
+    " and time, and moves their verdicts.",
+)
+@click.option(
+    "--locate/--no-locate",
+    default=True,
+    show_default=True,
+    help="When the soak finds a leak, run a shorter traced pass of the leaking agents after"
+    " it (a quarter of --duration, 10s to 5m) to name the lines that allocate what grows.",
 )
 @click.option(
     "--events",
@@ -355,6 +365,7 @@ def soak(
     keep_run_dir: bool,
     progress_every: Duration,
     trace_leaks: bool,
+    locate: bool,
     events_storage: str,
     events_max_size: int,
     metrics_port: int | None,
@@ -385,7 +396,7 @@ def soak(
         events_max_size, quiet, verbose,
         SoakOptions(
             duration.seconds, warmup_s, sample_interval.seconds,
-            max(1.0, progress_every.seconds), trace_leaks,
+            max(1.0, progress_every.seconds), trace_leaks, locate,
         ),
         metrics_port,
     )  # fmt: skip
@@ -555,6 +566,8 @@ def _run_files(
         def progress(item: Planned, event: Event) -> None:
             if isinstance(event, SoakProgress) and not quiet:
                 console.print(soak_progress_line(item.scenario.label, event), highlight=False)
+            elif isinstance(event, SoakLocating) and not quiet:
+                console.print(soak_locating_line(item.scenario.label, event), highlight=False)
 
         async def run_all() -> None:
             # SIGTERM is handled like Ctrl-C: the runs are cancelled and tear themselves down.

@@ -372,6 +372,14 @@ class SoakProgress(Event, tag="soak.progress", kw_only=True):
     agents: list[AgentMemoryNow]
 
 
+class SoakLocating(Event, tag="soak.locating", kw_only=True):
+    """A soak found leaks: its verdicts are made, and a locating pass begins, with
+    tracemalloc in the leaking agents only, to name the lines."""
+
+    agents: list[str]
+    duration_s: float
+
+
 class RunError(Event, tag="error", kw_only=True):
     """An error of the run (a crash, a failed step, the runner breaking...), as collected."""
 
@@ -385,7 +393,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ActionStarted, ActionCompleted, ActionFailed, MessageSent, MessageRefused, MessageDelivered,
     MessageRetry, MessageDeadLetter, CommandSent, CommandResult, WireRejected, Sample,
     StepStarted, StepFinished, StopConditionMet, AssertionEvaluated, RunError, SoakIteration,
-    SoakProgress,
+    SoakProgress, SoakLocating,
 )  # fmt: skip
 
 for _cls in EVENT_TYPES:
@@ -401,7 +409,7 @@ AnyEvent = (
     | ActionStarted | ActionCompleted | ActionFailed | MessageSent | MessageRefused
     | MessageDelivered | MessageRetry | MessageDeadLetter | CommandSent | CommandResult
     | WireRejected | Sample | StepStarted | StepFinished | StopConditionMet | AssertionEvaluated
-    | RunError | SoakIteration | SoakProgress
+    | RunError | SoakIteration | SoakProgress | SoakLocating
 )  # fmt: skip
 """One line of events.jsonl."""
 

@@ -194,9 +194,13 @@ def test_soak_benchmark_reports_every_figure(capsys: pytest.CaptureFixture[str])
 
 @pytest.mark.timeout(120)
 def test_leakfind_benchmark_reports_every_agent(capsys: pytest.CaptureFixture[str]) -> None:
-    r = _run_json("leakfind", ["--duration", "9s", "--rates", "65536", "--clean", "1"], capsys)
-    assert r["passes"] > 0
-    agents = {a["agent"]: a for a in r["agents"]}
-    assert set(agents) == {"leak0", "clean0"}
+    r = _run_json("leakfind", ["--duration", "9s", "--rates", "65536", "--clean", "1",
+                               "--warming", "1", "--soaks", "1"], capsys)  # fmt: skip
+    (soak,) = r["soaks"]
+    assert soak["passes"] > 0
+    agents = {a["agent"]: a for a in soak["agents"]}
+    assert set(agents) == {"leak0", "clean0", "warming0"}
     assert agents["leak0"]["injected_per_h"] > 0 and agents["clean0"]["injected_per_h"] == 0
     assert all(a["verdict"] in ("leak", "no leak", "inconclusive") for a in agents.values())
+    if agents["leak0"]["verdict"] == "leak":  # then the locating pass named its line
+        assert agents["leak0"]["site"].startswith("leaky.py:")

@@ -254,8 +254,13 @@ def test_a_soak_page_opens_offline_in_chromium_with_its_charts_drawn(
     drawn = seen["drawn"]
     assert isinstance(drawn, list) and len(drawn) >= 3 * 3  # uss, pss, rss of each agent
     assert all(w > 100 and h >= 0 for w, h in drawn)
-    assert seen["trends"] == 4  # the three agents' and the coordinator's fitted lines
     report = ScenarioReport.model_validate_json((out / "report.json").read_text())
+    assert report.coordinator is not None
+    fitted = [
+        next(x for x in leaks if x.series == "uss").trend_line
+        for leaks in [a.memory.leak for a in report.agents] + [report.coordinator.leak]
+    ]
+    assert seen["trends"] == len(fitted) == len(report.agents) + 1 and all(fitted)
     assert seen["verdict"] == report.verdict.value
     assert "page 1 of" in str(seen["pager"]) and "(0 rows)" in str(seen["filtered"])
     assert isinstance(seen["colours"], int) and seen["colours"] > 8  # not a blank page

@@ -25,6 +25,7 @@ from orchestrator.scenario.assertions import MemoryAssertion
 from orchestrator.scenario.loader import ScenarioError, load_scenario_text
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "soak.yaml"
+LEAKY = EXAMPLE.parent / "plugins" / "leaky.py"
 
 
 def _example_args() -> list[str]:
@@ -53,7 +54,7 @@ def test_the_leaky_agent_leaks_and_the_clean_one_does_not(
     # The same processes throughout: one launch per agent, each exited at the end.
     events = (tmp_path / "soak" / "events.jsonl").read_text().splitlines()
     launched = [json.loads(e) for e in events if '"kind":"agent.launched"' in e]
-    assert sorted(e["agent"] for e in launched) == ["clean", "driver", "leaky"]
+    assert sorted(e["agent"] for e in launched) == ["clean", "driver", "leaky", "warming"]
     verdicts = {
         a.id: {leak.series: leak.verdict for leak in a.memory.leak} for a in report.agents
     }
@@ -62,6 +63,10 @@ def test_the_leaky_agent_leaks_and_the_clean_one_does_not(
     assert verdicts["clean"] == dict.fromkeys(
         ("uss", "pss", "rss", "fds", "threads", "store"), "no leak"
     )
+    # 8 MiB kept in the warm-up, then flat: not a leak.
+    assert verdicts["warming"]["uss"] == verdicts["warming"]["rss"] == "no leak"
+    warming = next(a for a in report.agents if a.id == "warming")
+    assert warming.final_state == {"leak": {"blocks": 32}}
     leaky = next(a for a in report.agents if a.id == "leaky")
     leaky_uss = next(x for x in leaky.memory.leak if x.series == "uss")
     assert leaky_uss.slope_low_per_h is not None
@@ -74,6 +79,20 @@ def test_the_leaky_agent_leaks_and_the_clean_one_does_not(
     # 64 KiB a message, one message a pass: the rate found brackets the rate leaked.
     per_h = 64 * 1024 * report.soak.iterations / report.soak.elapsed_s * 3600
     assert leaky_uss.slope_low_per_h * 0.8 <= per_h <= (leaky_uss.slope_high_per_h or 0) * 1.25
+    # The locating pass traced the leaking agent only, after the verdicts, and named the line.
+    located = report.soak.locate
+    assert located is not None and located.agents == ["leaky"] and located.passes > 20
+    assert all(a.memory.trace is None for a in report.agents if a.id != "leaky")
+    trace = leaky.memory.trace
+    assert trace is not None and trace.sites
+    hoard = next(i for i, line in enumerate(LEAKY.read_text().splitlines(), 1)
+                 if "_HOARD.append" in line)  # fmt: skip
+    assert (Path(trace.sites[0].file).resolve(), trace.sites[0].line) == (LEAKY.resolve(), hoard)
+    # The verdicts and the charts end where the soak proper did.
+    assert all(t <= located.from_s for t, _ in leaky.memory.series["uss"])
+    assert leaky_uss.trend_line is not None and leaky_uss.trend_line[1][0] <= located.from_s
+    page = (tmp_path / "soak" / "report.html").read_text()
+    assert f"leaky.py:{hoard}" in page
 
 
 def test_a_soak_refuses_a_warm_up_as_long_as_itself(tmp_path: Path) -> None:
@@ -158,7 +177,7 @@ def test_the_coordinator_and_the_stores_are_measured_like_the_agents(
     ])  # fmt: skip
     report = ScenarioReport.model_validate_json((report_dir / "report.json").read_text())
     assert report.coordinator is not None
-    assert {x.series for x in report.coordinator.leak} == {"uss", "rss", "fds", "threads"}
+    assert {x.series for x in report.coordinator.leak} == {"uss", "pss", "rss", "fds", "threads"}
     assert len(report.coordinator.rss_series) > 10
     for agent in report.agents:
         # The store on disk, and from inside the agent its allocated blocks (asked at each
@@ -183,3 +202,15 @@ def test_a_growth_limit_is_a_size_per_time(rate: str, problem: str) -> None:
     limit = next(a for a in ok.assertions if a.id == "clean-stays-flat")
     assert isinstance(limit, MemoryAssertion) and limit.memory.growth is not None
     assert limit.memory.growth.max == 1024 * 1024  # bytes per hour
+
+
+def test_the_locating_pass_is_announced_on_the_console() -> None:
+    from orchestrator.events import SoakLocating
+    from orchestrator.report.console import PROGRESS_AGENTS, soak_locating_line
+
+    one = soak_locating_line("soak-controls", SoakLocating(agents=["leaky"], duration_s=10.0))
+    assert one == ("soak soak-controls: leaks found in leaky; locating pass of 10s with"
+                   " tracemalloc in those agents only")  # fmt: skip
+    many = [f"a{i}" for i in range(PROGRESS_AGENTS + 2)]
+    line = soak_locating_line("x", SoakLocating(agents=many, duration_s=300.0))
+    assert "and 2 more" in line and "of 5m" in line

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from orchestrator.compare import Change
-from orchestrator.events import SoakProgress
+from orchestrator.events import SoakLocating, SoakProgress
 from orchestrator.report.model import ScenarioReport, Verdict
 from orchestrator.run.session import Outcome, ScenarioOutcome
 from orchestrator.scenario.durations import Duration
@@ -194,6 +194,17 @@ def soak_progress_line(label: str, event: SoakProgress) -> str:
         parts.append(f"{a.agent} uss {now}{trend} ({a.verdict})")
     more = f", {len(ranked) - PROGRESS_AGENTS} more" if len(ranked) > PROGRESS_AGENTS else ""
     return f"soak {label} {done}/{total}, pass {event.iteration}: " + ", ".join(parts) + more
+
+
+def soak_locating_line(label: str, event: SoakLocating) -> str:
+    """`soak NAME: leaks found in leaky; locating pass of 10s, tracing leaky only`."""
+    who = ", ".join(event.agents[:PROGRESS_AGENTS])
+    if len(event.agents) > PROGRESS_AGENTS:
+        who += f" and {len(event.agents) - PROGRESS_AGENTS} more"
+    return (
+        f"soak {label}: leaks found in {who}; locating pass of"
+        f" {Duration(round(event.duration_s))} with tracemalloc in those agents only"
+    )
 
 
 def print_comparison(console: Console, changes: Sequence[Change], only: Sequence[str]) -> None:

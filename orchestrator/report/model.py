@@ -193,6 +193,19 @@ class MemoryReport(BaseModel):
     """Soak runs with --trace-leaks: where the memory went."""
 
 
+class LocateReport(BaseModel):
+    """A soak's locating pass: after the soak proper found leaks, the script ran on with
+    tracemalloc in the leaking agents only; their `memory.trace` names the lines."""
+
+    agents: list[str]
+    """The agents traced: those with a LEAK verdict on a process series."""
+    from_s: float
+    """When the pass began (seconds since the run's start): the verdicts and the charted
+    series end here."""
+    passes: int = 0
+    duration_s: float = 0.0
+
+
 class SoakReport(BaseModel):
     duration_s: float
     """The soak's requested duration (`--duration`)."""
@@ -201,6 +214,9 @@ class SoakReport(BaseModel):
     iterations: int
     """Passes of the script run."""
     elapsed_s: float
+    locate: LocateReport | None = None
+    """Set when the soak found leaks and ran a locating pass (not with --trace-leaks, which
+    traces throughout, nor with --no-locate)."""
     complete: bool = True
     """False in a checkpoint: the report of a soak still running (or killed since), written
     every `progress` interval; its verdict is ERROR, saying so, and no assertion is judged."""

@@ -49,6 +49,7 @@ def agent_report(
     launcher: str,
     leaks: tuple[LeakAnalysis, ...] = (),
     trace: JsonValue = None,
+    leaks_until: float | None = None,
 ) -> AgentReport:
     """An agent's entry: how its process ended, its memory, its link's and its own counts."""
     link = handle.link
@@ -81,7 +82,7 @@ def agent_report(
             num_threads=samples.num_threads if samples else None,
             rss_series=[(round(t, 3), v) for t, v in samples.rss.points] if samples else [],
             leak=[leak_report(a) for a in leaks],
-            series=chart_series(samples, leaks),
+            series=chart_series(samples, leaks, leaks_until),
             trace=TraceReport.model_validate(trace) if trace is not None else None,
         ),
         messages_in=link.stats.delivered,
@@ -112,15 +113,20 @@ chart's width, and the report's size does not depend on the run's length."""
 
 
 def chart_series(
-    samples: AgentSamples | None, leaks: tuple[LeakAnalysis, ...]
+    samples: AgentSamples | None,
+    leaks: tuple[LeakAnalysis, ...],
+    until: float | None = None,
 ) -> dict[str, list[tuple[float, int]]]:
-    """The series each leak verdict read, decimated keeping minima (a soak's only)."""
+    """The series each leak verdict read (up to `until`, where the verdicts were made),
+    decimated keeping minima (a soak's only)."""
     if samples is None:
         return {}
     charts: dict[str, list[tuple[float, int]]] = {}
     for a in leaks:
         kept = Series(CHART_POINTS, keep="min")
         for t, v in samples.floors[a.series].points:
+            if until is not None and t > until:
+                break
             kept.add(t, v)
         charts[a.series] = [(round(t, 3), v) for t, v in kept.points]
     return charts
@@ -315,7 +321,10 @@ def event_log_report(events: EventLog, storage: EventStorage) -> EventLogReport:
 
 
 def coordinator_report(
-    loop: LoopWatch, sampler: Sampler | None = None, leaks: tuple[LeakAnalysis, ...] = ()
+    loop: LoopWatch,
+    sampler: Sampler | None = None,
+    leaks: tuple[LeakAnalysis, ...] = (),
+    leaks_until: float | None = None,
 ) -> CoordinatorReport:
     user, system = loop.cpu_s()
     return CoordinatorReport(
@@ -332,7 +341,7 @@ def coordinator_report(
         else [],
         uss_peak_bytes=sampler.coordinator.uss_peak or None if sampler is not None else None,
         leak=[leak_report(a) for a in leaks],
-        series=chart_series(sampler.coordinator, leaks) if sampler is not None else {},
+        series=chart_series(sampler.coordinator, leaks, leaks_until) if sampler else {},
     )
 
 

@@ -44,21 +44,24 @@ from orchestrator.events import (
     RunFinished,
     RunStarted,
     SoakIteration,
+    SoakLocating,
     SoakProgress,
 )
 from orchestrator.judge.judges import (
+    PROCESS_SERIES,
     AssertionResult,
     ErrorFact,
     Facts,
     MemoryFact,
 )
-from orchestrator.leak import LeakAnalysis, analyse
+from orchestrator.leak import LeakAnalysis, LeakVerdict, analyse
 from orchestrator.report.html import write_html
 from orchestrator.report.model import (
     EXIT_CODES,
     EXIT_INVALID,
     AgentReport,
     ErrorReport,
+    LocateReport,
     ScenarioReport,
     SoakReport,
     Timings,
@@ -119,11 +122,19 @@ class SoakOptions:
     trace_leaks: bool = False
     """Run tracemalloc in every agent and report the allocation sites that grew after the
     warm-up."""
+    locate: bool = True
+    """When the soak finds an agent leaking (and did not trace throughout), run a shorter
+    traced pass of the leaking agents after it to name the lines (`locate_s`)."""
 
     @staticmethod
     def default_warmup(duration_s: float) -> float:
         """A fifth of the run, at most five minutes."""
         return min(300.0, duration_s / 5)
+
+    @property
+    def locate_s(self) -> float:
+        """The locating pass: a quarter of the soak, from 10 s to 5 minutes."""
+        return min(300.0, max(10.0, self.duration_s / 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +218,14 @@ class ScenarioRun:
         self.iterations = 0
         """Passes of the script (1 unless this is a soak)."""
         self.leaks: dict[str, tuple[LeakAnalysis, ...]] = {}
+        self.leaks_until: float | None = None
+        """A soak that ran a locating pass: the end of the soak proper (event-log seconds);
+        its verdicts, and the series charted, stop there."""
         self.traces: dict[str, JsonValue] = {}
-        """`--trace-leaks`: each agent's answer to the final trace report."""
+        """`--trace-leaks` or a locating pass: each agent's answer to the final trace report."""
+        self.located: LocateReport | None = None
+        self.soak_s: float | None = None
+        """The soak proper's seconds (its passes), without a locating pass."""
 
     async def execute(self) -> ScenarioReport:
         # Custom rules are imported here, like plugins in the agents: from the file's folder.
@@ -399,6 +416,7 @@ class ScenarioRun:
                                   remaining_s=round(end - now, 3))
                 )  # fmt: skip
                 self.steps = await executor.run(time.monotonic() + timeout)
+            self.soak_s = time.monotonic() - t_ready
             if soak.trace_leaks:
                 if not marked:
                     self._error(ErrorReport(source=ErrorKind.RUNNER, message=(
@@ -406,6 +424,8 @@ class ScenarioRun:
                         " sites to report")))  # fmt: skip
                 else:
                     self.traces = await self._trace(cluster, "report")
+            elif soak.locate and executor.stop_reason is None:
+                await self._locate(cluster, executor, timeout)
         self.stop_reason = executor.stop_reason
         for message in executor.rule_errors:
             self._error(ErrorReport(source=ErrorKind.RULE, message=message))
@@ -467,12 +487,55 @@ class ScenarioRun:
         )  # fmt: skip
         await asyncio.to_thread(report.write, self._report_dir)
 
+    async def _locate(self, cluster: Cluster, executor: Executor, timeout: float) -> None:
+        """After a soak: judge it, and if an agent leaks, run the script on for `locate_s`
+        with tracemalloc in the leaking agents only, to name the lines that allocate what
+        grows. The verdicts are the soak's own, made before any tracing (tracing perturbs an
+        agent's memory: docs/leaks.md), and the clean agents are never traced."""
+        soak, sampler, events = self.options.soak, self.sampler, self.events
+        assert soak is not None and sampler is not None and events is not None
+        self.leaks = await asyncio.to_thread(self._leak_verdicts, sampler)
+        self.leaks_until = events.now()
+        leaking = [
+            agent
+            for agent, verdicts in self.leaks.items()
+            if agent != COORDINATOR
+            and any(v.series in PROCESS_SERIES and v.verdict is LeakVerdict.LEAK for v in verdicts)
+        ]
+        if not leaking:
+            return
+        t0 = time.monotonic()
+        located = self.located = LocateReport(agents=leaking, from_s=round(events.now(), 3))
+        events.emit(SoakLocating(agents=leaking, duration_s=soak.locate_s))
+        await self._trace(cluster, "start", leaking)
+        # tracemalloc's own tables grow as it starts seeing allocations: the baseline waits a
+        # quarter of the pass, and what grows after it is the leak.
+        mark_at, end = t0 + soak.locate_s / 4, t0 + soak.locate_s
+        marked = False
+        while (now := time.monotonic()) < end and executor.stop_reason is None:
+            if not marked and now >= mark_at:
+                await self._trace(cluster, "mark", leaking)
+                marked = True
+            executor.again()
+            located.passes += 1
+            self.steps = await executor.run(time.monotonic() + timeout)
+        if marked:
+            self.traces = await self._trace(cluster, "report", leaking)
+        located.duration_s = round(time.monotonic() - t0, 3)
+
     async def _trace(
-        self, cluster: Cluster, step: Literal["start", "mark", "report", "stats"]
+        self,
+        cluster: Cluster,
+        step: Literal["start", "mark", "report", "stats"],
+        only: list[str] | None = None,
     ) -> dict[str, JsonValue]:
-        """Send a tracing step to every live agent at once; their answers (a failure is an
-        error of the run, naming the agent)."""
-        agents = [a for a, h in cluster.handles.items() if not h.state.ended]
+        """Send a tracing step to every live agent (or those in `only`) at once; their answers
+        (a failure is an error of the run, naming the agent)."""
+        agents = [
+            a
+            for a, h in cluster.handles.items()
+            if not h.state.ended and (only is None or a in only)
+        ]
 
         async def one(agent: str) -> JsonValue:
             result = await cluster.command(agent, CmdTrace(step=step), TRACE_TIMEOUT_S)
@@ -485,7 +548,7 @@ class ScenarioRun:
         for agent, answer in zip(agents, answers, strict=True):
             if isinstance(answer, BaseException):
                 self._error(ErrorReport(source=ErrorKind.RUNNER, agent=agent,
-                                        message=f"--trace-leaks {step}: {answer}"))  # fmt: skip
+                                        message=f"tracing ({step}): {answer}"))  # fmt: skip
             else:
                 values[agent] = answer
         return values
@@ -497,7 +560,9 @@ class ScenarioRun:
         final_states = {
             agent: h.bye.stats.state for agent, h in cluster.handles.items() if h.bye
         }
-        if self.options.soak is not None or _asks_for_leaks(self.scenario):
+        if self.leaks_until is None and (
+            self.options.soak is not None or _asks_for_leaks(self.scenario)
+        ):
             self.leaks = await asyncio.to_thread(self._leak_verdicts, sampler)
         facts = self._facts(sampler, script_s)
         facts.final_states = final_states
@@ -715,7 +780,8 @@ class ScenarioRun:
                 duration_s=soak.duration_s,
                 warmup_s=soak.warmup_s,
                 iterations=self.iterations,
-                elapsed_s=round(timings.script_s, 3),
+                elapsed_s=round(self.soak_s if self.soak_s is not None else timings.script_s, 3),
+                locate=self.located,
                 complete=checkpoint is None,
             )
             if soak is not None
@@ -728,7 +794,9 @@ class ScenarioRun:
             events_file=str(events.spill_path) if events.storage is not EventStorage.OFF else "",
             events=events.last_id,
             event_log=event_log_report(events, self.options.events),
-            coordinator=coordinator_report(self.loop, sampler, self.leaks.get(COORDINATOR, ())),
+            coordinator=coordinator_report(
+                self.loop, sampler, self.leaks.get(COORDINATOR, ()), self.leaks_until
+            ),
             report_dir=str(report_dir),
             run_dir=str(run_dir) if self.options.keep_run_dir else None,
         )
@@ -741,6 +809,7 @@ class ScenarioRun:
                 self.options.launcher,
                 self.leaks.get(agent, ()),
                 self.traces.get(agent),
+                self.leaks_until,
             )
             for agent, handle in cluster.handles.items()
         ]

@@ -53,6 +53,7 @@ from protocol.constants import (
     COORDINATOR_ID,
     MAX_FRAME_BYTES,
     MAX_ID_BYTES,
+    MAX_TEXT_BYTES,
     PROTOCOL_VERSION,
     SOCKET_MAX_MSG_BYTES,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "COORDINATOR_ID",
     "MAX_FRAME_BYTES",
     "MAX_ID_BYTES",
+    "MAX_TEXT_BYTES",
     "PROTOCOL_VERSION",
     "SEQUENCED_KINDS",
     "SOCKET_MAX_MSG_BYTES",

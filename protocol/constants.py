@@ -11,6 +11,9 @@ PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1 << 20
 """Largest header or body frame accepted; a larger one is rejected as OVERSIZE."""
 
+MAX_TEXT_BYTES = MAX_FRAME_BYTES - 64 * 1024
+"""Longest message text (UTF-8): what fits in a MSG body frame with its envelope."""
+
 SOCKET_MAX_MSG_BYTES = 16 * MAX_FRAME_BYTES
 """Hard cap handed to ZeroMQ (MAXMSGSIZE): a peer sending more is disconnected by libzmq.
 

@@ -41,7 +41,7 @@ from orchestrator import events as ev
 from orchestrator.cluster.bus import AgentGone, Bus, Link
 from orchestrator.cluster.launchers import Launched, Launcher, LaunchSpec
 from orchestrator.events import EventLog
-from protocol import AgentConfig, Bye, Ready, Result
+from protocol import AgentConfig, Bye, Configure, EncodeError, Ready, Result, encode_body
 from protocol.bodies import Command
 from protocol.liveness import Liveness
 from protocol.reliability import RetryPolicy
@@ -302,6 +302,20 @@ class Cluster:
         if self._closed or self._loop is None:
             raise RuntimeError("the cluster is not running")
         loop = self._loop
+        # What cannot be sent fails here, naming the agents, rather than in the bus's callback
+        # when the agent says HELLO (an asyncio traceback, then the start-up timeout).
+        unsendable = []
+        for config in configs:
+            try:
+                encode_body(Configure(config=config))
+            except EncodeError as exc:
+                unsendable.append(f"{config.agent_id}: {exc}")
+        if unsendable:
+            raise StartupError(
+                f"{len(unsendable)} agent configuration(s) cannot be sent: "
+                + "; ".join(unsendable[:10])
+                + (f" (and {len(unsendable) - 10} more)" if len(unsendable) > 10 else "")
+            )
         specs = [self.spec_for(c) for c in configs]
         links = [self.bus.add_agent(c, s.incarnation) for c, s in zip(configs, specs, strict=True)]
         failed: list[OSError] = []

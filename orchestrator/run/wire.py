@@ -8,11 +8,17 @@ import hashlib
 import os
 from pathlib import Path
 
+import msgpack
+from pydantic import ValidationError
+
 from orchestrator.scenario.spec import ActionCallSpec, ModelSpec, Scenario, channel_type
 from protocol import (
+    MAX_FRAME_BYTES,
     ActionCallConfig,
     AgentConfig,
     ChannelType,
+    Configure,
+    EncodeError,
     FixtureConfig,
     FixturesModelConfig,
     ModelConfig,
@@ -21,6 +27,7 @@ from protocol import (
     RoomConfig,
     RuleConfig,
     RulesModelConfig,
+    encode_body,
 )
 
 
@@ -81,6 +88,59 @@ def agent_configs(
             )
         )
     return configs
+
+
+_SPEC_FIELD = {
+    "bio": "bio", "name": "name", "model": "model", "plugins": "plugins",
+    "settings": "settings", "retention": "memory", "action_timeout_s": "action_timeout",
+    "handler_threads": "handler_threads",
+}  # fmt: skip
+"""Where a part of an agent's CONFIGURE body comes from in its spec."""
+
+CHECK_RUN_DIR = Path("/tmp/scenario-runner-check-0123456789abcdef/run")
+"""A run directory as long as a real one, for checking configurations before any run."""
+
+
+def config_problems(scenario: Scenario) -> list[tuple[tuple[str | int, ...], str]]:
+    """What would stop an agent's configuration from reaching it: a value the protocol's
+    models refuse, or a CONFIGURE body over the frame limit. (location in the file, message)
+    per problem, so that `validate` refuses what `run` could not send."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    first_of = {spec.ids[0]: i for i, spec in enumerate(scenario.agents)}
+    try:
+        configs = agent_configs(scenario, CHECK_RUN_DIR)
+    except ValidationError as exc:
+        for error in exc.errors():
+            part = str(error["loc"][0]) if error["loc"] else ""
+            problems.append(((), f"an agent's {_SPEC_FIELD.get(part, part)}: {error['msg']}"))
+        return problems
+    for config in configs:
+        index = first_of.get(config.agent_id)
+        if index is None:
+            continue  # one check per spec: agents made by `count` differ only in their id
+        parts = {
+            field: len(msgpack.packb(config.model_dump(mode="json", include={field})))
+            for field in _SPEC_FIELD
+        }
+        size = sum(parts.values())
+        if size > MAX_FRAME_BYTES - FRAME_HEADROOM:
+            biggest = max(parts, key=lambda field: parts[field])
+            problems.append((
+                ("agents", index, _SPEC_FIELD[biggest]),
+                f"the agent's configuration is {size / 2**20:.2f} MiB, over the"
+                f" {MAX_FRAME_BYTES / 2**20:g} MiB a frame carries; its {_SPEC_FIELD[biggest]}"
+                f" alone is {parts[biggest] / 2**20:.2f} MiB",
+            ))  # fmt: skip
+            continue
+        try:
+            encode_body(Configure(config=config))
+        except EncodeError as exc:
+            problems.append((("agents", index), f"its configuration cannot be sent: {exc}"))
+    return problems
+
+
+FRAME_HEADROOM = 4096
+"""Bytes of a frame kept for what the checks above do not count."""
 
 
 def plugin_env(source: Path) -> dict[str, str]:

@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import re
+import stat
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import yaml
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
+from orchestrator.run.wire import config_problems
 from orchestrator.scenario.assertions import Assertion
 from orchestrator.scenario.references import Parts, ReferenceIssue, find_reference_issues
 from orchestrator.scenario.schema import (
@@ -44,6 +46,8 @@ Position = tuple[int, int]
 # Alias expansion can make a small file describe a huge tree (the "billion laughs"); no honest
 # scenario comes near this many nodes, so past it the file is refused rather than walked.
 MAX_NODES = 1_000_000
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
+"""The integers msgpack carries (int64 and uint64)."""
 
 # The same safe constructor either way; libyaml's parser composes about 5x faster than PyYAML's,
 # which matters for scenarios with thousands of steps.
@@ -193,9 +197,25 @@ def _single(scenarios: list[Scenario], filename: str) -> Scenario:
     return scenarios[0]
 
 
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""A scenario file larger than this is not one (and is not read whole to find out)."""
+
+
 def _read(path: Path) -> str:
     filename = str(path)
     try:
+        # Only a regular file: a FIFO or a device would block the read (or never end).
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "not a regular file"
+            raise ScenarioError([Problem(filename, None, None, "",
+                                         f"is {kind}, not a scenario file")])  # fmt: skip
+        if info.st_size > MAX_FILE_BYTES:
+            raise ScenarioError([Problem(filename, None, None, "", (
+                f"is {info.st_size / 2**20:.1f} MiB: a scenario file is at most"
+                f" {MAX_FILE_BYTES // 2**20} MiB"))])  # fmt: skip
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ScenarioError([Problem(filename, None, None, "", "no such file")]) from None
@@ -229,6 +249,11 @@ def _validate(
     else:
         issues = scenario.reference_issues()
     problems.extend(_reference_problem(issue, document, filename) for issue in issues)
+    if scenario is not None and not problems:
+        # What the agents would be sent: `validate` refuses what `run` could not send.
+        for loc, message in config_problems(scenario):
+            position = _nearest(loc, document)
+            problems.append(Problem(filename, *position, format_loc(loc), message))
     return (None if problems else scenario), problems
 
 
@@ -555,6 +580,18 @@ class _Builder:
             # fails in datetime, outside PyYAML's own error types. Keep the text and say why.
             self.problem(loc, _position(node.start_mark), f"cannot read {quote(node.value)}: {exc}")
             value = str(node.value)
+        if type(value) is int and not INT_MIN <= value <= INT_MAX:
+            # Agents get their settings over msgpack, which carries at most 64 bits; caught
+            # here, the problem has its place in the file (a run used to fail at start-up).
+            text = str(node.value)
+            shown = text if len(text) <= 24 else f"{text[:10]}...{text[-6:]}"
+            self.problem(
+                loc,
+                _position(node.start_mark),
+                f"the integer {shown} does not fit in 64 bits (agents receive their"
+                f" configuration as msgpack, which carries {INT_MIN} to {INT_MAX})",
+            )
+            value = None
         self._scalars[id(node)] = value
         return value
 

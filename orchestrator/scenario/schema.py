@@ -32,6 +32,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator.events import EVENT_KINDS, event_fields
+from orchestrator.scenario.durations import Duration
+from protocol import MAX_TEXT_BYTES
 
 # Agent and room ids end up in socket routing ids, file names and report keys, hence the narrow
 # alphabet. The coordinator is addressed by name on the bus, so no agent or room may take it.
@@ -114,6 +116,31 @@ def check_id(value: str) -> str:
     if value in RESERVED_IDS:
         raise spec_error("reserved_id", f"the id {quote(value)} is reserved for the runner itself")
     return value
+
+
+def check_text(value: str) -> str:
+    """A message's text: it must fit in one frame (MAX_TEXT_BYTES)."""
+    size = len(value.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise spec_error(
+            "text_size",
+            f"the text is {size / 1024:,.0f} KiB: a message carries at most"
+            f" {MAX_TEXT_BYTES // 1024:,} KiB",
+        )
+    return value
+
+
+MessageText = Annotated[str, AfterValidator(check_text)]
+"""A text an agent is made to say (a `send` step's)."""
+
+
+def check_positive(value: Duration) -> Duration:
+    if value.seconds <= 0:
+        raise spec_error("duration_zero", f"{value} is no time at all: give a positive duration")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(check_positive)]
 
 
 def _check_name(value: str) -> str:

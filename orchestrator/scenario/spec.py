@@ -37,6 +37,7 @@ from orchestrator.scenario.schema import (
     Id,
     ImportPath,
     Name,
+    PositiveDuration,
     Regex,
     SpecModel,
     Template,
@@ -189,8 +190,8 @@ class MemorySpec(SpecModel):
     """Retention of the agent's memory store: at most `max_per_room` memories per room (the
     oldest go first) and none older than `max_age`."""
 
-    max_per_room: Annotated[int, Field(strict=True, ge=1)] | None = None
-    max_age: Duration | None = None
+    max_per_room: Annotated[int, Field(strict=True, ge=1, le=1_000_000_000)] | None = None
+    max_age: PositiveDuration | None = None
 
 
 INDEX = "{i}"
@@ -219,7 +220,7 @@ class AgentSpec(SpecModel):
     plugins: list[ImportPath] = []
     settings: dict[str, JsonValue] = {}
     memory: MemorySpec = MemorySpec()
-    action_timeout: Duration = Duration(10.0)
+    action_timeout: PositiveDuration = Duration(10.0)
     handler_threads: Annotated[int, Field(strict=True, ge=1, le=256)] = 4
     """Threads that run the agent's sync plugin functions (handlers, providers, evaluators)."""
 

@@ -23,6 +23,7 @@ from orchestrator.scenario.schema import (
     EventMatch,
     ImportPath,
     MessageMatch,
+    MessageText,
     SpecModel,
     StateCheck,
     kind_key_check,
@@ -59,7 +60,7 @@ def _one_timeout(step: StepBase, inner: Duration | None, key: str) -> None:
 class SendArgs(SpecModel):
     agent: str
     room: str
-    text: str
+    text: MessageText
 
 
 class SendStep(StepBase):

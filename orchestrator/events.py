@@ -15,7 +15,8 @@ Cost per event is constant, whatever the run's length:
   nothing correct depends on its size.
 - The spill to `events.jsonl` is encoded into a buffer and written in large blocks. Its size is
   bounded by the storage mode (`EventStorage`) and by a byte cap; what was left out is counted
-  per kind, and frequent noise (`wire.rejected`) is rate-limited in the file and counted exactly.
+  per kind, and frequent noise (`wire.rejected`) is rate-limited where it is emitted (a flood of
+  garbage frames costs a counter per frame, not an event) and counted exactly.
 """
 
 from __future__ import annotations
@@ -479,7 +480,8 @@ FLUSH_EVERY_S = 1.0
 """... or at least this often during a run, whichever comes first."""
 
 REJECTED_EVERY_S = 1.0
-"""At most one `wire.rejected` line per (reason, side) per this many seconds."""
+"""At most one `wire.rejected` event per (reason, side) per this many seconds; the others are
+counted, and the next one (or a summary at the end) says how many."""
 
 LISTENER_ERRORS_KEPT = 20
 
@@ -557,10 +559,19 @@ class EventLog:
 
         An event emitted by a listener (a stop condition that stops the run) is handed out
         after the one being handed out, so every listener sees events in id order, each once
-        per key it subscribed to."""
+        per key it subscribed to.
+
+        A `wire.rejected` event within REJECTED_EVERY_S of the last one of its reason and side
+        is only counted (and said later, in the next one's `suppressed`): a flood of garbage
+        frames costs a counter each, not an event each."""
+        t = round(time.monotonic() - self._t0, 6)
+        if isinstance(event, WireRejected) and not self._rejected_due(event, t):
+            self.counts[event.KIND] += 1
+            self.omitted[event.KIND] += 1
+            return event
         self.last_id += 1
         event.id = self.last_id
-        event.t = round(time.monotonic() - self._t0, 6)
+        event.t = t
         self.ring.append(event)
         self.counts[event.KIND] += 1
         if self._fd is not None:
@@ -602,9 +613,6 @@ class EventLog:
         if (event.NOISY and self.storage is EventStorage.SUMMARY) or self.full_from is not None:
             self.omitted[kind] += 1
             return
-        if isinstance(event, WireRejected) and not self._rejected_due(event):
-            self.omitted[kind] += 1
-            return
         buffer = self._buffer
         self._encoder.encode_into(event, buffer, len(buffer))
         buffer += b"\n"
@@ -618,13 +626,13 @@ class EventLog:
         elif len(buffer) >= SPILL_BLOCK:
             self._write()
 
-    def _rejected_due(self, event: WireRejected) -> bool:
+    def _rejected_due(self, event: WireRejected, t: float) -> bool:
         key = (event.reason, event.by)
         last = self._rejected_at.get(key)
-        if last is not None and event.t - last < REJECTED_EVERY_S and not event.summary:
+        if last is not None and t - last < REJECTED_EVERY_S and not event.summary:
             self._rejected_held[key] += 1
             return False
-        self._rejected_at[key] = event.t
+        self._rejected_at[key] = t
         event.suppressed += self._rejected_held.pop(key, 0)
         return True
 

@@ -139,9 +139,13 @@ def test_rejected_frames_are_rate_limited_in_the_file_and_counted_exactly(
     tmp_path: Path,
 ) -> None:
     log = EventLog(tmp_path / "e.jsonl")
+    seen: list[Event] = []
+    log.subscribe(seen.append, (WireRejected,))
     for _ in range(10_000):
         log.emit(WireRejected(reason="malformed", detail="junk", by="coordinator"))
     log.emit(WireRejected(reason="bad_body", detail="junk", by="coordinator"))
+    # Limited where it is emitted: a flood is not 10,000 events in the ring and to listeners.
+    assert len(seen) == 2 and log.last_id == 2
     log.close()
     lines = [json.loads(line) for line in (tmp_path / "e.jsonl").open()]
     malformed = [e for e in lines if e["reason"] == "malformed"]

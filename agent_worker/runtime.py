@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,6 +86,9 @@ from protocol.statepath import NO_STATE_AT
 EXIT_OK = 0
 EXIT_ABANDONED = 4
 """Exit code when the agent leaves on its own because the coordinator is gone."""
+
+SENT_KEYS_KEPT = 4096
+"""Keys of the script's sends remembered (a retried send posts once); the oldest go first."""
 
 SERVICE_TIMEOUT_S = 10.0
 """How long one service may take to start or to stop."""
@@ -161,6 +165,8 @@ class AgentRuntime:
         self._rooms = {room.id: room for room in config.rooms}
         self._lock = threading.RLock()  # state, message ids and the store, for sync plugin code
         self._msg_counter = 0
+        self._sent_keys: OrderedDict[str, str] = OrderedDict()
+        """A script send's key -> the message it posted (CmdSend.key)."""
         self._call_counter = 0
         self._executor = ThreadPoolExecutor(
             max_workers=config.handler_threads, thread_name_prefix="plugin"
@@ -576,7 +582,15 @@ class AgentRuntime:
                 return Result(
                     ok=False, error=f"{self.agent_id} is not a member of room {command.room!r}"
                 )
+            if command.key is not None and command.key in self._sent_keys:
+                # Asked again (a retried step): posted once already, so say which message.
+                return Result(ok=True, value={"msg_id": self._sent_keys[command.key],
+                                              "again": True})  # fmt: skip
             msg = self.post(command.room, command.text, Origin.SCRIPT)
+            if command.key is not None:
+                self._sent_keys[command.key] = msg.msg_id
+                while len(self._sent_keys) > SENT_KEYS_KEPT:
+                    self._sent_keys.popitem(last=False)
             return Result(ok=True, value={"msg_id": msg.msg_id})
         if isinstance(command, CmdSetState):
             try:

@@ -207,6 +207,9 @@ class CmdSend(WireModel):
     op: Literal["send"] = "send"
     room: Id
     text: str
+    key: str | None = Field(default=None, max_length=256)
+    """The same key on a send asked again (a step retried after its timeout, while the first
+    ask was still on its way): the agent posts once and answers both with that message's id."""
 
 
 class CmdSetState(WireModel):

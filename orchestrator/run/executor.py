@@ -77,6 +77,11 @@ from protocol import CmdAction, CmdGetState, CmdSend, CmdSetState, Result
 from protocol.bodies import Command
 from protocol.statepath import NO_STATE_AT
 
+RETRY_BACKOFF_S = 0.05
+RETRY_BACKOFF_MAX_S = 1.0
+"""A retried step waits RETRY_BACKOFF_S before its second attempt, twice that before its third,
+and so on up to RETRY_BACKOFF_MAX_S."""
+
 SEND_TIMEOUT_S = 5.0
 """How long a `send` or `set_state` waits for the agent's answer unless told otherwise."""
 
@@ -205,6 +210,7 @@ class Executor:
         """Room id -> its agents: a wait for a message `to` someone watches their rooms."""
         self.action_timeout_s = action_timeout_s
         self.results: dict[str, StepResult] = {}
+        self._step_runs = 0
         self.inline: dict[str, AssertionResult] = {}
         """One result per `assert` step definition (every run of it must pass)."""
         self.stop_reason: str | None = None
@@ -379,10 +385,21 @@ class Executor:
         ))  # fmt: skip
         error: str | None = None
         tb: str | None = None
+        # One key per run of the step, the same for its attempts: a retried send posts once.
+        self._step_runs += 1
+        run_key = f"{result.path}#{self._step_runs}"
         for attempt in range(1, attempts + 1):
-            error, tb, transient = await self._attempt(timeline, step, result)
+            error, tb, transient = await self._attempt(timeline, step, result, run_key)
             if error is None or not transient or attempt == attempts:
                 break
+            # A retry waits a little longer each time, and none starts past the deadline: a
+            # large `retries` once spun at full CPU long after the scenario's timeout.
+            backoff = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (attempt - 1))
+            left = self._deadline - time.monotonic()
+            if left <= backoff:
+                error += f" (no retry left: {attempt} attempt(s) used the scenario's timeout)"
+                break
+            await asyncio.sleep(backoff)  # backoff between attempts, by design
             result.retries += 1
         elapsed = time.monotonic() - t0
         result.runs += 1
@@ -405,13 +422,13 @@ class Executor:
             raise _Stopped(f"not run: critical step {result.path} failed")
 
     async def _attempt(
-        self, timeline: _Timeline, step: Step, result: StepResult
+        self, timeline: _Timeline, step: Step, result: StepResult, run_key: str
     ) -> tuple[str | None, str | None, bool]:
         """One try of `step`: (error or None, traceback, whether the failure is transient)."""
         try:
             match step:
                 case SendStep():
-                    await self._send(step)
+                    await self._send(step, run_key)
                 case WaitForStep():
                     await self._wait_for(timeline, step, result.path)
                 case ActionStep():
@@ -473,10 +490,11 @@ class Executor:
                 f"{agent} did not answer ({what}) within {Duration(timeout)}", transient=True
             ) from None
 
-    async def _send(self, step: SendStep) -> None:
+    async def _send(self, step: SendStep, key: str) -> None:
         a = step.send
         timeout = self._timeout(step, None, SEND_TIMEOUT_S)
-        result = await self._command(a.agent, CmdSend(room=a.room, text=a.text), timeout, "send")
+        command = CmdSend(room=a.room, text=a.text, key=key)
+        result = await self._command(a.agent, command, timeout, "send")
         if not result.ok:
             raise StepFailure(f"{a.agent} could not send: {result.error}")
 

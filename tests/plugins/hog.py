@@ -1,6 +1,7 @@
 """A plugin whose action holds the GIL in one C call for as long as it takes (a regex that
 backtracks exponentially): the agent's transport thread cannot run, so it can neither read
-its death pipe nor notice a silent coordinator."""
+its death pipe nor notice a silent coordinator. BLOCK keeps a pool thread; WEDGE, an async
+action that sleeps, blocks the agent's event loop (commands wait behind it)."""
 
 from __future__ import annotations
 
@@ -37,10 +38,20 @@ def block(
     return ActionResult()
 
 
+async def wedge(
+    runtime: AgentRuntime, message: Message, state: State, params: BaseModel | None,
+    callback: Callback,
+) -> ActionResult:  # fmt: skip
+    assert isinstance(params, BlockParams)
+    time.sleep(params.seconds)  # blocks the agent's event loop: nothing else it does runs
+    return ActionResult()
+
+
 plugin = Plugin(
     name="hog",
     actions=[
         Action("HOG", hog, description="Hold the GIL forever."),
         Action("BLOCK", block, description="Keep a pool thread.", parameters=BlockParams),
+        Action("WEDGE", wedge, description="Block the event loop.", parameters=BlockParams),
     ],
 )

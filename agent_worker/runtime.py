@@ -68,6 +68,7 @@ from protocol import (
     Bye,
     CmdAction,
     CmdGetState,
+    CmdPending,
     CmdQueryMemory,
     CmdSend,
     CmdSetState,
@@ -555,6 +556,8 @@ class AgentRuntime:
                 result = await self._run_action_command(command)
             elif isinstance(command, CmdTrace):
                 result = Result(ok=True, value=self.tracer.run(command))
+            elif isinstance(command, CmdPending):
+                result = Result(ok=True, value={"outbox": self.transport.pending()})
             else:
                 result = self._run_command(command)
         except Exception as exc:

@@ -133,6 +133,11 @@ class Transport:
         self._requests.append(Outgoing(kind_of(body), dst, encode_body(body), corr))
         self._wake()
 
+    def pending(self) -> int:
+        """Frames asked to be sent or sent and not yet acknowledged (from any thread: a
+        snapshot; lengths of a deque and a dict are read atomically)."""
+        return len(self._requests) + self.outbox.in_flight + self.outbox.queued
+
     def request_window_update(self) -> None:
         """The runtime freed inbox slots; wake the transport if the credit it last announced
         was low (it decides, and re-checks after announcing, so no update is lost)."""

@@ -253,8 +253,17 @@ class CmdTrace(WireModel):
     """Sites reported (`report`)."""
 
 
+class CmdPending(WireModel):
+    """What of the agent's traffic is still on its way, asked before STOP so that teardown
+    stops nothing in flight. Commands run in order after every message delivered before
+    them, so the answer counts the replies those messages caused: `{"outbox": n}`, the
+    agent's frames not yet acknowledged by the coordinator (this answer excluded)."""
+
+    op: Literal["pending"] = "pending"
+
+
 Command = Annotated[
-    CmdSend | CmdSetState | CmdGetState | CmdQueryMemory | CmdAction | CmdTrace,
+    CmdSend | CmdSetState | CmdGetState | CmdQueryMemory | CmdAction | CmdTrace | CmdPending,
     Field(discriminator="op"),
 ]
 

@@ -34,6 +34,14 @@ class RetryPolicy:
     window: int = 256
     """Most frames unacknowledged at once, whatever credit the peer offers."""
 
+    @property
+    def budget_s(self) -> float:
+        """How long a frame is retried before it becomes a dead letter, at the initial RTO
+        doubling to the largest (15 s by default): what a wait on a round trip over a lossy
+        link should allow each way."""
+        first, most = self.initial_rto_s, self.max_rto_s
+        return float(sum(min(most, first * (1 << i)) for i in range(self.max_attempts)))
+
 
 class RttEstimator:
     """Smoothed round trip and retransmission timeout (RFC 6298)."""

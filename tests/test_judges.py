@@ -17,6 +17,8 @@ from pydantic import TypeAdapter
 from orchestrator.events import (
     ActionCompleted,
     ActionFailed,
+    AgentBye,
+    AgentExited,
     ErrorKind,
     EventLog,
     MessageDeadLetter,
@@ -165,6 +167,27 @@ def test_delivery_finds_the_unacked_the_dead_the_refused_and_the_duplicated(
     r = result(j)
     assert not r.passed
     assert r.actual == "2 sent, 1 unacknowledged, 2 dead letters, 1 duplicates"
+
+
+def test_delivery_is_not_confirmed_for_an_agent_that_left_frames_or_no_goodbye(
+    log: EventLog,
+) -> None:
+    # Messages still in an agent's outbox when it stopped never reached the bus, so no other
+    # check sees them: its BYE says how many, and without a BYE nobody knows.
+    j = judge(log, {"delivery": {}})
+    scoped = judge(log, {"delivery": {"agent": "bot"}})
+    log.emit(AgentBye(agent="bot", undelivered=0, messages_in=1, messages_out=1,
+                      handler_errors=0, store_rows=1))  # fmt: skip
+    log.emit(AgentExited(agent="bot", pid=1, returncode=0, signal=None, escalation=None))
+    assert result(j).passed
+    log.emit(AgentBye(agent="user", undelivered=3, messages_in=1, messages_out=1,
+                      handler_errors=0, store_rows=1))  # fmt: skip
+    log.emit(AgentExited(agent="other", pid=2, returncode=0, signal=None, escalation=None))
+    r = result(j)
+    assert not r.passed
+    assert "stopped with frames not yet delivered: user (3)" in r.message
+    assert "exited without a goodbye reaching the runner" in r.message and "other" in r.message
+    assert result(scoped).passed  # the others' troubles are not bot's
 
 
 def test_latency_of_deliveries_and_of_replies(log: EventLog) -> None:

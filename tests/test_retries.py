@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import main
 from orchestrator.report.model import ScenarioReport, Verdict
+from protocol.testhooks import DROP_RATE_ENV, DROP_SEED_ENV
 
 TESTS = Path(__file__).resolve().parent
 
@@ -93,3 +94,29 @@ def test_retries_stop_at_the_deadline_and_back_off(tmp_path: Path, private_tmp: 
     assert 2 <= step.retries <= 10, step.retries
     assert step.error is not None and "no retry left" in step.error
     assert report.verdict is Verdict.ERROR and code == 3
+
+
+def _lossy(sends: int) -> str:
+    lines = ["name: lossy", "timeout: 120s", "agents:",
+             "  - {id: a, model: {rules: [{when: {regex: '^ping'}, reply: pong}]}}",
+             "  - id: b", "rooms:", "  - {id: r, members: [a, b]}", "script:"]  # fmt: skip
+    lines += [f"  - send: {{agent: b, room: r, text: ping{i}}}" for i in range(sends)]
+    pongs = f"{{from: a, room: r, contains: pong, count: {{min: {sends}}}}}"
+    lines += ["assertions:", "  - delivery: {}", f"  - message: {pongs}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.timeout(120)
+def test_at_30_percent_frame_loss_every_send_and_reply_arrives_before_teardown(
+    tmp_path: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every frame, both ways, data and acks and heartbeats, is lost at 30% (seeded). Before:
+    # replies still being retried when the script ended were dead-lettered by teardown, or
+    # lost in the stopping agent's outbox, and the run FAILed.
+    monkeypatch.setenv(DROP_RATE_ENV, "0.3")
+    monkeypatch.setenv(DROP_SEED_ENV, "2")
+    code, report = _run(tmp_path, _lossy(60), "lossy")
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    assert report.bus.retries > 0 and report.bus.dead_letters == 0
+    assert all(s.status == "passed" for s in report.steps)
+    assert code == 0

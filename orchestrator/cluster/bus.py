@@ -195,6 +195,7 @@ class Bus:
         self.rooms: dict[str, tuple[str, ...]] = {}
         self.rejected: Counter[str] = Counter()
         self.messages_routed = 0
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self.dead_letters = 0
         self.refused = 0
         """Messages the bus refused (an unknown room, a room the sender is not in)."""
@@ -296,6 +297,35 @@ class Bus:
             self._commands.pop(corr, None)
             link.commands.discard(corr)
 
+    async def wait_idle(self, deadline: float) -> bool:
+        """Wait until no live link has a frame queued or unacknowledged (everything the bus
+        was given is delivered), or `deadline` (monotonic): whether it got there."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if all(k.outbox.idle for k in self.links.values() if k.state is not LinkState.GONE):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._idle_waiters.append(waiter)
+            try:
+                async with asyncio.timeout(left):
+                    await waiter
+            except TimeoutError:
+                return False
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._idle_waiters.remove(waiter)
+
+    def _maybe_idle(self, link: Link) -> None:
+        """A link's outbox may have emptied: let `wait_idle` look again."""
+        if self._idle_waiters and (link.outbox.idle or link.state is LinkState.GONE):
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
+
     async def stop_agent(self, agent: str, deadline_s: float) -> Bye | None:
         """Ask `agent` to stop; its BYE, or None if it did not say goodbye in time."""
         link = self.links[agent]
@@ -321,6 +351,7 @@ class Bus:
         link.gone_reason = reason
         for pending in link.outbox.fail_all():
             self._dead_letter(link, pending, f"recipient {agent} is gone: {reason}")
+        self._maybe_idle(link)
         if not link.ready.done():
             link.ready.set_exception(AgentGone(f"agent {agent} exited before READY: {reason}"))
             link.ready.exception()  # retrieved here so an unawaited future is not reported
@@ -451,6 +482,8 @@ class Bus:
         acked = link.outbox.on_ack(header.ack, credit, now)
         for pending in acked.acked:
             self._on_acked(link, pending, now)
+        if acked.acked:
+            self._maybe_idle(link)
         if credit is not None or acked.acked:
             self._touched.add(link)
         kind = header.kind
@@ -656,6 +689,8 @@ class Bus:
                     pending,
                     f"not acknowledged by {link.agent_id} after {pending.attempts} attempts",
                 )
+            if due.expired:
+                self._maybe_idle(link)
             deadline = link.outbox.next_deadline()
             if deadline is not None:
                 deadline = max(deadline, horizon + TIMER_SLACK_S)  # never again in this pass

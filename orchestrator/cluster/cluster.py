@@ -41,7 +41,16 @@ from orchestrator import events as ev
 from orchestrator.cluster.bus import AgentGone, Bus, Link
 from orchestrator.cluster.launchers import Launched, Launcher, LaunchSpec
 from orchestrator.events import EventLog
-from protocol import AgentConfig, Bye, Configure, EncodeError, Ready, Result, encode_body
+from protocol import (
+    AgentConfig,
+    Bye,
+    CmdPending,
+    Configure,
+    EncodeError,
+    Ready,
+    Result,
+    encode_body,
+)
 from protocol.bodies import Command
 from protocol.liveness import Liveness
 from protocol.reliability import RetryPolicy
@@ -521,6 +530,39 @@ class Cluster:
     def _signal(self, handle: AgentHandle, sig: signal.Signals) -> None:
         if handle.exit is None:
             signal_agent(handle.pid, sig)
+
+    @property
+    def retry_budget_s(self) -> float:
+        """How long the bus retries a frame before it is a dead letter (RetryPolicy)."""
+        return (self.settings.policy or RetryPolicy()).budget_s
+
+    async def drain(self, deadline_s: float) -> bool:
+        """Before STOP: wait until nothing is on its way, or `deadline_s` passes. Quiet means
+        the bus has every frame it was given acknowledged, every live agent says it has none
+        unacknowledged (its replies to what it was delivered are counted: commands run after
+        the messages before them), and no message was routed meanwhile. Without this, under
+        frame loss, messages still being retried when the script ended were dead-lettered by
+        teardown. Whether it got quiet."""
+        end = time.monotonic() + deadline_s
+        while True:
+            routed = self.bus.messages_routed
+            if not await self.bus.wait_idle(end):
+                return False
+            live = [h.id for h in self.handles.values() if h.state is AgentState.READY]
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            answers = await asyncio.gather(
+                *(self.command(agent, CmdPending(), left) for agent in live),
+                return_exceptions=True,
+            )
+            quiet = all(
+                isinstance(a, Result) and a.ok and isinstance(a.value, dict)
+                and a.value.get("outbox") == 0
+                for a in answers
+            )  # fmt: skip
+            if quiet and self.bus.messages_routed == routed:
+                return True
 
     async def stop(self, deadline_s: float) -> None:
         """STOP every live agent, then escalate on whoever is still there. Reaps everyone.

@@ -28,6 +28,8 @@ from orchestrator.events import (
     ActionCompleted,
     ActionEnded,
     ActionFailed,
+    AgentBye,
+    AgentExited,
     ErrorKind,
     Event,
     EventLog,
@@ -459,7 +461,15 @@ class _DeliveryJudge(Judge):
         self.duplicates: list[int] = []
         self.duplicate_count = 0
         self.forgotten = 0
-        kinds = (MessageSent, MessageDelivered, MessageDeadLetter, MessageRefused)
+        self.said_bye: set[str] = set()
+        self.undelivered: dict[str, int] = {}
+        """Agents that stopped with frames they could not deliver (their BYE says how many)."""
+        self.no_bye: list[str] = []
+        """Agents that exited without a BYE reaching the coordinator: what they had not yet
+        delivered is unknown, so delivery cannot be confirmed."""
+        kinds = (
+            MessageSent, MessageDelivered, MessageDeadLetter, MessageRefused, AgentBye, AgentExited
+        )  # fmt: skip
         self._listen(log, [(k, None) for k in kinds])
 
     def _mine(self, sender: str | None, recipient: str | None) -> bool:
@@ -491,6 +501,13 @@ class _DeliveryJudge(Judge):
                 self.duplicate_count += 1
                 if len(self.duplicates) < EVIDENCE_LIMIT:
                     self.duplicates.append(event.id)
+        elif isinstance(event, AgentBye):
+            self.said_bye.add(event.agent or "")
+            if event.undelivered and self._mine(event.agent, None):
+                self.undelivered[event.agent or ""] = event.undelivered
+        elif isinstance(event, AgentExited):
+            if event.agent not in self.said_bye and self._mine(event.agent, None):
+                self.no_bye.append(event.agent or "")
         elif (
             isinstance(event, MessageDeadLetter)
             and event.msg_id is not None
@@ -523,6 +540,15 @@ class _DeliveryJudge(Judge):
         if self.duplicates:
             problems.append(
                 f"{self.duplicate_count} duplicate deliveries (first: event {self.duplicates[0]})"
+            )
+        if self.undelivered:
+            who = ", ".join(f"{a} ({n})" for a, n in sorted(self.undelivered.items())[:5])
+            problems.append(f"stopped with frames not yet delivered: {who}")
+        if self.no_bye:
+            problems.append(
+                f"exited without a goodbye reaching the runner, so what they had not delivered"
+                f" is unknown: {', '.join(sorted(self.no_bye)[:5])}"
+                + (f" and {len(self.no_bye) - 5} more" if len(self.no_bye) > 5 else "")
             )
         return _result(
             self.id, self.assertion, passed=not problems, expected=expected, actual=actual,

@@ -82,8 +82,11 @@ RETRY_BACKOFF_MAX_S = 1.0
 """A retried step waits RETRY_BACKOFF_S before its second attempt, twice that before its third,
 and so on up to RETRY_BACKOFF_MAX_S."""
 
-SEND_TIMEOUT_S = 5.0
-"""How long a `send` or `set_state` waits for the agent's answer unless told otherwise."""
+SEND_TIMEOUT_S = 30.0
+"""How long a `send` or `set_state` waits for the agent's answer unless told otherwise: the
+runner passes the link's retry budget each way (RetryPolicy.budget_s, 15 s), since over a lossy
+link the command and its answer may each be retransmitted that long (a fixed 5 s failed runs
+at 30% frame loss). An agent that crashes or hangs fails the wait at once."""
 
 InlineJudge = Callable[[Assertion, str], Awaitable[AssertionResult]]
 """Judges an `assert` step's assertion now; the string is the result's id."""
@@ -201,8 +204,11 @@ class Executor:
         judge: InlineJudge,
         members: Mapping[str, frozenset[str]] | None = None,
         action_timeout_s: float = 30.0,
+        send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         self.scenario = scenario
+        self.send_timeout_s = send_timeout_s
+        """How long a `send` or `set_state` waits for the agent's answer by default."""
         self.agents = agents
         self.events = events
         self.judge = judge
@@ -492,7 +498,7 @@ class Executor:
 
     async def _send(self, step: SendStep, key: str) -> None:
         a = step.send
-        timeout = self._timeout(step, None, SEND_TIMEOUT_S)
+        timeout = self._timeout(step, None, self.send_timeout_s)
         command = CmdSend(room=a.room, text=a.text, key=key)
         result = await self._command(a.agent, command, timeout, "send")
         if not result.ok:
@@ -582,7 +588,7 @@ class Executor:
         result = await self._command(
             a.agent,
             CmdSetState(path=a.path, value=a.value),
-            self._timeout(step, None, SEND_TIMEOUT_S),
+            self._timeout(step, None, self.send_timeout_s),
             "set_state",
         )
         if not result.ok:

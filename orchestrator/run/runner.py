@@ -70,7 +70,7 @@ from orchestrator.report.model import (
 )
 from orchestrator.rules import RunView
 from orchestrator.run import live
-from orchestrator.run.executor import SEND_TIMEOUT_S, Executor, StepResult
+from orchestrator.run.executor import Executor, StepResult
 from orchestrator.run.judging import Judgement, no_events
 from orchestrator.run.loopwatch import LoopWatch, Phase
 from orchestrator.run.reporting import (
@@ -306,6 +306,10 @@ class ScenarioRun:
                     await self._script(cluster, events, t_ready)
                 t_script_end = time.monotonic()
                 self.loop.enter(Phase.END)
+                # What is still on its way (replies, retransmissions under loss) is delivered
+                # before anyone is stopped: within the time the bus would retry a frame
+                # anyway (a quiet run drains in one round trip).
+                await cluster.drain(max(opts.stop_deadline_s, cluster.retry_budget_s))
                 sampler.stop()
                 await sampler.sample_now("before-stop")
                 await cluster.stop(opts.stop_deadline_s)
@@ -383,6 +387,7 @@ class ScenarioRun:
             self._inline_judge,
             self.members,
             action_timeout_s=action_timeout + 5.0,
+            send_timeout_s=2 * cluster.retry_budget_s,
         )
         self._script_t0 = t_ready
         soak = self.options.soak
@@ -650,7 +655,7 @@ class ScenarioRun:
         executor = self.executor
 
         async def live(check: StateCheck) -> tuple[bool, str]:
-            return await executor.read_state(check, SEND_TIMEOUT_S)
+            return await executor.read_state(check, executor.send_timeout_s)
 
         facts = self._facts(self.sampler, time.monotonic() - self._script_t0)
         facts.live_state = live

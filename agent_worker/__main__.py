@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import faulthandler
 import os
 import signal
 import sys
@@ -40,6 +41,10 @@ def build_parser(prog: str = "python -m agent_worker") -> argparse.ArgumentParse
 
 def run_agent(args: argparse.Namespace, serve: Serve, policy: RetryPolicy | None = None) -> int:
     """Connect, wait for CONFIGURE, then hand over to `serve`; the transport is always closed."""
+    # SIGUSR1 writes every thread's stack to stderr (the agent's log): the coordinator asks
+    # for it before killing a hung agent. faulthandler writes from its C signal handler, so it
+    # works while a handler blocks the event loop and while C code holds the GIL.
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     inbox = Inbox(args.inbox_capacity)
     transport = Transport(
         args.agent_id,

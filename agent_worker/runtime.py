@@ -20,6 +20,7 @@ thread-safe for that reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import copy
 import functools
@@ -31,7 +32,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,10 @@ from protocol.statepath import NO_STATE_AT
 EXIT_OK = 0
 EXIT_ABANDONED = 4
 """Exit code when the agent leaves on its own because the coordinator is gone."""
+
+PROGRESS_TICK_S = 0.1
+"""The runtime's event loop ticks this often; the tick count rides on every ACK (Ack.progress)
+so the coordinator sees a loop that a handler blocks."""
 
 SENT_KEYS_KEPT = 4096
 """Keys of the script's sends remembered (a retried send posts once); the oldest go first."""
@@ -166,6 +171,10 @@ class AgentRuntime:
         self._rooms = {room.id: room for room in config.rooms}
         self._lock = threading.RLock()  # state, message ids and the store, for sync plugin code
         self._msg_counter = 0
+        self._ticks = 0
+        self._activity: tuple[str, float] = ("", 0.0)
+        """What the runtime is busy with and since when (monotonic); one tuple, so that the
+        transport thread reads a consistent pair."""
         self._sent_keys: OrderedDict[str, str] = OrderedDict()
         """A script send's key -> the message it posted (CmdSend.key)."""
         self._call_counter = 0
@@ -237,6 +246,13 @@ class AgentRuntime:
             loop.call_soon_threadsafe(arrived.set)
 
         self.inbox.set_waker(wake)
+
+        def tick() -> None:
+            self._ticks += 1
+            loop.call_later(PROGRESS_TICK_S, tick)
+
+        tick()
+        self.transport.progress = lambda: (self._ticks, *self._activity)
         await self._start()
         self.transport.send(
             Ready(
@@ -255,9 +271,11 @@ class AgentRuntime:
                     await arrived.wait()
                 continue
             if isinstance(item, Delivered):
-                await self._on_message(item.msg)
+                with self._doing(f"message {item.msg.msg_id} from {item.msg.sender}"):
+                    await self._on_message(item.msg)
             elif isinstance(item, Command):
-                await self._on_command(item)
+                with self._doing(f"command {item.cmd.command.op}"):
+                    await self._on_command(item)
             elif isinstance(item, Stopping):
                 return await self._shutdown(item.stop.deadline_ms / 1000.0)
             elif isinstance(item, Abandon):
@@ -420,6 +438,27 @@ class AgentRuntime:
 
         The events carry the parameters the handler receives: validated by the action's
         model when it has one (a templated "20" read as an int is recorded as 20)."""
+        with self._doing(f"action {name}"):
+            return await self._run_action(name, params, msg, state, origin)
+
+    @contextlib.contextmanager
+    def _doing(self, what: str) -> Iterator[None]:
+        """Say what the runtime is doing (carried by each ACK: a hang report names it)."""
+        outer = self._activity
+        self._activity = (what[:200], time.monotonic())
+        try:
+            yield
+        finally:
+            self._activity = outer
+
+    async def _run_action(
+        self,
+        name: str,
+        params: dict[str, JsonValue],
+        msg: Message,
+        state: State,
+        origin: str,
+    ) -> ActionOutcome:
         self._call_counter += 1
         call_id = f"{self.agent_id}:{self._call_counter}"
         says = Origin.SCRIPT if origin == "script" else Origin.AGENT

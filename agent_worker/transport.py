@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -122,6 +123,9 @@ class Transport:
         self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="transport", daemon=True)
         self.exit_reason: str | None = None
+        self.progress: Callable[[], tuple[int, str, float]] | None = None
+        """Set by the runtime: (its event loop's ticks, what it is doing, since when), read
+        for each ACK (from this thread: a snapshot of three fields)."""
 
     # -- runtime-thread API -------------------------------------------------------------
     def start(self) -> None:
@@ -132,6 +136,15 @@ class Transport:
         """Queue a frame for the coordinator (thread-safe; never blocks)."""
         self._requests.append(Outgoing(kind_of(body), dst, encode_body(body), corr))
         self._wake()
+
+    def _ack(self, credit: int) -> Ack:
+        """An ACK, carrying the runtime's progress and what it is doing (see Ack)."""
+        progress = self.progress
+        if progress is None:
+            return Ack(credit=credit)
+        ticks, doing, since = progress()
+        busy_ms = int((time.monotonic() - since) * 1000) if doing else 0
+        return Ack(credit=credit, progress=ticks, doing=doing[:200], doing_ms=busy_ms)
 
     def pending(self) -> int:
         """Frames asked to be sent or sent and not yet acknowledged (from any thread: a
@@ -305,7 +318,7 @@ class Transport:
             low = self.advertised_credit * 4 < self.inbox.capacity
             if not (self.inbound.ack_due or heartbeat or (low and credit > self.advertised_credit)):
                 break
-            self._put(Kind.ACK, COORDINATOR_ID, encode_body(Ack(credit=credit)), 0)
+            self._put(Kind.ACK, COORDINATOR_ID, encode_body(self._ack(credit)), 0)
             self.inbound.ack_due = False
             heartbeat = False
             self._last_ack = now

@@ -167,7 +167,12 @@ class AgentCrashed(Event, tag="agent.crashed", kw_only=True):
 
 
 class AgentHung(Event, tag="agent.hung", kw_only=True):
+    """An agent stopped answering, or its runtime stopped making progress, past the hung
+    deadline: it is killed (after its stacks are taken) and reported as hung."""
+
     silent_s: float
+    """How long it was silent, or its runtime stuck."""
+    reason: str = ""
 
 
 class AgentError(Event, tag="agent.error", kw_only=True):

@@ -364,6 +364,15 @@ class Event(WireModel):
 class Ack(WireModel):
     credit: int = Field(ge=0)
     """How many more sequenced frames past the header's ack the receiver can take now."""
+    progress: int | None = Field(default=None, ge=0)
+    """From an agent: how many times its runtime's event loop has ticked (every 100 ms while it
+    runs). The heartbeat comes from the transport thread, which lives on when a handler blocks
+    the loop; a count that stops moving is how the coordinator sees a wedged runtime."""
+    doing: str = Field(default="", max_length=200)
+    """From an agent: what its runtime is busy with ("action WEDGE", "message a:1:2"), or
+    empty when it waits for work."""
+    doing_ms: int = Field(default=0, ge=0)
+    """For how long, when the ACK was sent."""
 
 
 class Ping(WireModel):

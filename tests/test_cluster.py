@@ -68,6 +68,7 @@ def test_crash_hang_and_planned_kill_are_three_different_ends(private_tmp: Path)
             )
             assert c.handles["crasher"].state is AgentState.CRASHED
             assert c.handles["sleeper"].state is AgentState.HUNG
+            assert "the process is stopped" in (c.handles["sleeper"].diagnosis or "")
             assert c.handles["victim"].state is AgentState.EXITED
             assert c.handles["bystander"].state is AgentState.READY
             assert sorted(lost) == ["crasher", "sleeper"]

@@ -162,6 +162,12 @@ class Link:
         """When the bus's retransmission timer looks at this link next (see Bus._on_timer)."""
         self.commands: set[int] = set()
         """Correlation ids of commands sent to this agent and not yet answered."""
+        self.progress: int | None = None
+        """The agent runtime's event-loop ticks, from its ACKs (None: it sends none)."""
+        self.progress_at = 0.0
+        """When the tick count last moved."""
+        self.doing: tuple[str, float, float] = ("", 0.0, 0.0)
+        """What its runtime said it was busy with, for how long, and when it said so."""
         self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
         self.bye_future: asyncio.Future[Bye] = asyncio.get_running_loop().create_future()
         self.gone_reason: str | None = None
@@ -175,11 +181,12 @@ class Bus:
         *,
         policy: RetryPolicy | None = None,
         liveness: Liveness | None = None,
-        on_hung: Callable[[str, float], str] | None = None,
+        on_hung: Callable[[str, float, str], str] | None = None,
         on_ready: Callable[[str, Ready], None] | None = None,
     ) -> None:
-        """`on_hung(agent, silent_s)` hears of an agent silent past the hung deadline (and
-        returns the reason its pending deliveries fail with); `on_ready` of each READY."""
+        """`on_hung(agent, stuck_s, why)` hears of an agent silent past the hung deadline, or
+        whose runtime made no progress that long (and returns the reason its pending
+        deliveries fail with); `on_ready` of each READY."""
         self.endpoint = endpoint
         self.events = events
         self.policy = policy or RetryPolicy()
@@ -478,6 +485,10 @@ class Bus:
         if header.incarnation < link.incarnation:
             return  # a frame from a previous life of this agent id
         link.last_heard = now
+        if isinstance(body, Ack) and body.progress is not None:
+            if body.progress != link.progress:
+                link.progress, link.progress_at = body.progress, now
+            link.doing = (body.doing, body.doing_ms / 1000, now)
         credit = body.credit if isinstance(body, Ack) else None
         acked = link.outbox.on_ack(header.ack, credit, now)
         for pending in acked.acked:
@@ -717,14 +728,45 @@ class Bus:
                 LinkState.READY,
                 LinkState.CONFIGURED,
             ):
-                self._declare_hung(link, silent)
+                self._declare_hung(link, silent, self._silence(link, silent))
+            elif (
+                link.state is LinkState.READY
+                and link.progress is not None
+                and now - link.progress_at > self.hung_after_s
+            ):
+                # Heartbeats come from the transport thread, which lives on when a handler
+                # blocks the runtime's event loop: only the loop's tick count shows that.
+                stuck = now - link.progress_at
+                self._declare_hung(link, stuck, self._no_progress(link, stuck, now))
         self._sweep = self._loop.call_later(self.heartbeat_interval_s, self._on_sweep)
         self._flush()
 
-    def _declare_hung(self, link: Link, silent: float) -> None:
+    def _silence(self, link: Link, silent: float) -> str:
+        why = (
+            f"silent for {silent:.2f}s (hung after {self.hung_after_s:g}s): not even its"
+            " transport thread answered, so something held the whole process (C code holding"
+            " the GIL, or the process stopped)"
+        )
+        doing, for_s, said_at = link.doing
+        if doing:
+            why += f"; last heard busy with {doing} for {for_s + (said_at - link.last_heard):.1f}s"
+        return why
+
+    def _no_progress(self, link: Link, stuck: float, now: float) -> str:
+        doing, for_s, said_at = link.doing
+        busy = f" while running {doing} (for {for_s + now - said_at:.1f}s)" if doing else ""
+        return (
+            f"its runtime's event loop made no progress for {stuck:.2f}s{busy} though its"
+            f" transport still answered: something blocks the loop (a handler calling time.sleep"
+            f" or computing in an async function?); hung after {self.hung_after_s:g}s"
+        )
+
+    def _declare_hung(self, link: Link, stuck: float, why: str) -> None:
         if self.on_hung is not None:
-            reason = self.on_hung(link.agent_id, silent)
+            reason = self.on_hung(link.agent_id, stuck, why)
         else:
-            reason = f"silent for {silent:.2f}s (hung after {self.hung_after_s:g}s)"
-            self.events.emit(ev.AgentHung(agent=link.agent_id, silent_s=round(silent, 3)))
+            reason = why
+            self.events.emit(
+                ev.AgentHung(agent=link.agent_id, silent_s=round(stuck, 3), reason=why)
+            )
         self.agent_gone(link.agent_id, reason)

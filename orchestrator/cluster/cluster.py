@@ -132,6 +132,9 @@ class AgentHandle:
     """'term' or 'kill' when teardown had to signal the process."""
     hung: str | None = None
     """Why the agent was declared hung (it was then killed), if it was."""
+    diagnosis: str | None = None
+    """A hung agent's stacks (every thread, taken before it was killed), or why there are
+    none (a stopped process)."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -240,6 +243,8 @@ class Cluster:
         self._pidfds: dict[int, int] = {}
         self._prepared = False
         self._stopped = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Hung agents being diagnosed before they are killed."""
         self._closed = False
         self._pids: set[int] = set()
         """Live agent pids, shared with the last-resort finalizer."""
@@ -436,17 +441,27 @@ class Cluster:
         if handle is not None and self._move(handle, AgentState.READY):
             handle.ready_at = time.monotonic()
 
-    def _on_silent(self, agent: str, silent_s: float) -> str:
-        """The bus heard nothing from `agent` past the hung deadline: it is hung, and killed.
-        Returns the reason, which the bus gives to whatever was bound for the agent."""
-        liveness = self.settings.liveness
-        reason = f"silent for {silent_s:.2f}s (hung after {liveness.hung_after_s:g}s)"
+    def _on_silent(self, agent: str, stuck_s: float, why: str) -> str:
+        """The bus heard nothing from `agent`, or saw its runtime make no progress, past the
+        hung deadline: it is hung, its stacks are taken, and it is killed. Returns the reason,
+        which the bus gives to whatever was bound for the agent."""
         handle = self.handles.get(agent)
         if handle is not None and self._move(handle, AgentState.HUNG):
-            handle.hung = reason
-            self.events.emit(ev.AgentHung(agent=agent, silent_s=round(silent_s, 3)))
+            handle.hung = why
+            self.events.emit(ev.AgentHung(agent=agent, silent_s=round(stuck_s, 3), reason=why))
+            task = asyncio.get_running_loop().create_task(self._diagnose_and_kill(handle))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return why
+
+    async def _diagnose_and_kill(self, handle: AgentHandle) -> None:
+        """Take a hung agent's stacks (faulthandler, on SIGUSR1), then SIGKILL it."""
+        try:
+            handle.diagnosis = await asyncio.to_thread(
+                take_stacks, handle.pid, handle.spec.log_path
+            )
+        finally:
             self._signal(handle, signal.SIGKILL)
-        return reason
 
     def _on_exit(self, handle: AgentHandle, status: int, usage: object) -> None:
         code = os.waitstatus_to_exitcode(status)
@@ -675,6 +690,45 @@ def signal_agent(pid: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
     except PermissionError:
         pass
+
+
+STACKS_TIMEOUT_S = 1.0
+"""How long a hung agent gets to write its stacks before it is killed anyway."""
+STACKS_MAX_BYTES = 64 * 1024
+
+
+def take_stacks(pid: int, log: Path, timeout_s: float = STACKS_TIMEOUT_S) -> str:
+    """Every thread's stack of a live agent: SIGUSR1 makes its faulthandler write them to its
+    log, read back from where the log ended. Blocking (up to `timeout_s`); run in a thread."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return "no stacks: the process had already gone"
+    if state in ("T", "t"):
+        return (
+            "no stacks: the process is stopped (SIGSTOP, or a debugger holds it), so it can run"
+            " nothing, not even a signal handler"
+        )
+    try:
+        start = log.stat().st_size
+        os.kill(pid, signal.SIGUSR1)
+    except OSError as exc:
+        return f"no stacks: {exc.strerror or exc}"
+    # The agent writes from its signal handler; nothing says when it is done but the file
+    # itself: wait for it to grow, then to stop growing (a deadline poll, by design).
+    deadline, size, steady = time.monotonic() + timeout_s, start, 0
+    while time.monotonic() < deadline and steady < 3:
+        time.sleep(0.02)
+        now = log.stat().st_size
+        steady = steady + 1 if now == size and now > start else 0
+        size = now
+    if size <= start:
+        return f"no stacks: the agent wrote none within {timeout_s:g}s of SIGUSR1"
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read(STACKS_MAX_BYTES).decode("utf-8", errors="replace")
+    return "every thread's stack when it was declared hung (most recent call first):\n" + text
 
 
 def _kill_and_reap(pid: int) -> None:

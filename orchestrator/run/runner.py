@@ -683,9 +683,11 @@ class ScenarioRun:
 
     def _on_lost(self, handle: AgentHandle) -> None:
         assert handle.exit is not None
+        detail = _log_tail(handle.spec.log_path)
         if handle.hung is not None:
             kind = ErrorKind.HUNG
             message = f"agent {handle.id} (pid {handle.pid}) hung: {handle.hung}; it was killed"
+            detail = handle.diagnosis or detail  # its stacks (they went to its log too)
         else:
             kind = ErrorKind.CRASH
             message = (
@@ -697,7 +699,7 @@ class ScenarioRun:
                 source=kind,
                 agent=handle.id,
                 message=message,
-                detail=_log_tail(handle.spec.log_path),
+                detail=detail,
             )
         )
 

@@ -386,6 +386,15 @@ class SoakLocating(Event, tag="soak.locating", kw_only=True):
     duration_s: float
 
 
+class FaultInjected(Event, tag="fault.injected", kw_only=True):
+    """The script made something go wrong on purpose (a `fault` step): `agent` is its target."""
+
+    fault: str
+    """kill, stop, cont, restart."""
+    detail: str
+    """What was done: "SIGKILL to pid 1234", "incarnation 2 (pid 1240), store kept"."""
+
+
 class RunError(Event, tag="error", kw_only=True):
     """An error of the run (a crash, a failed step, the runner breaking...), as collected."""
 
@@ -399,7 +408,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ActionStarted, ActionCompleted, ActionFailed, MessageSent, MessageRefused, MessageDelivered,
     MessageRetry, MessageDeadLetter, CommandSent, CommandResult, WireRejected, Sample,
     StepStarted, StepFinished, StopConditionMet, AssertionEvaluated, RunError, SoakIteration,
-    SoakProgress, SoakLocating,
+    SoakProgress, SoakLocating, FaultInjected,
 )  # fmt: skip
 
 for _cls in EVENT_TYPES:
@@ -415,7 +424,7 @@ AnyEvent = (
     | ActionStarted | ActionCompleted | ActionFailed | MessageSent | MessageRefused
     | MessageDelivered | MessageRetry | MessageDeadLetter | CommandSent | CommandResult
     | WireRejected | Sample | StepStarted | StepFinished | StopConditionMet | AssertionEvaluated
-    | RunError | SoakIteration | SoakProgress | SoakLocating
+    | RunError | SoakIteration | SoakProgress | SoakLocating | FaultInjected
 )  # fmt: skip
 """One line of events.jsonl."""
 

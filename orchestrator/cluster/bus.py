@@ -162,6 +162,8 @@ class Link:
         """When the bus's retransmission timer looks at this link next (see Bus._on_timer)."""
         self.commands: set[int] = set()
         """Correlation ids of commands sent to this agent and not yet answered."""
+        self.paused = False
+        """Stopped by the script (a `stop` fault): not hung, whatever its silence."""
         self.progress: int | None = None
         """The agent runtime's event-loop ticks, from its ACKs (None: it sends none)."""
         self.progress_at = 0.0
@@ -272,6 +274,14 @@ class Bus:
         self.links[config.agent_id] = link
         self._by_rid[link.rid] = link
         return link
+
+    def pause(self, agent: str, paused: bool) -> None:
+        """A `stop` fault (paused) or its `cont`: a stopped agent is not declared hung, and
+        its silence while stopped does not count once it runs again."""
+        link = self.links[agent]
+        link.paused = paused
+        if not paused:
+            link.last_heard = link.progress_at = time.monotonic()
 
     def set_rooms(self, rooms: Iterable[tuple[str, tuple[str, ...]]]) -> None:
         self.rooms = dict(rooms)
@@ -719,7 +729,7 @@ class Bus:
         assert self._loop is not None
         now = time.monotonic()
         for link in list(self.links.values()):
-            if link.state in (LinkState.GONE, LinkState.EXPECTED):
+            if link.state in (LinkState.GONE, LinkState.EXPECTED) or link.paused:
                 continue
             if now - link.last_sent >= self.ping_interval_s:
                 self._send(link, Kind.PING, encode_body(Ping()), 0, 0)

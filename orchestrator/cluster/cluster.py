@@ -135,6 +135,10 @@ class AgentHandle:
     diagnosis: str | None = None
     """A hung agent's stacks (every thread, taken before it was killed), or why there are
     none (a stopped process)."""
+    restarts: int = 0
+    """Incarnations before this one that the script restarted (`restart` faults)."""
+    killed_by_script: str | None = None
+    """The signal of a `kill` fault that ended it."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -168,9 +172,18 @@ class AgentHandle:
 
 class AgentControl(Protocol):
     """What the executor needs from the agents: commands, answered or failed with AgentGone
-    (the agent ended) or TimeoutError."""
+    (the agent ended) or TimeoutError; and faults on purpose (FaultError if impossible)."""
 
     async def command(self, agent: str, command: Command, timeout: float) -> Result: ...
+
+    async def fault(
+        self, op: str, agent: str, *, signal: str, keep_store: bool, timeout: float
+    ) -> None: ...
+
+
+class FaultError(Exception):
+    """A fault step could not be carried out: the agent had already ended, a killed agent
+    did not end, a restarted one did not come up."""
 
 
 class AgentInitError(Exception):
@@ -227,6 +240,8 @@ class Cluster:
         self.launcher = launcher
         self.settings = settings or ClusterSettings()
         self.on_lost = on_lost
+        self.on_restarted: Callable[[AgentHandle], None] | None = None
+        """Hears of each agent a `restart` fault started again, once READY."""
         self.stop_deadline_s = stop_deadline_s
         self.bus = Bus(
             f"ipc://{run_dir}/bus.sock",
@@ -536,6 +551,79 @@ class Cluster:
             raise AgentGone(f"agent {agent} is gone: {handle.describe_end()}")
         return await self.bus.command(agent, command, timeout)
 
+    async def fault(
+        self, op: str, agent: str, *, signal: str = "SIGKILL", keep_store: bool = True,
+        timeout: float = 30.0,
+    ) -> None:  # fmt: skip
+        """A fault on purpose (`kill`, `stop`, `cont`, `restart`), recorded as an event. A
+        killed agent's exit is planned (not a crash); a stopped one is not declared hung."""
+        handle = self.handles.get(agent)
+        if handle is None:
+            raise FaultError(f"no agent {agent!r}")
+        if handle.exit is not None or handle.state in (AgentState.HUNG, AgentState.CRASHED):
+            raise FaultError(f"{agent} has already ended ({handle.describe_end()})")
+        if op == "kill":
+            sig = _SIGNALS[signal]
+            self._fault_event(agent, "kill", f"{sig.name} to pid {handle.pid}")
+            handle.killed_by_script = sig.name
+            self.kill(agent, sig, planned=True)
+            await self._ended(handle, timeout)
+        elif op == "stop":
+            self.bus.pause(agent, True)
+            self._fault_event(agent, "stop", f"SIGSTOP to pid {handle.pid}")
+            self._signal(handle, _SIGNALS["SIGSTOP"])
+        elif op == "cont":
+            self._signal(handle, _SIGNALS["SIGCONT"])
+            self.bus.pause(agent, False)
+            self._fault_event(agent, "cont", f"SIGCONT to pid {handle.pid}")
+        elif op == "restart":
+            await self._restart(handle, keep_store, timeout)
+        else:
+            raise FaultError(f"unknown fault {op!r}")
+
+    def _fault_event(self, agent: str, fault: str, detail: str) -> None:
+        self.events.emit(ev.FaultInjected(agent=agent, fault=fault, detail=detail))
+
+    async def _ended(self, handle: AgentHandle, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await handle.exited.wait()
+        except TimeoutError:
+            raise FaultError(
+                f"{handle.id} (pid {handle.pid}) did not end within {timeout:g}s"
+            ) from None
+
+    async def _restart(self, old: AgentHandle, keep_store: bool, timeout: float) -> None:
+        """Kill `old` (planned) and start its next incarnation under the same id; READY."""
+        t0 = time.monotonic()
+        store = old.ready_info.store_path if old.ready_info else None
+        self.kill(old.id, _SIGNALS["SIGKILL"], planned=True)
+        await self._ended(old, timeout)
+        if not keep_store and store:
+            for path in (store, store + "-wal", store + "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        new = self.launch_one(old.config, old.spec.incarnation + 1)
+        new.restarts = old.restarts + 1
+        left = max(0.1, timeout - (time.monotonic() - t0))
+        try:
+            async with asyncio.timeout(left):
+                ready = await asyncio.shield(new.link.ready)
+        except (TimeoutError, AgentGone) as exc:
+            raise FaultError(
+                f"the restarted {old.id} did not come up: {exc or 'timeout'}"
+            ) from None
+        if ready.error is not None:
+            raise FaultError(f"the restarted {old.id} could not initialise: {ready.error}")
+        self._fault_event(
+            old.id, "restart",
+            f"incarnation {new.spec.incarnation} (pid {new.pid}) replaced pid {old.pid};"
+            f" store {'kept' if keep_store else 'emptied'}; READY in"
+            f" {time.monotonic() - t0:.2f}s",
+        )  # fmt: skip
+        if self.on_restarted is not None:
+            self.on_restarted(new)
+
     def kill(self, agent: str, sig: signal.Signals, *, planned: bool) -> None:
         """Signal `agent`'s process group; a planned kill's exit is not a crash."""
         handle = self.handles[agent]
@@ -559,6 +647,11 @@ class Cluster:
         frame loss, messages still being retried when the script ended were dead-lettered by
         teardown. Whether it got quiet."""
         end = time.monotonic() + deadline_s
+        for handle in self.handles.values():
+            if handle.link.paused and handle.exit is None:  # a `stop` never continued
+                self._signal(handle, _SIGNALS["SIGCONT"])
+                self.bus.pause(handle.id, False)
+                self._fault_event(handle.id, "cont", "SIGCONT before teardown (it was stopped)")
         while True:
             routed = self.bus.messages_routed
             if not await self.bus.wait_idle(end):
@@ -691,6 +784,11 @@ def signal_agent(pid: int, sig: signal.Signals) -> None:
     except PermissionError:
         pass
 
+
+_SIGNALS = {name: signal.Signals[name] for name in (
+    "SIGKILL", "SIGTERM", "SIGINT", "SIGQUIT", "SIGABRT", "SIGSEGV", "SIGUSR2", "SIGSTOP",
+    "SIGCONT",
+)}  # fmt: skip
 
 STACKS_TIMEOUT_S = 1.0
 """How long a hung agent gets to write its stacks before it is killed anyway."""

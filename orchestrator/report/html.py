@@ -27,6 +27,7 @@ from orchestrator.events import (
     AgentError,
     AgentHung,
     Event,
+    FaultInjected,
     MessageDeadLetter,
     MessageRefused,
     MessageSent,
@@ -292,7 +293,8 @@ class EventDigest:
                 self.steps_omitted += 1
         if isinstance(
             event,
-            AgentCrashed | AgentHung | AgentError | RunError | StopConditionMet | MessageDeadLetter,
+            AgentCrashed | AgentHung | AgentError | RunError | StopConditionMet | MessageDeadLetter
+            | FaultInjected,
         ):
             self._fault(event)
 
@@ -324,6 +326,8 @@ class EventDigest:
             css = "m-agent"
         elif isinstance(event, StopConditionMet):
             label, css = f"stop_when: {event.reason}", "m-stop"
+        elif isinstance(event, FaultInjected):
+            label, css = f"fault {event.fault} {event.agent}: {event.detail}", "m-fault"
         elif isinstance(event, MessageDeadLetter):
             label = f"dead letter: {event.frame} {event.msg_id or ''} to {event.recipient}"
             css = "m-dead"

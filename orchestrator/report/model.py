@@ -230,6 +230,11 @@ class AgentReport(BaseModel):
     exit_code: int | None
     signal: str | None
     escalation: str | None
+    restarts: int = 0
+    """Times the script restarted this agent (`restart` faults); the report is of its last
+    incarnation."""
+    killed_by_script: str | None = None
+    """The signal of the `kill` fault that ended it: a planned end, not a crash."""
     startup_s: float | None
     cpu_user_s: float | None
     cpu_system_s: float | None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from orchestrator.cluster.bus import AgentGone
-from orchestrator.cluster.cluster import AgentControl
+from orchestrator.cluster.cluster import AgentControl, FaultError
 from orchestrator.events import (
     ActionCompleted,
     ActionFailed,
@@ -61,6 +61,7 @@ from orchestrator.scenario.spec import Scenario
 from orchestrator.scenario.steps import (
     ActionStep,
     AssertStep,
+    FaultStep,
     ParallelStep,
     PauseStep,
     RepeatStep,
@@ -192,6 +193,11 @@ def describe(step: Step) -> str:
             return f"run {len(p)} steps at once"
         case PauseStep(pause=d):
             return f"pause {d}"
+        case FaultStep(fault=f):
+            more = f" with {f.signal}" if f.signal else ""
+            if f.keep_store is False:
+                more = " with an empty store"
+            return f"fault: {f.op} {f.agent}{more}"
     raise AssertionError(f"unknown step {step!r}")
 
 
@@ -445,6 +451,8 @@ class Executor:
                     await self._assert(step, result)
                 case PauseStep():
                     await self._pause(step)
+                case FaultStep():
+                    await self._fault(step)
         except StepFailure as exc:
             return str(exc), None, exc.transient
         except AgentGone as exc:
@@ -602,6 +610,17 @@ class Executor:
             self.inline[result.path] = judged  # keep the first failure, else the latest pass
         if not judged.passed:
             raise StepFailure(f"assertion {ident} failed: {judged.message}")
+
+    async def _fault(self, step: FaultStep) -> None:
+        f = step.fault
+        timeout = self._timeout(step, None, self.send_timeout_s)
+        try:
+            await self.agents.fault(
+                f.op, f.agent, signal=f.signal or "SIGKILL",
+                keep_store=f.keep_store is not False, timeout=timeout,
+            )  # fmt: skip
+        except FaultError as exc:
+            raise StepFailure(f"fault {f.op} {f.agent}: {exc}") from None
 
     async def _pause(self, step: PauseStep) -> None:
         remaining = self._deadline - time.monotonic()

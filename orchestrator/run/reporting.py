@@ -68,6 +68,8 @@ def agent_report(
             else None
         ),
         escalation=handle.escalation,
+        restarts=handle.restarts,
+        killed_by_script=handle.killed_by_script,
         startup_s=round(handle.startup_s, 6) if handle.startup_s is not None else None,
         cpu_user_s=exit_info.cpu_user_s if exit_info else None,
         cpu_system_s=exit_info.cpu_system_s if exit_info else None,

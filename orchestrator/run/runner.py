@@ -591,6 +591,12 @@ class ScenarioRun:
             SOAK_MAX_PER_ROOM if self.options.soak else None,
         )
         await cluster.launch(configs, self.options.startup_timeout_s)
+
+        def restarted(handle: AgentHandle) -> None:  # a `restart` fault: measure the new one
+            store = handle.ready_info.store_path if handle.ready_info else None
+            sampler.track(handle.id, handle.pid, store)
+
+        cluster.on_restarted = restarted
         for handle in cluster.handles.values():
             store = handle.ready_info.store_path if handle.ready_info else None
             sampler.track(handle.id, handle.pid, store)

@@ -38,6 +38,7 @@ from orchestrator.scenario.steps import (
     ActionStep,
     Actor,
     AssertStep,
+    FaultStep,
     SendStep,
     SetStateStep,
     Step,
@@ -176,6 +177,8 @@ class _Checker:
             case ActionStep(action=action):
                 self.agent((*loc, "action", "agent"), action.agent)
                 self.room((*loc, "action", "room"), action.room)
+            case FaultStep(fault=fault):
+                self.agent((*loc, "fault", fault.op), fault.agent)
             case SetStateStep(set_state=set_state):
                 self.agent((*loc, "set_state", "agent"), set_state.agent)
             case WaitForStep(wait_for=w):

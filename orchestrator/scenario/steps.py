@@ -10,7 +10,7 @@ may be written.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Discriminator, Field, JsonValue, Tag, model_validator
 
@@ -184,6 +184,61 @@ class PauseStep(StepBase):
     pause: Duration
 
 
+FaultSignal = Literal["SIGKILL", "SIGTERM", "SIGINT", "SIGQUIT", "SIGABRT", "SIGSEGV", "SIGUSR2"]
+
+
+class FaultArgs(SpecModel):
+    """A fault on one agent's process, on purpose: exactly one of `kill`, `stop`, `cont` and
+    `restart`, naming the agent. A planned fault is not an error: the killed agent is reported
+    as killed by the script, not as a crash."""
+
+    kill: str | None = None
+    """Send the agent's process group `signal`; the agent ends (its exit is planned)."""
+    signal: FaultSignal | None = None
+    """With `kill`: which signal (default SIGKILL)."""
+    stop: str | None = None
+    """SIGSTOP: the agent hangs, on purpose, until a `cont` (it is not declared hung
+    meanwhile; what is sent to it waits, and is retried)."""
+    cont: str | None = None
+    """SIGCONT: a stopped agent runs again."""
+    restart: str | None = None
+    """Kill the agent and start a new incarnation under the same id, waiting for its READY."""
+    keep_store: bool | None = None
+    """With `restart`: whether the new incarnation keeps the agent's memory store (default
+    true); false starts it empty."""
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        given = [k for k in ("kill", "stop", "cont", "restart") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise spec_error(
+                "fault", "a fault names one agent under exactly one of kill, stop, cont, restart"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.signal is not None and self.kill is None:
+            raise spec_error("fault", "'signal' goes with 'kill'")
+        if self.keep_store is not None and self.restart is None:
+            raise spec_error("fault", "'keep_store' goes with 'restart'")
+        return self
+
+    @property
+    def op(self) -> str:
+        return next(k for k in ("kill", "stop", "cont", "restart") if getattr(self, k))
+
+    @property
+    def agent(self) -> str:
+        value = getattr(self, self.op)
+        assert isinstance(value, str)
+        return value
+
+
+class FaultStep(StepBase):
+    """A fault on purpose (`kill`, `stop`, `cont`, `restart`), recorded as a `fault.injected`
+    event and shown in every report."""
+
+    fault: FaultArgs
+
+
 # To add a step type: write its model (a StepBase with its one kind key as a field), add it
 # here and to the `Step` union below with its Tag, and teach the executor to run it.
 STEP_TYPES: dict[str, type[SpecModel]] = {
@@ -195,6 +250,7 @@ STEP_TYPES: dict[str, type[SpecModel]] = {
     "repeat": RepeatStep,
     "parallel": ParallelStep,
     "pause": PauseStep,
+    "fault": FaultStep,
 }
 
 Step = Annotated[
@@ -205,7 +261,8 @@ Step = Annotated[
     | Annotated[AssertStep, Tag("AssertStep")]
     | Annotated[RepeatStep, Tag("RepeatStep")]
     | Annotated[ParallelStep, Tag("ParallelStep")]
-    | Annotated[PauseStep, Tag("PauseStep")],
+    | Annotated[PauseStep, Tag("PauseStep")]
+    | Annotated[FaultStep, Tag("FaultStep")],
     Discriminator(kind_tag(STEP_TYPES)),
     kind_key_check("step", STEP_TYPES, frozenset(StepBase.model_fields)),
 ]

@@ -1,0 +1,131 @@
+"""Faults on purpose (issue 13): `fault` steps kill, stop, continue and restart agents; a
+planned fault is recorded and reported, and is not an error, while the run goes on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.report.model import EXIT_INVALID, ScenarioReport, Verdict
+
+HEAD = """\
+name: {name}
+timeout: 40s
+agents:
+  - {{id: a, model: {{rules: [{{when: {{regex: "^ping"}}, reply: pong}}]}}}}
+  - id: b
+rooms:
+  - {{id: r, members: [a, b]}}
+script:
+  - send: {{agent: b, room: r, text: ping 1}}
+  - wait_for: {{message: {{from: a, contains: pong}}, timeout: 10s}}
+"""
+
+
+def _run(tmp_path: Path, name: str, script: str, assertions: str) -> tuple[int, ScenarioReport]:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(HEAD.format(name=name) + script + "assertions:\n" + assertions)
+    out = tmp_path / name
+    result = CliRunner().invoke(main, ["run", str(path), "--report-dir", str(out), "-q"])
+    assert (out / "report.json").exists(), result.output
+    return result.exit_code, ScenarioReport.model_validate_json((out / "report.json").read_text())
+
+
+def _faults(report: ScenarioReport) -> list[dict[str, object]]:
+    lines = Path(report.events_file).read_text().splitlines()
+    return [json.loads(line) for line in lines if '"kind":"fault.injected"' in line]
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_agent_is_a_planned_end_not_a_crash(tmp_path: Path, private_tmp: Path) -> None:
+    code, report = _run(
+        tmp_path, "kill",
+        "  - fault: {kill: a, signal: SIGTERM}\n",
+        "  - message: {from: a, room: r, contains: pong, count: {min: 1}}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    assert code == 0 and report.errors == []
+    a = next(x for x in report.agents if x.id == "a")
+    assert a.status == "exited" and a.killed_by_script == "SIGTERM"
+    (fault,) = _faults(report)
+    assert fault["agent"] == "a" and fault["fault"] == "kill"
+    assert str(fault["detail"]).startswith("SIGTERM to pid ")
+
+
+@pytest.mark.timeout(60)
+def test_a_stopped_agent_is_not_hung_and_answers_once_continued(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    # Stopped past the 3 s hung deadline: the bus holds what is sent to it (and retries).
+    code, report = _run(
+        tmp_path, "stop",
+        "  - fault: {stop: a}\n"
+        "  - send: {agent: b, room: r, text: ping 2}\n"
+        "  - pause: 4s\n"
+        "  - fault: {cont: a}\n"
+        "  - wait_for: {message: {from: a, contains: pong}, timeout: 20s}\n",
+        "  - message: {from: a, room: r, contains: pong, count: {min: 2}}\n  - delivery: {}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    assert code == 0 and report.errors == []
+    assert next(x for x in report.agents if x.id == "a").status == "exited"
+    assert [f["fault"] for f in _faults(report)] == ["stop", "cont"]
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_never_continued_is_let_go_before_teardown(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    code, report = _run(
+        tmp_path, "stopped",
+        "  - fault: {stop: a}\n",
+        "  - message: {from: a, room: r, contains: pong, count: {min: 1}}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    assert code == 0
+    a = next(x for x in report.agents if x.id == "a")
+    assert a.status == "exited" and a.escalation is None  # it said goodbye, unkilled
+    assert [f["fault"] for f in _faults(report)] == ["stop", "cont"]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_restarted_agent_answers_again_with_or_without_its_store(
+    tmp_path: Path, private_tmp: Path, keep: bool
+) -> None:
+    code, report = _run(
+        tmp_path, f"restart-{keep}",
+        f"  - fault: {{restart: a, keep_store: {str(keep).lower()}}}\n"
+        "  - send: {agent: b, room: r, text: ping 2}\n"
+        "  - wait_for: {message: {from: a, contains: pong}, timeout: 10s}\n",
+        "  - message: {from: a, room: r, contains: pong, count: {min: 2}}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    assert code == 0
+    a = next(x for x in report.agents if x.id == "a")
+    assert a.restarts == 1 and a.status == "exited"
+    # Two pings and two pongs in all; the new incarnation kept the first two, or not.
+    assert a.store_rows == (4 if keep else 2)
+    (fault,) = _faults(report)
+    assert fault["fault"] == "restart" and "incarnation 2" in str(fault["detail"])
+    assert ("store kept" if keep else "store emptied") in str(fault["detail"])
+
+
+def test_a_fault_names_one_known_agent_under_one_operation(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(HEAD.format(name="bad") + (
+        "  - fault: {kill: a, stop: b}\n"
+        "  - fault: {restart: ghost}\n"
+        "  - fault: {stop: a, signal: SIGTERM}\n"
+        "assertions:\n  - message: {from: a, contains: pong}\n"
+    ))  # fmt: skip
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == EXIT_INVALID
+    assert "script[2].fault: a fault names one agent under exactly one of kill, stop, cont," \
+        " restart (got kill, stop)" in result.output
+    assert "script[3].fault.restart: undefined agent 'ghost'" in result.output
+    assert "script[4].fault: 'signal' goes with 'kill'" in result.output

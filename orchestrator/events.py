@@ -395,6 +395,13 @@ class FaultInjected(Event, tag="fault.injected", kw_only=True):
     """What was done: "SIGKILL to pid 1234", "incarnation 2 (pid 1240), store kept"."""
 
 
+class FaultEnded(Event, tag="fault.ended", kw_only=True):
+    """A bus fault's window (time or message count) is over; `detail` says what it did."""
+
+    fault: str
+    detail: str
+
+
 class RunError(Event, tag="error", kw_only=True):
     """An error of the run (a crash, a failed step, the runner breaking...), as collected."""
 
@@ -408,7 +415,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ActionStarted, ActionCompleted, ActionFailed, MessageSent, MessageRefused, MessageDelivered,
     MessageRetry, MessageDeadLetter, CommandSent, CommandResult, WireRejected, Sample,
     StepStarted, StepFinished, StopConditionMet, AssertionEvaluated, RunError, SoakIteration,
-    SoakProgress, SoakLocating, FaultInjected,
+    SoakProgress, SoakLocating, FaultInjected, FaultEnded,
 )  # fmt: skip
 
 for _cls in EVENT_TYPES:
@@ -424,7 +431,7 @@ AnyEvent = (
     | ActionStarted | ActionCompleted | ActionFailed | MessageSent | MessageRefused
     | MessageDelivered | MessageRetry | MessageDeadLetter | CommandSent | CommandResult
     | WireRejected | Sample | StepStarted | StepFinished | StopConditionMet | AssertionEvaluated
-    | RunError | SoakIteration | SoakProgress | SoakLocating | FaultInjected
+    | RunError | SoakIteration | SoakProgress | SoakLocating | FaultInjected | FaultEnded
 )  # fmt: skip
 """One line of events.jsonl."""
 

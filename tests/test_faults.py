@@ -108,7 +108,8 @@ def test_a_restarted_agent_answers_again_with_or_without_its_store(
     assert code == 0
     a = next(x for x in report.agents if x.id == "a")
     assert a.restarts == 1 and a.status == "exited"
-    # Two pings and two pongs in all; the new incarnation kept the first two, or not.
+    # Two pings and two pongs in all; the new incarnation kept the first two (the old one was
+    # stopped in order, its store closed whole), or not.
     assert a.store_rows == (4 if keep else 2)
     (fault,) = _faults(report)
     assert fault["fault"] == "restart" and "incarnation 2" in str(fault["detail"])
@@ -125,7 +126,113 @@ def test_a_fault_names_one_known_agent_under_one_operation(tmp_path: Path) -> No
     ))  # fmt: skip
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == EXIT_INVALID
-    assert "script[2].fault: a fault names one agent under exactly one of kill, stop, cont," \
-        " restart (got kill, stop)" in result.output
+    assert "script[2].fault: a fault has exactly one of kill, stop, cont, restart, drop," \
+        " delay, duplicate, reorder, partition (got kill, stop)" in result.output
     assert "script[3].fault.restart: undefined agent 'ghost'" in result.output
     assert "script[4].fault: 'signal' goes with 'kill'" in result.output
+
+
+def _pings(n: int, start: int = 2) -> str:
+    lines = [f"  - send: {{agent: b, room: r, text: ping {i}}}\n" for i in range(start, start + n)]
+    return "".join(lines) + (
+        f"  - wait_for: {{message: {{from: a, contains: pong}}, count: {n}, timeout: 30s}}\n"
+    )
+
+
+def _ended(report: ScenarioReport) -> list[str]:
+    lines = Path(report.events_file).read_text().splitlines()
+    return [json.loads(x)["detail"] for x in lines if '"kind":"fault.ended"' in x]
+
+
+@pytest.mark.timeout(90)
+def test_drop_duplicate_and_reorder_keep_delivery_exactly_once(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    script = (
+        "  - fault: {drop: 0.5, to: a, messages: 10}\n" + _pings(10)
+        + "  - fault: {duplicate: 0.5, from: b, messages: 10}\n" + _pings(10, 20)
+        + "  - fault: {reorder: 0.5, within: 300ms, room: r, messages: 10}\n" + _pings(10, 40)
+    )  # fmt: skip
+    code, report = _run(
+        tmp_path, "wire", script,
+        "  - delivery: {}\n  - message: {from: a, room: r, contains: pong, count: {min: 31}}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    assert code == 0
+    ended = _ended(report)
+    assert len(ended) == 3
+    assert "drop 50% of the messages to a for 10 messages: dropped" in ended[0]
+    assert "duplicated" in ended[1] and "held" in ended[2]
+    a = next(x for x in report.agents if x.id == "a")
+    assert a.retries > 0 and a.duplicates_dropped > 0  # lost ones retried, doubles dropped
+
+
+@pytest.mark.timeout(90)
+def test_a_partition_holds_messages_until_it_heals(tmp_path: Path, private_tmp: Path) -> None:
+    code, report = _run(
+        tmp_path, "partition",
+        "  - fault: {partition: [[a], [b]], for: 2s}\n"
+        "  - send: {agent: b, room: r, text: ping 2}\n"
+        "  - id: across\n"
+        "    wait_for: {message: {from: a, contains: pong}, timeout: 20s}\n",
+        "  - delivery: {}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    assert code == 0
+    across = next(s for s in report.steps if s.id == "across")
+    assert across.duration_s >= 1.5  # the pong came once the partition healed
+    (ended,) = _ended(report)
+    assert ended.startswith("partition a | b: cut the messages for 2s: cut ")
+
+
+def test_a_bus_fault_needs_a_window_and_known_names(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(HEAD.format(name="bad") + (
+        "  - fault: {drop: 0.5}\n"
+        "  - fault: {delay: 1s, for: 1s, messages: 3}\n"
+        "  - fault: {drop: 1.5, for: 1s}\n"
+        "  - fault: {partition: [[a], [a, b]], for: 1s}\n"
+        "  - fault: {duplicate: 0.1, from: ghost, room: nowhere, for: 1s}\n"
+        "  - fault: {kill: a, for: 1s}\n"
+        "assertions:\n  - message: {from: a, contains: pong}\n"
+    ))  # fmt: skip
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == EXIT_INVALID
+    out = result.output
+    assert "script[2].fault: a 'drop' fault lasts for a time" in out
+    assert "script[3].fault: a 'delay' fault lasts for a time" in out
+    assert "script[4].fault.drop:" in out
+    assert "script[5].fault: agent 'a' is in two partition groups" in out
+    assert "script[6].fault.from[0]: undefined agent 'ghost'" in out
+    assert "script[6].fault.room[0]: undefined room 'nowhere'" in out
+    assert "script[7].fault: 'for' goes with a bus fault, not 'kill'" in out
+
+
+@pytest.mark.timeout(90)
+def test_a_faulty_run_replays_with_its_seed(tmp_path: Path, private_tmp: Path) -> None:
+    script = "  - fault: {drop: 0.5, messages: 20}\n" + _pings(10)
+    details = []
+    for name in ("one", "two"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(HEAD.format(name=name) + script + "assertions:\n  - delivery: {}\n")
+        out = tmp_path / name
+        CliRunner().invoke(main, ["run", str(path), "--report-dir", str(out), "--seed", "42"])
+        report = ScenarioReport.model_validate_json((out / "report.json").read_text())
+        assert report.verdict is Verdict.PASS, report.verification.reasons
+        details.append(_ended(report))
+    assert details[0] == details[1] and "dropped" in details[0][0]
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_agent_can_be_restarted(tmp_path: Path, private_tmp: Path) -> None:
+    code, report = _run(
+        tmp_path, "kill-restart",
+        "  - fault: {kill: a}\n"
+        "  - fault: {restart: a}\n"
+        "  - send: {agent: b, room: r, text: ping 2}\n"
+        "  - wait_for: {message: {from: a, contains: pong}, timeout: 10s}\n",
+        "  - message: {from: a, room: r, contains: pong, count: {min: 2}}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    assert code == 0 and report.errors == []
+    assert [f["fault"] for f in _faults(report)] == ["kill", "restart"]

@@ -27,6 +27,7 @@ from enum import Enum
 import zmq
 
 from orchestrator import events as ev
+from orchestrator.cluster.faults import Transmission, WireFault
 from orchestrator.events import EventLog
 from orchestrator.metrics import LatencyHistogram
 from protocol import (
@@ -205,6 +206,8 @@ class Bus:
         self.rejected: Counter[str] = Counter()
         self.messages_routed = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self.wire_faults: list[WireFault] = []
+        """Bus faults in force (`fault` steps): they end by time or by count."""
         self.dead_letters = 0
         self.refused = 0
         """Messages the bus refused (an unknown room, a room the sender is not in)."""
@@ -410,7 +413,41 @@ class Bus:
 
     def _send_pending(self, link: Link, pending: Pending[Outgoing]) -> None:
         item = pending.item
+        if item.kind is Kind.MSG and self.wire_faults:
+            plan = self._faulted(link, item)
+            if plan.delay_s > 0 and plan.copies and self._loop is not None:
+                self._loop.call_later(plan.delay_s, self._send_late, link, pending, plan.copies)
+                return
+            for _ in range(plan.copies):
+                self._send(link, item.kind, item.body, pending.seq, item.corr)
+            return
         self._send(link, item.kind, item.body, pending.seq, item.corr)
+
+    # -- faults on purpose (orchestrator/cluster/faults.py) ------------------------------
+    def add_wire_fault(self, fault: WireFault) -> None:
+        self.wire_faults.append(fault)
+
+    def _faulted(self, link: Link, item: Outgoing) -> Transmission:
+        plan = Transmission()
+        self._end_wire_faults(time.monotonic())
+        for fault in self.wire_faults:
+            if fault.matches(item.sender, link.agent_id, item.room):
+                fault.apply(plan)
+        return plan
+
+    def _send_late(self, link: Link, pending: Pending[Outgoing], copies: int) -> None:
+        if link.state is LinkState.GONE or self._sock is None:
+            return  # (sent late after its ack: the receiver drops it as a duplicate)
+        for _ in range(copies):
+            self._send(link, Kind.MSG, pending.item.body, pending.seq, pending.item.corr)
+        self._flush()
+
+    def _end_wire_faults(self, now: float) -> None:
+        if not any(f.over(now) for f in self.wire_faults):
+            return
+        for fault in [f for f in self.wire_faults if f.over(now)]:
+            self.wire_faults.remove(fault)
+            self.events.emit(ev.FaultEnded(fault=fault.kind, detail=fault.summary()))
 
     def _send(self, link: Link, kind: Kind, body: bytes, seq: int, corr: int) -> bool:
         sock = self._sock
@@ -728,6 +765,8 @@ class Bus:
         traffic."""
         assert self._loop is not None
         now = time.monotonic()
+        if self.wire_faults:
+            self._end_wire_faults(now)
         for link in list(self.links.values()):
             if link.state in (LinkState.GONE, LinkState.EXPECTED) or link.paused:
                 continue

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from orchestrator import events as ev
 from orchestrator.cluster.bus import AgentGone, Bus, Link
+from orchestrator.cluster.faults import WireFault
 from orchestrator.cluster.launchers import Launched, Launcher, LaunchSpec
 from orchestrator.events import EventLog
 from protocol import (
@@ -179,6 +180,8 @@ class AgentControl(Protocol):
     async def fault(
         self, op: str, agent: str, *, signal: str, keep_store: bool, timeout: float
     ) -> None: ...
+
+    def wire_fault(self, fault: WireFault) -> None: ...
 
 
 class FaultError(Exception):
@@ -560,7 +563,8 @@ class Cluster:
         handle = self.handles.get(agent)
         if handle is None:
             raise FaultError(f"no agent {agent!r}")
-        if handle.exit is not None or handle.state in (AgentState.HUNG, AgentState.CRASHED):
+        ended = handle.exit is not None or handle.state in (AgentState.HUNG, AgentState.CRASHED)
+        if ended and op != "restart":
             raise FaultError(f"{agent} has already ended ({handle.describe_end()})")
         if op == "kill":
             sig = _SIGNALS[signal]
@@ -581,6 +585,11 @@ class Cluster:
         else:
             raise FaultError(f"unknown fault {op!r}")
 
+    def wire_fault(self, fault: WireFault) -> None:
+        """A bus fault on purpose, from now until its window ends (see faults.py)."""
+        self.bus.add_wire_fault(fault)
+        self.events.emit(ev.FaultInjected(fault=fault.kind, detail=fault.description))
+
     def _fault_event(self, agent: str, fault: str, detail: str) -> None:
         self.events.emit(ev.FaultInjected(agent=agent, fault=fault, detail=detail))
 
@@ -594,10 +603,18 @@ class Cluster:
             ) from None
 
     async def _restart(self, old: AgentHandle, keep_store: bool, timeout: float) -> None:
-        """Kill `old` (planned) and start its next incarnation under the same id; READY."""
+        """Stop `old` in order (STOP, so its store is closed whole; SIGKILL past the STOP
+        deadline), or take it as it ended (after a `kill`, a crash), and start its next
+        incarnation under the same id; return at its READY."""
         t0 = time.monotonic()
         store = old.ready_info.store_path if old.ready_info else None
-        self.kill(old.id, _SIGNALS["SIGKILL"], planned=True)
+        if old.exit is None:
+            old.planned_exit = True
+            if old.state is not AgentState.HUNG:
+                self._move(old, AgentState.STOPPING)
+            with contextlib.suppress(AgentGone):
+                await self.bus.stop_agent(old.id, self.stop_deadline_s)
+            self.kill(old.id, _SIGNALS["SIGKILL"], planned=True)  # a no-op once it has exited
         await self._ended(old, timeout)
         if not keep_store and store:
             for path in (store, store + "-wal", store + "-shm"):

@@ -27,6 +27,7 @@ from orchestrator.events import (
     AgentError,
     AgentHung,
     Event,
+    FaultEnded,
     FaultInjected,
     MessageDeadLetter,
     MessageRefused,
@@ -294,7 +295,7 @@ class EventDigest:
         if isinstance(
             event,
             AgentCrashed | AgentHung | AgentError | RunError | StopConditionMet | MessageDeadLetter
-            | FaultInjected,
+            | FaultInjected | FaultEnded,
         ):
             self._fault(event)
 
@@ -327,7 +328,10 @@ class EventDigest:
         elif isinstance(event, StopConditionMet):
             label, css = f"stop_when: {event.reason}", "m-stop"
         elif isinstance(event, FaultInjected):
-            label, css = f"fault {event.fault} {event.agent}: {event.detail}", "m-fault"
+            target = f" {event.agent}" if event.agent else ""
+            label, css = f"fault {event.fault}{target}: {event.detail}", "m-fault"
+        elif isinstance(event, FaultEnded):
+            label, css = f"fault {event.fault} ended: {event.detail}", "m-fault"
         elif isinstance(event, MessageDeadLetter):
             label = f"dead letter: {event.frame} {event.msg_id or ''} to {event.recipient}"
             css = "m-dead"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import random
 import time
 import traceback
 from collections import deque
@@ -27,6 +28,7 @@ from enum import StrEnum
 
 from orchestrator.cluster.bus import AgentGone
 from orchestrator.cluster.cluster import AgentControl, FaultError
+from orchestrator.cluster.faults import WireFault
 from orchestrator.events import (
     ActionCompleted,
     ActionFailed,
@@ -59,8 +61,10 @@ from orchestrator.scenario.durations import Duration
 from orchestrator.scenario.schema import Loc, StateCheck, format_loc
 from orchestrator.scenario.spec import Scenario
 from orchestrator.scenario.steps import (
+    WIRE_FAULTS,
     ActionStep,
     AssertStep,
+    FaultArgs,
     FaultStep,
     ParallelStep,
     PauseStep,
@@ -193,6 +197,9 @@ def describe(step: Step) -> str:
             return f"run {len(p)} steps at once"
         case PauseStep(pause=d):
             return f"pause {d}"
+        case FaultStep(fault=f) if f.op in WIRE_FAULTS:
+            window = f"for {f.for_}" if f.for_ is not None else f"for {f.messages} messages"
+            return f"fault: {f.op} on the bus, {window}"
         case FaultStep(fault=f):
             more = f" with {f.signal}" if f.signal else ""
             if f.keep_store is False:
@@ -211,8 +218,12 @@ class Executor:
         members: Mapping[str, frozenset[str]] | None = None,
         action_timeout_s: float = 30.0,
         send_timeout_s: float = SEND_TIMEOUT_S,
+        seed: int = 0,
     ) -> None:
         self.scenario = scenario
+        self.seed = seed
+        """The run's seed: bus faults draw from generators seeded by it."""
+        self._faults = 0
         self.send_timeout_s = send_timeout_s
         """How long a `send` or `set_state` waits for the agent's answer by default."""
         self.agents = agents
@@ -613,6 +624,9 @@ class Executor:
 
     async def _fault(self, step: FaultStep) -> None:
         f = step.fault
+        if f.op in WIRE_FAULTS:
+            self.agents.wire_fault(self._wire_fault(f))
+            return
         timeout = self._timeout(step, None, self.send_timeout_s)
         try:
             await self.agents.fault(
@@ -621,6 +635,45 @@ class Executor:
             )  # fmt: skip
         except FaultError as exc:
             raise StepFailure(f"fault {f.op} {f.agent}: {exc}") from None
+
+    def _wire_fault(self, f: FaultArgs) -> WireFault:
+        """The bus's form of a bus fault step, with its own seeded generator."""
+        self._faults += 1
+        scope = ""
+        if f.from_:
+            scope += f" from {', '.join(f.from_)}"
+        if f.to:
+            scope += f" to {', '.join(f.to)}"
+        if f.room:
+            scope += f" in {', '.join(f.room)}"
+        window = f" for {f.for_}" if f.for_ is not None else f" for {f.messages} messages"
+        fault = WireFault(
+            kind=f.op,
+            description="",
+            senders=frozenset(f.from_) if f.from_ else None,
+            recipients=frozenset(f.to) if f.to else None,
+            rooms=frozenset(f.room) if f.room else None,
+            until=time.monotonic() + f.for_.seconds if f.for_ is not None else None,
+            messages=f.messages,
+            rng=random.Random(f"{self.seed}:fault:{self._faults}"),
+        )
+        if f.drop is not None:
+            fault.rate, what = f.drop, f"drop {f.drop:.0%} of"
+        elif f.delay is not None:
+            fault.delay_s, fault.jitter_s = f.delay.seconds, f.jitter.seconds if f.jitter else 0.0
+            what = f"delay by {f.delay}" + (f" (+-{f.jitter})" if f.jitter else "")
+        elif f.duplicate is not None:
+            fault.rate, what = f.duplicate, f"duplicate {f.duplicate:.0%} of"
+        elif f.reorder is not None:
+            fault.rate = f.reorder
+            fault.within_s = f.within.seconds if f.within else fault.within_s
+            what = f"hold back {f.reorder:.0%} of"
+        else:
+            assert f.partition is not None
+            fault.groups = tuple(frozenset(group) for group in f.partition)
+            what = "partition " + " | ".join(", ".join(g) for g in f.partition) + ": cut"
+        fault.description = f"{what} the messages{scope}{window}"
+        return fault
 
     async def _pause(self, step: PauseStep) -> None:
         remaining = self._deadline - time.monotonic()

@@ -388,6 +388,7 @@ class ScenarioRun:
             self.members,
             action_timeout_s=action_timeout + 5.0,
             send_timeout_s=2 * cluster.retry_budget_s,
+            seed=self.options.seed,
         )
         self._script_t0 = t_ready
         soak = self.options.soak

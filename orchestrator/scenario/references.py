@@ -35,6 +35,7 @@ from orchestrator.scenario.schema import (
     suggest,
 )
 from orchestrator.scenario.steps import (
+    PROCESS_FAULTS,
     ActionStep,
     Actor,
     AssertStep,
@@ -177,8 +178,18 @@ class _Checker:
             case ActionStep(action=action):
                 self.agent((*loc, "action", "agent"), action.agent)
                 self.room((*loc, "action", "room"), action.room)
-            case FaultStep(fault=fault):
+            case FaultStep(fault=fault) if fault.op in PROCESS_FAULTS:
                 self.agent((*loc, "fault", fault.op), fault.agent)
+            case FaultStep(fault=fault):
+                at = (*loc, "fault")
+                for key, names in (("from", fault.from_), ("to", fault.to)):
+                    for i, name in enumerate(names or ()):
+                        self.agent((*at, key, i), name)
+                for i, name in enumerate(fault.room or ()):
+                    self.room((*at, "room", i), name)
+                for g, group in enumerate(fault.partition or ()):
+                    for i, name in enumerate(group):
+                        self.agent((*at, "partition", g, i), name)
             case SetStateStep(set_state=set_state):
                 self.agent((*loc, "set_state", "agent"), set_state.agent)
             case WaitForStep(wait_for=w):

@@ -187,10 +187,24 @@ class PauseStep(StepBase):
 FaultSignal = Literal["SIGKILL", "SIGTERM", "SIGINT", "SIGQUIT", "SIGABRT", "SIGSEGV", "SIGUSR2"]
 
 
+PROCESS_FAULTS = ("kill", "stop", "cont", "restart")
+WIRE_FAULTS = ("drop", "delay", "duplicate", "reorder", "partition")
+Rate = Annotated[float, Field(gt=0, le=1)]
+AgentNames = Annotated[list[str], Field(min_length=1)]
+
+
 class FaultArgs(SpecModel):
-    """A fault on one agent's process, on purpose: exactly one of `kill`, `stop`, `cont` and
-    `restart`, naming the agent. A planned fault is not an error: the killed agent is reported
-    as killed by the script, not as a crash."""
+    """A fault on purpose. Exactly one operation:
+
+    - on one agent's process: `kill`, `stop`, `cont`, `restart` (each names the agent);
+    - on the bus, for the messages it carries to agents: `drop`, `delay`, `duplicate`,
+      `reorder` or `partition`, scoped by `from`, `to` and `room`, for a window of time
+      (`for`) or a number of messages (`messages`), seeded by the run's `--seed`.
+
+    A planned fault is not an error: the killed agent is reported as killed by the script, not
+    as a crash. Bus faults act on transmissions, below delivery: a dropped one is retransmitted,
+    a duplicate is de-duplicated, a reordered one is resequenced, so exactly-once delivery
+    still holds (a partition longer than the retry budget makes dead letters)."""
 
     kill: str | None = None
     """Send the agent's process group `signal`; the agent ends (its exit is planned)."""
@@ -207,34 +221,96 @@ class FaultArgs(SpecModel):
     """With `restart`: whether the new incarnation keeps the agent's memory store (default
     true); false starts it empty."""
 
+    drop: Rate | None = None
+    """The share of message transmissions lost (each is retransmitted later)."""
+    delay: Duration | None = None
+    """Every message transmission goes out this much later..."""
+    jitter: Duration | None = None
+    """... give or take up to this much (with `delay`)."""
+    duplicate: Rate | None = None
+    """The share of message transmissions sent twice."""
+    reorder: Rate | None = None
+    """The share of message transmissions held back (by up to `within`) so later ones
+    overtake them."""
+    within: Duration | None = None
+    """With `reorder`: the longest hold (default 200ms)."""
+    partition: Annotated[list[AgentNames], Field(min_length=2)] | None = None
+    """Groups of agents that cannot reach each other: a message from one group to another is
+    not delivered until the partition ends (it is retried)."""
+
+    from_: list[str] | None = Field(None, alias="from")
+    """Only messages from these agents (default: any)."""
+    to: list[str] | None = None
+    """Only messages to these agents."""
+    room: list[str] | None = None
+    """Only messages in these rooms."""
+    for_: Duration | None = Field(None, alias="for")
+    """How long the fault lasts (from the step); the script goes on meanwhile."""
+    messages: Annotated[int, Field(strict=True, ge=1)] | None = None
+    """Or: how many matching message transmissions it affects."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists(cls, data: object) -> object:
+        # `from: a` means `from: [a]`.
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("from", "to", "room"):
+                if isinstance(data.get(key), str):
+                    data[key] = [data[key]]
+        return data
+
     @model_validator(mode="after")
     def _one(self) -> Self:
-        given = [k for k in ("kill", "stop", "cont", "restart") if getattr(self, k) is not None]
+        given = [k for k in (*PROCESS_FAULTS, *WIRE_FAULTS) if getattr(self, k) is not None]
         if len(given) != 1:
             raise spec_error(
-                "fault", "a fault names one agent under exactly one of kill, stop, cont, restart"
-                + (f" (got {', '.join(given)})" if given else "")
+                "fault", "a fault has exactly one of kill, stop, cont, restart, drop, delay,"
+                " duplicate, reorder, partition" + (f" (got {', '.join(given)})" if given else "")
             )
-        if self.signal is not None and self.kill is None:
-            raise spec_error("fault", "'signal' goes with 'kill'")
-        if self.keep_store is not None and self.restart is None:
-            raise spec_error("fault", "'keep_store' goes with 'restart'")
+        op = given[0]
+        only = {
+            "signal": "kill", "keep_store": "restart", "jitter": "delay", "within": "reorder",
+        }  # fmt: skip
+        for key, owner in only.items():
+            if getattr(self, key) is not None and op != owner:
+                raise spec_error("fault", f"'{key}' goes with '{owner}'")
+        wire_keys = ("from_", "to", "room", "for_", "messages")
+        if op in PROCESS_FAULTS:
+            extra = [k.rstrip("_") for k in wire_keys if getattr(self, k) is not None]
+            if extra:
+                raise spec_error("fault", f"'{extra[0]}' goes with a bus fault, not '{op}'")
+        elif (self.for_ is None) == (self.messages is None):
+            raise spec_error(
+                "fault", f"a '{op}' fault lasts for a time ('for: 10s') or a number of"
+                " messages ('messages: 100'): give exactly one"
+            )
+        if op == "partition" and self.partition is not None:
+            seen: set[str] = set()
+            for group in self.partition:
+                twice = seen & set(group)
+                if twice:
+                    raise spec_error(
+                        "fault", f"agent {sorted(twice)[0]!r} is in two partition groups"
+                    )
+                seen |= set(group)
         return self
 
     @property
     def op(self) -> str:
-        return next(k for k in ("kill", "stop", "cont", "restart") if getattr(self, k))
+        return next(k for k in (*PROCESS_FAULTS, *WIRE_FAULTS) if getattr(self, k) is not None)
 
     @property
     def agent(self) -> str:
+        """The target of a process fault."""
         value = getattr(self, self.op)
-        assert isinstance(value, str)
+        assert isinstance(value, str), "a bus fault has no one agent"
         return value
 
 
 class FaultStep(StepBase):
-    """A fault on purpose (`kill`, `stop`, `cont`, `restart`), recorded as a `fault.injected`
-    event and shown in every report."""
+    """A fault on purpose, recorded as a `fault.injected` event (and a bus fault's end as
+    `fault.ended`) and shown in every report."""
 
     fault: FaultArgs
 

@@ -175,6 +175,17 @@ class AgentHung(Event, tag="agent.hung", kw_only=True):
     reason: str = ""
 
 
+class AgentRestarting(Event, tag="agent.restarting", kw_only=True):
+    """The agent's restart policy starts it again after `backoff_s` (or, with `gave_up`, does
+    not: too many restarts in its window)."""
+
+    cause: str
+    attempt: int
+    """Restarts in the policy's window, this one included (0 when giving up)."""
+    backoff_s: float
+    gave_up: str | None = None
+
+
 class AgentError(Event, tag="agent.error", kw_only=True):
     """An error an agent reported (a handler that raised, a model that failed...)."""
 
@@ -415,7 +426,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ActionStarted, ActionCompleted, ActionFailed, MessageSent, MessageRefused, MessageDelivered,
     MessageRetry, MessageDeadLetter, CommandSent, CommandResult, WireRejected, Sample,
     StepStarted, StepFinished, StopConditionMet, AssertionEvaluated, RunError, SoakIteration,
-    SoakProgress, SoakLocating, FaultInjected, FaultEnded,
+    SoakProgress, SoakLocating, FaultInjected, FaultEnded, AgentRestarting,
 )  # fmt: skip
 
 for _cls in EVENT_TYPES:
@@ -432,6 +443,7 @@ AnyEvent = (
     | MessageDelivered | MessageRetry | MessageDeadLetter | CommandSent | CommandResult
     | WireRejected | Sample | StepStarted | StepFinished | StopConditionMet | AssertionEvaluated
     | RunError | SoakIteration | SoakProgress | SoakLocating | FaultInjected | FaultEnded
+    | AgentRestarting
 )  # fmt: skip
 """One line of events.jsonl."""
 
@@ -876,6 +888,10 @@ class Tap:
             self.failure = failure
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)  # wakes the wait, which looks once more, then raises
+
+    def recover(self) -> None:
+        """Matches can come again (the lost agent is being restarted): later waits wait."""
+        self.failure = None
 
     def close(self) -> None:
         for subscription in self._subscriptions:

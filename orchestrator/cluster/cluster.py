@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from orchestrator import events as ev
 from orchestrator.cluster.bus import AgentGone, Bus, Link
@@ -137,7 +137,12 @@ class AgentHandle:
     """A hung agent's stacks (every thread, taken before it was killed), or why there are
     none (a stopped process)."""
     restarts: int = 0
-    """Incarnations before this one that the script restarted (`restart` faults)."""
+    """Incarnations before this one (`restart` faults and the restart policy)."""
+    restart_history: list[tuple[float, str]] = field(default_factory=list)
+    """(monotonic time, cause) of each restart so far, carried from incarnation to
+    incarnation: "restart fault", "crash: killed by SIGSEGV", "hang: silent for 3.2s"."""
+    gave_up: str | None = None
+    """Why the restart policy stopped restarting this agent."""
     killed_by_script: str | None = None
     """The signal of a `kill` fault that ended it."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -182,6 +187,19 @@ class AgentControl(Protocol):
     ) -> None: ...
 
     def wire_fault(self, fault: WireFault) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When a crashed or hung agent is started again (the scenario's `restart:`)."""
+
+    on: frozenset[str]
+    """"crash", "hang"."""
+    max: int
+    within_s: float
+    backoff_s: float
+
+    MAX_BACKOFF_S: ClassVar[float] = 10.0
 
 
 class FaultError(Exception):
@@ -244,7 +262,9 @@ class Cluster:
         self.settings = settings or ClusterSettings()
         self.on_lost = on_lost
         self.on_restarted: Callable[[AgentHandle], None] | None = None
-        """Hears of each agent a `restart` fault started again, once READY."""
+        """Hears of each agent started again (a `restart` fault, the policy), once READY."""
+        self.restart_policies: dict[str, RestartPolicy] = {}
+        """Agents to start again when they crash or hang, and how."""
         self.stop_deadline_s = stop_deadline_s
         self.bus = Bus(
             f"ipc://{run_dir}/bus.sock",
@@ -507,8 +527,64 @@ class Cluster:
         self.bus.agent_gone(handle.id, handle.hung or info.describe())
         if lost:
             self.crashes.append((handle.id, handle.describe_end()))
+            if self._restarts_after(handle):
+                return  # the policy takes it from here; a give-up comes back to on_lost
             if self.on_lost is not None:
                 self.on_lost(handle)
+
+    # -- the restart policy --------------------------------------------------------------
+    def _restarts_after(self, handle: AgentHandle) -> bool:
+        """Whether the policy starts `handle`'s agent again (scheduled), or gives up (then
+        `gave_up` says why and the loss is reported as usual)."""
+        policy = self.restart_policies.get(handle.id)
+        cause = "hang" if handle.state is AgentState.HUNG else "crash"
+        if policy is None or cause not in policy.on or self._stopped or self._closed:
+            return False
+        if self.handles.get(handle.id) is not handle:
+            return False  # an older incarnation
+        now = time.monotonic()
+        recent = [t for t, _ in handle.restart_history if now - t <= policy.within_s]
+        if len(recent) >= policy.max:
+            handle.gave_up = (
+                f"gave up restarting it: {len(recent)} restart(s) within"
+                f" {policy.within_s:g}s already (max {policy.max})"
+            )
+            self.events.emit(ev.AgentRestarting(
+                agent=handle.id, cause=f"{cause}: {handle.describe_end()}", attempt=0,
+                backoff_s=0.0, gave_up=handle.gave_up,
+            ))  # fmt: skip
+            return False
+        backoff = min(policy.MAX_BACKOFF_S, policy.backoff_s * 2 ** len(recent))
+        why = f"{cause}: {handle.describe_end()}"
+        self.events.emit(ev.AgentRestarting(
+            agent=handle.id, cause=why, attempt=len(recent) + 1, backoff_s=round(backoff, 3)
+        ))  # fmt: skip
+        task = asyncio.get_running_loop().create_task(self._restart_later(handle, why, backoff))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _restart_later(self, old: AgentHandle, why: str, backoff_s: float) -> None:
+        await asyncio.sleep(backoff_s)  # the policy's backoff, by design
+        if self._stopped or self._closed:
+            if self.on_lost is not None:
+                self.on_lost(old)
+            return
+        new = self.launch_one(old.config, old.spec.incarnation + 1)
+        new.restarts = old.restarts + 1
+        new.restart_history = [*old.restart_history, (time.monotonic(), why)]
+        try:
+            async with asyncio.timeout(RESTART_READY_S):
+                ready = await asyncio.shield(new.link.ready)
+        except TimeoutError:
+            # Not up in time: ended like a crash, which the policy judges again (another
+            # restart, or giving up and reporting it).
+            self._signal(new, signal.SIGKILL)
+            return
+        except AgentGone:
+            return  # it ended already: its exit went through the policy
+        if ready.error is None and self.on_restarted is not None:
+            self.on_restarted(new)
 
     # -- watching processes ------------------------------------------------------------
     def _watch(self, handle: AgentHandle) -> None:
@@ -603,6 +679,9 @@ class Cluster:
             ) from None
 
     async def _restart(self, old: AgentHandle, keep_store: bool, timeout: float) -> None:
+        await self._replace(old, keep_store, timeout)
+
+    async def _replace(self, old: AgentHandle, keep_store: bool, timeout: float) -> None:
         """Stop `old` in order (STOP, so its store is closed whole; SIGKILL past the STOP
         deadline), or take it as it ended (after a `kill`, a crash), and start its next
         incarnation under the same id; return at its READY."""
@@ -622,6 +701,7 @@ class Cluster:
                     os.unlink(path)
         new = self.launch_one(old.config, old.spec.incarnation + 1)
         new.restarts = old.restarts + 1
+        new.restart_history = [*old.restart_history, (time.monotonic(), "restart fault")]
         left = max(0.1, timeout - (time.monotonic() - t0))
         try:
             async with asyncio.timeout(left):
@@ -806,6 +886,9 @@ _SIGNALS = {name: signal.Signals[name] for name in (
     "SIGKILL", "SIGTERM", "SIGINT", "SIGQUIT", "SIGABRT", "SIGSEGV", "SIGUSR2", "SIGSTOP",
     "SIGCONT",
 )}  # fmt: skip
+
+RESTART_READY_S = 30.0
+"""How long an agent the restart policy started again has to reach READY."""
 
 STACKS_TIMEOUT_S = 1.0
 """How long a hung agent gets to write its stacks before it is killed anyway."""

@@ -231,8 +231,10 @@ class AgentReport(BaseModel):
     signal: str | None
     escalation: str | None
     restarts: int = 0
-    """Times the script restarted this agent (`restart` faults); the report is of its last
-    incarnation."""
+    """Times this agent was started again (`restart` faults, its restart policy); the report
+    is of its last incarnation."""
+    restart_causes: list[str] = []
+    """Why, each time: "restart fault", "crash: killed by SIGSEGV", "hang: ..."."""
     killed_by_script: str | None = None
     """The signal of the `kill` fault that ended it: a planned end, not a crash."""
     startup_s: float | None

@@ -34,6 +34,7 @@ from orchestrator.events import (
     ActionFailed,
     AgentCrashed,
     AgentHung,
+    AgentRestarting,
     Event,
     EventLog,
     Matcher,
@@ -249,7 +250,7 @@ class Executor:
         """Agent -> the taps of waits for its messages or actions, which fail at once when it
         is lost (a crash or a hang), instead of at their timeout."""
         self._register()
-        self._loss = events.subscribe(self._on_loss, (AgentCrashed, AgentHung))
+        self._loss = events.subscribe(self._on_loss, (AgentCrashed, AgentHung, AgentRestarting))
 
     # -- set-up ---------------------------------------------------------------------------
     def _register(self) -> None:
@@ -280,6 +281,11 @@ class Executor:
 
     def _on_loss(self, event: Event) -> None:
         agent = event.agent or ""
+        if isinstance(event, AgentRestarting):
+            if event.gave_up is None:  # its restart policy brings it back: waits wait again
+                for tap in self._waits_on.get(agent, []):
+                    tap.recover()
+            return
         if isinstance(event, AgentHung):
             how = f"hung (silent for {event.silent_s:g}s)"
         elif not isinstance(event, AgentCrashed):
@@ -319,7 +325,9 @@ class Executor:
         runs, failures and durations add up)."""
         self._timelines.clear()
         self._register()
-        self._loss = self.events.subscribe(self._on_loss, (AgentCrashed, AgentHung))
+        self._loss = self.events.subscribe(
+            self._on_loss, (AgentCrashed, AgentHung, AgentRestarting)
+        )
 
     # -- the run --------------------------------------------------------------------------
     async def run(self, deadline: float) -> list[StepResult]:

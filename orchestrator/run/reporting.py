@@ -69,6 +69,7 @@ def agent_report(
         ),
         escalation=handle.escalation,
         restarts=handle.restarts,
+        restart_causes=[cause for _, cause in handle.restart_history],
         killed_by_script=handle.killed_by_script,
         startup_s=round(handle.startup_s, 6) if handle.startup_s is not None else None,
         cpu_user_s=exit_info.cpu_user_s if exit_info else None,

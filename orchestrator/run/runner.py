@@ -29,6 +29,7 @@ from orchestrator.cluster.cluster import (
     AgentInitError,
     Cluster,
     ClusterSettings,
+    RestartPolicy,
     StartupError,
 )
 from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
@@ -591,9 +592,15 @@ class ScenarioRun:
             self.options.repeat,
             SOAK_MAX_PER_ROOM if self.options.soak else None,
         )
+        for agent_id in self.scenario.agent_ids:
+            spec = self.scenario.agent_spec(agent_id).restart
+            if spec is not None:
+                cluster.restart_policies[agent_id] = RestartPolicy(
+                    frozenset(spec.on), spec.max, spec.within.seconds, spec.backoff.seconds
+                )
         await cluster.launch(configs, self.options.startup_timeout_s)
 
-        def restarted(handle: AgentHandle) -> None:  # a `restart` fault: measure the new one
+        def restarted(handle: AgentHandle) -> None:  # started again: measure the new process
             store = handle.ready_info.store_path if handle.ready_info else None
             sampler.track(handle.id, handle.pid, store)
 
@@ -701,6 +708,8 @@ class ScenarioRun:
                 f"agent {handle.id} (pid {handle.pid}) died unexpectedly: "
                 f"{handle.exit.describe()}"
             )
+        if handle.gave_up is not None:
+            message += f"; {handle.gave_up}"
         self._error(
             ErrorReport(
                 source=kind,

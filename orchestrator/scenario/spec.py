@@ -194,6 +194,19 @@ class MemorySpec(SpecModel):
     max_age: PositiveDuration | None = None
 
 
+class RestartSpec(SpecModel):
+    """A supervisor for the agent: when it crashes or hangs, start it again (a new incarnation
+    under the same id, its store kept), after a backoff that doubles with each restart in the
+    window, and give up (an ERROR) once `max` restarts fall within `within`."""
+
+    on: Annotated[list[Literal["crash", "hang"]], Field(min_length=1)] = ["crash", "hang"]
+    max: Annotated[int, Field(strict=True, ge=1, le=1000)] = 3
+    within: PositiveDuration = Duration(60.0)
+    backoff: Duration = Duration(0.5)
+    """Before the first restart; doubled for each restart already in the window, at most
+    10 s."""
+
+
 INDEX = "{i}"
 """In the id of an agent with `count`, replaced by 1, 2, ... N."""
 
@@ -223,6 +236,8 @@ class AgentSpec(SpecModel):
     action_timeout: PositiveDuration = Duration(10.0)
     handler_threads: Annotated[int, Field(strict=True, ge=1, le=256)] = 4
     """Threads that run the agent's sync plugin functions (handlers, providers, evaluators)."""
+    restart: RestartSpec | None = None
+    """Restart the agent when it crashes or hangs (default: never; a crash is an ERROR)."""
 
     @model_validator(mode="after")
     def _template(self) -> Self:

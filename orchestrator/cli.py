@@ -149,6 +149,13 @@ METRICS_PORT_OPTION = click.option(
     help="Serve Prometheus metrics on 127.0.0.1:PORT while running (per agent memory,"
     " descriptors, threads, messages; delivery latency; retries, dead letters; progress).",
 )
+DIAGNOSE_OPTION = click.option(
+    "--diagnose-on-timeout",
+    is_flag=True,
+    help="When a wait times out, write diagnostics-N.txt to the run's report directory: the"
+    " pending waits, a wait-for graph across timelines (a cycle is a deadlock), and what each"
+    " agent is doing and last said and heard. SIGUSR1 to the runner writes them at any time.",
+)
 QUIET_OPTION = click.option(
     "-q", "--quiet", is_flag=True, help="Print each scenario's verdict only."
 )
@@ -260,6 +267,7 @@ def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
 )
 @EVENTS_MAX_SIZE_OPTION
 @METRICS_PORT_OPTION
+@DIAGNOSE_OPTION
 @QUIET_OPTION
 @VERBOSE_OPTION
 def run(
@@ -275,6 +283,7 @@ def run(
     events_storage: str,
     events_max_size: int,
     metrics_port: int | None,
+    diagnose_on_timeout: bool,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -286,7 +295,7 @@ def run(
     """
     _run_files(
         files, report_dir, timeout, repeat, parallel, seed, filters, launcher, keep_run_dir,
-        events_storage, events_max_size, quiet, verbose, None, metrics_port,
+        events_storage, events_max_size, quiet, verbose, None, metrics_port, diagnose_on_timeout,
     )  # fmt: skip
 
 
@@ -351,6 +360,7 @@ def run(
 )
 @EVENTS_MAX_SIZE_OPTION
 @METRICS_PORT_OPTION
+@DIAGNOSE_OPTION
 @QUIET_OPTION
 @VERBOSE_OPTION
 def soak(
@@ -369,6 +379,7 @@ def soak(
     events_storage: str,
     events_max_size: int,
     metrics_port: int | None,
+    diagnose_on_timeout: bool,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -398,7 +409,7 @@ def soak(
             duration.seconds, warmup_s, sample_interval.seconds,
             max(1.0, progress_every.seconds), trace_leaks, locate,
         ),
-        metrics_port,
+        metrics_port, diagnose_on_timeout,
     )  # fmt: skip
 
 
@@ -492,6 +503,7 @@ def _run_files(
     verbose: bool,
     soak: SoakOptions | None,
     metrics_port: int | None = None,
+    diagnose_on_timeout: bool = False,
 ) -> None:
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose ask for opposite things: choose one")
@@ -529,6 +541,7 @@ def _run_files(
         events_max_bytes=events_max_size,
         soak=soak,
         sample_interval_s=soak.sample_interval_s if soak else 1.0,
+        diagnose_on_timeout=diagnose_on_timeout,
     )
     # soft_wrap: a long report path stays on one line in a CI log; and a log is not 80 columns
     # wide (rich's guess without a terminal), so tables get room unless COLUMNS says otherwise.
@@ -581,11 +594,17 @@ def _run_files(
                 terminated = True
                 main_task.cancel()
 
+            def on_sigusr1() -> None:  # why does it not move? The runs go on.
+                for path in live.write_diagnostics("SIGUSR1"):
+                    console.print(f"diagnostics: {path}", highlight=False)
+
             loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+            loop.add_signal_handler(signal.SIGUSR1, on_sigusr1)
             try:
                 await run_planned(planned, options, parallel, started, finished, progress)
             finally:
                 loop.remove_signal_handler(signal.SIGTERM)
+                loop.remove_signal_handler(signal.SIGUSR1)
 
         try:
             asyncio.run(run_all())

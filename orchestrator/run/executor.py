@@ -246,6 +246,10 @@ class Executor:
         self.taps: dict[str, Tap] = {}
         """Per `wait_for` step on messages, actions or events: its standing wait, registered
         before the script starts so that nothing it may look back at is missed."""
+        self.pending: dict[str, PendingWait] = {}
+        """Waits under way, by step path (diagnostics)."""
+        self.on_wait_timeout: Callable[[PendingWait, str], None] | None = None
+        """Hears of each wait that timed out, with its failure (`--diagnose-on-timeout`)."""
         self._waits_on: dict[str, list[Tap]] = {}
         """Agent -> the taps of waits for its messages or actions, which fail at once when it
         is lost (a crash or a hang), instead of at their timeout."""
@@ -534,6 +538,25 @@ class Executor:
     async def _wait_for(self, timeline: _Timeline, step: WaitForStep, path: str) -> None:
         w = step.wait_for
         timeout = self._timeout(step, w.timeout, None)
+        pending = PendingWait(
+            timeline.key, timeline.name, path, describe(step), _waits_on(step)
+            or (w.state.agent if w.state is not None else None),
+            _by_script(step), time.monotonic(), time.monotonic() + timeout,
+        )  # fmt: skip
+        self.pending[path] = pending
+        try:
+            await self._wait(timeline, step, path, timeout)
+        except StepFailure as failure:
+            if failure.transient and self.on_wait_timeout is not None:
+                self.on_wait_timeout(pending, str(failure))
+            raise
+        finally:
+            self.pending.pop(path, None)
+
+    async def _wait(
+        self, timeline: _Timeline, step: WaitForStep, path: str, timeout: float
+    ) -> None:
+        w = step.wait_for
         if w.state is not None:
             await self._wait_for_state(w.state, timeout)
             return
@@ -720,6 +743,30 @@ class Executor:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWait:
+    """A `wait_for` under way: what the diagnostics show of a run that does not move."""
+
+    timeline: str
+    """Its timeline's key (`script`, `actors[1].script`)."""
+    actor: str
+    """The timeline's agent, or `script`."""
+    path: str
+    what: str
+    agent: str | None
+    """The agent it waits on (the sender of a message, the agent of an action or state)."""
+    from_script: bool
+    """It waits for something the script makes that agent do (origin script): the agent's
+    own timeline, not its runtime, is what it waits for."""
+    since: float
+    deadline: float
+
+
+def _by_script(step: WaitForStep) -> bool:
+    m = step.wait_for.message
+    return m is not None and m.origin in ("script", "any")
 
 
 def _waits_on(step: WaitForStep) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
@@ -159,3 +160,13 @@ def serve(port: int) -> tuple[WSGIServer, threading.Thread]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RunsCollector())
     return start_http_server(port, addr="127.0.0.1", registry=registry)
+
+
+def write_diagnostics(why: str) -> list[Path]:
+    """Every run under way writes its diagnostics (SIGUSR1 to the runner): their paths."""
+    written = []
+    for run in list(ACTIVE.values()):
+        path = run.write_diagnostics(why)
+        if path is not None:
+            written.append(path)
+    return written

@@ -71,7 +71,8 @@ from orchestrator.report.model import (
 )
 from orchestrator.rules import RunView
 from orchestrator.run import live
-from orchestrator.run.executor import Executor, StepResult
+from orchestrator.run.diagnostics import agent_lines, diagnose
+from orchestrator.run.executor import Executor, PendingWait, StepResult
 from orchestrator.run.judging import Judgement, no_events
 from orchestrator.run.loopwatch import LoopWatch, Phase
 from orchestrator.run.reporting import (
@@ -170,6 +171,8 @@ class RunOptions:
     """The size cap of a `full` events.jsonl (`--events-max-size`)."""
     soak: SoakOptions | None = None
     """Set for `scenario-runner soak`: the script repeats until the duration is spent."""
+    diagnose_on_timeout: bool = False
+    """Write diagnostics-N.txt when a wait times out (`--diagnose-on-timeout`)."""
 
 
 def default_report_dir(scenario: Scenario) -> Path:
@@ -225,6 +228,7 @@ class ScenarioRun:
         self.traces: dict[str, JsonValue] = {}
         """`--trace-leaks` or a locating pass: each agent's answer to the final trace report."""
         self.located: LocateReport | None = None
+        self._diagnostics = 0
         self.soak_s: float | None = None
         """The soak proper's seconds (its passes), without a locating pass."""
 
@@ -391,6 +395,8 @@ class ScenarioRun:
             send_timeout_s=2 * cluster.retry_budget_s,
             seed=self.options.seed,
         )
+        if self.options.diagnose_on_timeout:
+            executor.on_wait_timeout = self._on_wait_timeout
         self._script_t0 = t_ready
         soak = self.options.soak
         if soak is None:
@@ -701,7 +707,17 @@ class ScenarioRun:
         if handle.hung is not None:
             kind = ErrorKind.HUNG
             message = f"agent {handle.id} (pid {handle.pid}) hung: {handle.hung}; it was killed"
-            detail = handle.diagnosis or detail  # its stacks (they went to its log too)
+            # What it was doing and last said and heard, who waited on it, and its stacks
+            # (which also went to its log).
+            about = agent_lines(handle, self.events.ring if self.events else (), time.monotonic())
+            waits = [
+                f"  {w.actor} {w.path}: {w.what}"
+                for w in (self.executor.pending.values() if self.executor else ())
+                if w.agent == handle.id
+            ]
+            detail = "\n".join(
+                about + (["waits on it:", *waits] if waits else []) + ["", handle.diagnosis or ""]
+            ).rstrip() + "\n"
         else:
             kind = ErrorKind.CRASH
             message = (
@@ -718,6 +734,26 @@ class ScenarioRun:
                 detail=detail,
             )
         )
+
+    def _on_wait_timeout(self, wait: PendingWait, failure: str) -> None:
+        self.write_diagnostics(f"{wait.path} ({wait.actor}) failed: {failure}")
+
+    def write_diagnostics(self, why: str) -> Path | None:
+        """Write why the run does not move (diagnostics.py) to its report directory, as
+        diagnostics-N.txt: on SIGUSR1 to the coordinator, or when a wait times out
+        (`--diagnose-on-timeout`, at most MAX_DIAGNOSTICS a run). The run goes on."""
+        if self.cluster is None or self.events is None or self._diagnostics >= MAX_DIAGNOSTICS:
+            return None
+        self._diagnostics += 1
+        text = diagnose(
+            self.executor.pending.values() if self.executor else (),
+            self.cluster.handles,
+            self.events.ring,
+            title=f"{self.scenario.label} at {self.elapsed_s():.1f}s: {why}",
+        )
+        path = self._report_dir / f"diagnostics-{self._diagnostics}.txt"
+        path.write_text(text, encoding="utf-8")
+        return path
 
     # -- verdict and report ---------------------------------------------------------------
     def decide(self, events: EventLog) -> Decision:
@@ -844,6 +880,9 @@ a growing store is then neither mistaken for the process leaking nor hides a lea
 plus a fair share of the pages the agent shares) and `blocks`, the interpreter's allocated
 memory blocks from inside the agent (one point per progress interval), are reported beside
 them too."""
+MAX_DIAGNOSTICS = 20
+"""Diagnostics files a run writes at most (a wait timing out in a soak's every pass would
+otherwise write thousands)."""
 TRACE_TIMEOUT_S = 60.0
 """A tracemalloc snapshot of a large heap takes seconds."""
 COUNT_SERIES = frozenset({"fds", "threads", "blocks"})

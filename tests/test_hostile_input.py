@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import agent, cluster
+from conftest import agent, cluster, room
 
 from orchestrator.cli import main
 from orchestrator.cluster.cluster import StartupError
@@ -122,5 +122,38 @@ def test_the_cluster_refuses_an_unsendable_configuration_before_launching(
             async with cluster(private_tmp, [bad, agent("b", private_tmp, [])], []):
                 pass
         assert time.monotonic() - t0 < 5
+
+    asyncio.run(scenario())
+
+
+def test_a_frame_over_the_socket_limit_is_counted_not_lost_silently(private_tmp: Path) -> None:
+    # libzmq drops the connection of a peer that sends more than MAXMSGSIZE (16 MiB), with
+    # the frame and whatever followed it, and says nothing; the peer reconnects. The bus
+    # counts the extra connection as a rejection, with an event that says what it means.
+    import zmq
+
+    from orchestrator.events import WireRejected
+    from protocol import SOCKET_MAX_MSG_BYTES
+
+    async def scenario() -> None:
+        rooms = [room("lobby", ["real", "ghost"])]
+        async with cluster(private_tmp, [agent("real", private_tmp, rooms)], rooms) as c:
+            c.bus.add_agent(agent("ghost", private_tmp, rooms))  # expected, never launched
+            ctx = zmq.Context()
+            raw = ctx.socket(zmq.DEALER)
+            raw.setsockopt(zmq.IDENTITY, b"ghost")
+            raw.setsockopt(zmq.LINGER, 0)
+            raw.connect(c.bus.endpoint)
+            try:
+                raw.send(b"x" * (SOCKET_MAX_MSG_BYTES + 1))
+                await c.events.until(
+                    lambda: c.bus.rejected["connection"] > 0, (WireRejected,), 10
+                )
+            finally:
+                raw.close(0)
+                ctx.term()
+            rejected = [e for e in c.events.ring if isinstance(e, WireRejected)]
+            assert any("over the 16 MiB socket limit" in e.detail for e in rejected)
+            assert c.bus.rejected["connection"] == 1
 
     asyncio.run(scenario())

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from orchestrator import events as ev
 from orchestrator.cluster.faults import Transmission, WireFault
@@ -206,6 +207,11 @@ class Bus:
         self.rejected: Counter[str] = Counter()
         self.messages_routed = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self._monitor: zmq.Socket[bytes] | None = None
+        self._accepted = 0
+        """Connections the bus socket accepted."""
+        self._incarnations = 0
+        """Agent processes it expects to connect (one connection each)."""
         self.wire_faults: list[WireFault] = []
         """Bus faults in force (`fault` steps): they end by time or by count."""
         self.dead_letters = 0
@@ -240,9 +246,16 @@ class Bus:
         sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_MSG_BYTES)
         sock.bind(self.endpoint)
         self._sock = sock
+        # A frame over MAXMSGSIZE makes libzmq drop the connection, with the frame and all
+        # queued behind it, and tell nobody; the agent's socket then reconnects. Counting the
+        # connections accepted against the incarnations launched makes that a counted,
+        # reported rejection instead of a silent loss.
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED)
+        self._loop.add_reader(self._monitor.fileno(), self._on_monitor)
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._sweep = self._loop.call_later(self.heartbeat_interval_s, self._on_sweep)
         self._on_readable()  # the FD is edge-triggered: take anything already queued
+        self._on_monitor()
 
     def close(self) -> None:
         if self._timer is not None:
@@ -251,6 +264,14 @@ class Bus:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        if self._monitor is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._monitor.fileno())
+            with contextlib.suppress(Exception):
+                if self._sock is not None:
+                    self._sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         if self._sock is not None and self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._sock.fileno())
@@ -274,6 +295,7 @@ class Bus:
             raise ValueError(f"agent id {COORDINATOR_ID!r} is reserved")
         link = Link(config, incarnation, self.policy)
         link.last_heard = time.monotonic()
+        self._incarnations += 1
         self.links[config.agent_id] = link
         self._by_rid[link.rid] = link
         return link
@@ -481,6 +503,23 @@ class Bus:
         if not self._drain_scheduled and self._loop is not None:
             self._drain_scheduled = True
             self._loop.call_soon(self._on_readable)
+
+    def _on_monitor(self) -> None:
+        monitor = self._monitor
+        while monitor is not None and readable(monitor):
+            event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            if event["event"] != zmq.EVENT_ACCEPTED:
+                continue
+            self._accepted += 1
+            if self._accepted > self._incarnations:
+                self._reject(
+                    RejectReason.CONNECTION,
+                    f"connection {self._accepted} for {self._incarnations} agent process(es):"
+                    " a peer reconnected after libzmq cut its connection (a frame over the"
+                    f" {SOCKET_MAX_MSG_BYTES >> 20} MiB socket limit is lost with whatever"
+                    " followed it), or a stranger connected",
+                    None,
+                )
 
     def _on_readable(self) -> None:
         self._drain_scheduled = False

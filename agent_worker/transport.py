@@ -71,6 +71,10 @@ class TransportStats:
         self.sent_frames = 0
 
 
+SUSPENDED_AFTER_S = 1.0
+"""A poll that returns this much later than its timeout means the process was suspended."""
+
+
 class Transport:
     def __init__(
         self,
@@ -190,10 +194,15 @@ class Transport:
             poller.register(self.death_fd, zmq.POLLIN)
         try:
             while not self._stopping:
-                now = time.monotonic()
-                timeout_ms = max(0, int((self._next_timer(now) - now) * 1000.0) + 1)
+                before = time.monotonic()
+                timeout_ms = max(0, int((self._next_timer(before) - before) * 1000.0) + 1)
                 events = dict(poller.poll(timeout_ms))
                 now = time.monotonic()
+                if now - before > timeout_ms / 1000.0 + SUSPENDED_AFTER_S:
+                    # The poll overslept by far: the process was stopped (SIGSTOP, a `stop`
+                    # fault, a debugger), not the coordinator silent. The clock ran on while
+                    # it was; count silence from now.
+                    self._last_heard = now
                 if self.death_fd is not None and self.death_fd in events:
                     self._abandon("parent process is gone (death pipe closed)")
                     return

@@ -86,3 +86,39 @@ def test_a_flapping_agent_is_given_up_on_and_that_is_an_error(
     restarting = [json.loads(x) for x in lines if '"kind":"agent.restarting"' in x]
     assert [e["backoff_s"] for e in restarting] == [0.1, 0.2, 0.0]
     assert restarting[-1]["gave_up"] is not None
+
+
+@pytest.mark.timeout(90)
+def test_messages_to_an_agent_being_restarted_wait_for_its_configuration(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    # The ping goes out while `a` is restarting: it must reach the new incarnation after its
+    # CONFIGURE (an agent whose first frame is anything else cannot start).
+    script = (
+        "  - send: {agent: b, room: r, text: crash now}\n"
+        "  - wait_for: {event: {kind: agent.restarting, agent: a}, timeout: 10s}\n" + PING
+    )
+    code, report = _run(tmp_path, "early", 2, script)
+    assert report.verdict is Verdict.PASS, report.verification.reasons
+    assert code == 0
+    assert next(x for x in report.agents if x.id == "a").restarts == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_crash_the_run_ends_before_restarting_is_still_reported(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    folder = tmp_path / "late"
+    folder.mkdir()
+    (folder / "plugins").symlink_to(TESTS / "plugins")
+    path = folder / "late.yaml"
+    text = SCENARIO.format(name="late", most=2, script=PING + (
+        "  - send: {agent: b, room: r, text: crash now}\n"
+        "  - wait_for: {event: {kind: agent.restarting, agent: a}, timeout: 10s}\n"
+    )).replace("backoff: 100ms", "backoff: 10s")  # fmt: skip
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["run", str(path), "--report-dir", str(folder / "r"), "-q"])
+    report = ScenarioReport.model_validate_json((folder / "r" / "report.json").read_text())
+    assert report.verdict is Verdict.ERROR and result.exit_code == 3
+    (error,) = [e for e in report.errors if e.source == "crash"]
+    assert "the run ended before the policy could restart it" in error.message

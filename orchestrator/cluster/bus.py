@@ -166,6 +166,8 @@ class Link:
         """Correlation ids of commands sent to this agent and not yet answered."""
         self.paused = False
         """Stopped by the script (a `stop` fault): not hung, whatever its silence."""
+        self.early: list[Outgoing] = []
+        """Frames for it before its HELLO: sent after CONFIGURE."""
         self.progress: int | None = None
         """The agent runtime's event-loop ticks, from its ACKs (None: it sends none)."""
         self.progress_at = 0.0
@@ -384,14 +386,21 @@ class Bus:
         except (TimeoutError, AgentGone):
             return link.bye
 
-    def agent_gone(self, agent: str, reason: str) -> None:
-        """The agent's process ended (or was declared dead): fail everything bound for it."""
-        link = self.links.get(agent)
+    def agent_gone(self, agent: str, reason: str, link: Link | None = None) -> None:
+        """The agent's process ended (or was declared dead): fail everything bound for it.
+        With `link`, only if that is still the agent's link (an older incarnation's end must
+        not touch its successor's)."""
+        current = self.links.get(agent)
+        if link is not None and link is not current:
+            link.state = LinkState.GONE
+            return
+        link = current
         if link is None or link.state is LinkState.GONE:
             return
         link.state = LinkState.GONE
         link.gone_reason = reason
-        for pending in link.outbox.fail_all():
+        early, link.early = link.early, []
+        for pending in [*link.outbox.fail_all(), *(Pending(0, item) for item in early)]:
             self._dead_letter(link, pending, f"recipient {agent} is gone: {reason}")
         self._maybe_idle(link)
         if not link.ready.done():
@@ -410,6 +419,11 @@ class Bus:
 
     # -- sending --------------------------------------------------------------------------
     def _enqueue(self, link: Link, item: Outgoing) -> None:
+        if link.state is LinkState.EXPECTED and item.kind is not Kind.CONFIGURE:
+            # Before its HELLO (a restarted agent that others go on talking to): held, so
+            # that CONFIGURE is its first sequenced frame, as the agent requires.
+            link.early.append(item)
+            return
         link.outbox.push(item)
         self._touched.add(link)
 
@@ -463,6 +477,12 @@ class Bus:
         for _ in range(copies):
             self._send(link, Kind.MSG, pending.item.body, pending.seq, pending.item.corr)
         self._flush()
+
+    def end_wire_faults(self, why: str) -> None:
+        """End every bus fault now (before teardown: a fault must not outlive the script)."""
+        for fault in self.wire_faults:
+            self.events.emit(ev.FaultEnded(fault=fault.kind, detail=f"{fault.summary()} ({why})"))
+        self.wire_faults = []
 
     def _end_wire_faults(self, now: float) -> None:
         if not any(f.over(now) for f in self.wire_faults):
@@ -619,6 +639,9 @@ class Bus:
                           pyzmq=hello.pyzmq)
         )  # fmt: skip
         self._enqueue(link, Outgoing(Kind.CONFIGURE, encode_body(Configure(config=link.config))))
+        early, link.early = link.early, []
+        for item in early:
+            self._enqueue(link, item)
 
     def _dispatch(
         self, link: Link, header: Header, body: WireModel, raw: bytes, now: float
@@ -821,6 +844,7 @@ class Bus:
                 link.state is LinkState.READY
                 and link.progress is not None
                 and now - link.progress_at > self.hung_after_s
+                and link.doing[0] != "command trace"  # a tracemalloc snapshot takes seconds
             ):
                 # Heartbeats come from the transport thread, which lives on when a handler
                 # blocks the runtime's event loop: only the loop's tick count shows that.

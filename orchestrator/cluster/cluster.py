@@ -282,7 +282,9 @@ class Cluster:
         self._prepared = False
         self._stopped = False
         self._tasks: set[asyncio.Task[None]] = set()
-        """Hung agents being diagnosed before they are killed."""
+        """Hung agents being diagnosed (their stacks taken) before they are killed."""
+        self._restarting: dict[str, tuple[asyncio.Task[None], AgentHandle, Link]] = {}
+        """Agents the restart policy will start again after its backoff."""
         self._closed = False
         self._pids: set[int] = set()
         """Live agent pids, shared with the last-resort finalizer."""
@@ -425,12 +427,15 @@ class Cluster:
             await asyncio.to_thread(self.launcher.prepare, self.spec_for(config))
             self._prepared = True
 
-    def launch_one(self, config: AgentConfig, incarnation: int = 1) -> AgentHandle:
-        """Start one agent (blocking for the fork); `wait_ready` waits for it."""
+    def launch_one(
+        self, config: AgentConfig, incarnation: int = 1, link: Link | None = None
+    ) -> AgentHandle:
+        """Start one agent (blocking for the fork); `wait_ready` waits for it. `link`: one
+        added for it already (a restart holds what is sent to the agent meanwhile)."""
         if self._closed or self._loop is None:
             raise RuntimeError("the cluster is not running")
         spec = self.spec_for(config, incarnation)
-        link = self.bus.add_agent(config, incarnation)
+        link = link or self.bus.add_agent(config, incarnation)
         return self._adopt(config, spec, link, self.launcher.launch(spec))
 
     async def wait_ready(self, timeout: float) -> None:
@@ -524,7 +529,7 @@ class Cluster:
                   signal=signal.Signals(info.signal).name if info.signal else None,
                   escalation=handle.escalation)
         )  # fmt: skip
-        self.bus.agent_gone(handle.id, handle.hung or info.describe())
+        self.bus.agent_gone(handle.id, handle.hung or info.describe(), handle.link)
         if lost:
             self.crashes.append((handle.id, handle.describe_end()))
             if self._restarts_after(handle):
@@ -559,18 +564,36 @@ class Cluster:
         self.events.emit(ev.AgentRestarting(
             agent=handle.id, cause=why, attempt=len(recent) + 1, backoff_s=round(backoff, 3)
         ))  # fmt: skip
-        task = asyncio.get_running_loop().create_task(self._restart_later(handle, why, backoff))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # The next incarnation's link exists from now: messages sent to the agent during the
+        # backoff are held for it (and sent after its CONFIGURE), not dead letters.
+        link = self.bus.add_agent(handle.config, handle.spec.incarnation + 1)
+        task = asyncio.get_running_loop().create_task(
+            self._restart_later(handle, why, backoff, link)
+        )
+        self._restarting[handle.id] = (task, handle, link)
         return True
 
-    async def _restart_later(self, old: AgentHandle, why: str, backoff_s: float) -> None:
-        await asyncio.sleep(backoff_s)  # the policy's backoff, by design
-        if self._stopped or self._closed:
-            if self.on_lost is not None:
-                self.on_lost(old)
+    def _lost_anyway(self, old: AgentHandle, why: str) -> None:
+        """A loss the policy took on and cannot carry through: reported after all."""
+        old.gave_up = why
+        if self.on_lost is not None:
+            self.on_lost(old)
+
+    async def _restart_later(
+        self, old: AgentHandle, why: str, backoff_s: float, link: Link
+    ) -> None:
+        try:
+            await asyncio.sleep(backoff_s)  # the policy's backoff, by design
+        finally:
+            self._restarting.pop(old.id, None)
+        if self.handles.get(old.id) is not old:
+            return  # replaced meanwhile (a `restart` fault)
+        try:
+            new = self.launch_one(old.config, old.spec.incarnation + 1, link)
+        except Exception as exc:  # the fork server, descriptors: reported, never lost
+            self.bus.agent_gone(old.id, f"restarting it failed: {exc}", link)
+            self._lost_anyway(old, f"restarting it failed: {exc}")
             return
-        new = self.launch_one(old.config, old.spec.incarnation + 1)
         new.restarts = old.restarts + 1
         new.restart_history = [*old.restart_history, (time.monotonic(), why)]
         try:
@@ -583,8 +606,19 @@ class Cluster:
             return
         except AgentGone:
             return  # it ended already: its exit went through the policy
-        if ready.error is None and self.on_restarted is not None:
+        if ready.error is not None:
+            self._lost_anyway(old, f"its restart could not initialise: {ready.error}")
+        elif self.on_restarted is not None:
             self.on_restarted(new)
+
+    def _cancel_restarts(self) -> None:
+        """Teardown: restarts the policy had scheduled will not happen; their losses are
+        reported now (a crash just before the end must not vanish from the verdict)."""
+        pending, self._restarting = self._restarting, {}
+        for task, old, link in pending.values():
+            task.cancel()
+            self.bus.agent_gone(old.id, "the run ended before it was restarted", link)
+            self._lost_anyway(old, "the run ended before the policy could restart it")
 
     # -- watching processes ------------------------------------------------------------
     def _watch(self, handle: AgentHandle) -> None:
@@ -679,9 +713,16 @@ class Cluster:
             ) from None
 
     async def _restart(self, old: AgentHandle, keep_store: bool, timeout: float) -> None:
-        await self._replace(old, keep_store, timeout)
+        pending = self._restarting.pop(old.id, None)
+        link = None
+        if pending is not None:  # the fault restarts it now, not the policy later
+            pending[0].cancel()
+            link = pending[2]  # with what was held for it
+        await self._replace(old, keep_store, timeout, link)
 
-    async def _replace(self, old: AgentHandle, keep_store: bool, timeout: float) -> None:
+    async def _replace(
+        self, old: AgentHandle, keep_store: bool, timeout: float, link: Link | None = None
+    ) -> None:
         """Stop `old` in order (STOP, so its store is closed whole; SIGKILL past the STOP
         deadline), or take it as it ended (after a `kill`, a crash), and start its next
         incarnation under the same id; return at its READY."""
@@ -699,7 +740,7 @@ class Cluster:
             for path in (store, store + "-wal", store + "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        new = self.launch_one(old.config, old.spec.incarnation + 1)
+        new = self.launch_one(old.config, old.spec.incarnation + 1, link)
         new.restarts = old.restarts + 1
         new.restart_history = [*old.restart_history, (time.monotonic(), "restart fault")]
         left = max(0.1, timeout - (time.monotonic() - t0))
@@ -744,6 +785,7 @@ class Cluster:
         frame loss, messages still being retried when the script ended were dead-lettered by
         teardown. Whether it got quiet."""
         end = time.monotonic() + deadline_s
+        self.bus.end_wire_faults("the script ended")
         for handle in self.handles.values():
             if handle.link.paused and handle.exit is None:  # a `stop` never continued
                 self._signal(handle, _SIGNALS["SIGCONT"])
@@ -777,6 +819,7 @@ class Cluster:
         (STOP_CPU_S_PER_AGENT each, over the cores), so a busy machine is not mistaken for
         stuck agents and escalated."""
         self._stopped = True
+        self._cancel_restarts()
         live = [h for h in self.handles.values() if h.exit is None]
         deadline_s = max(deadline_s, len(live) * STOP_CPU_S_PER_AGENT / (os.cpu_count() or 1))
         for handle in live:
@@ -818,6 +861,9 @@ class Cluster:
         if self._closed:
             return
         self._closed = True
+        self._cancel_restarts()
+        for task in self._tasks:
+            task.cancel()  # a hung agent's stacks: it is killed below anyway
         live = [h for h in self.handles.values() if h.exit is None]
         for handle in live:  # every signal first, then the reaping: they die in parallel
             handle.planned_exit = True

@@ -216,7 +216,8 @@ class FaultArgs(SpecModel):
     cont: str | None = None
     """SIGCONT: a stopped agent runs again."""
     restart: str | None = None
-    """Kill the agent and start a new incarnation under the same id, waiting for its READY."""
+    """Stop the agent in order (or take it as a kill or a crash left it) and start a new
+    incarnation under the same id, waiting for its READY."""
     keep_store: bool | None = None
     """With `restart`: whether the new incarnation keeps the agent's memory store (default
     true); false starts it empty."""

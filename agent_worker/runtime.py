@@ -93,8 +93,11 @@ PROGRESS_TICK_S = 0.1
 """The runtime's event loop ticks this often; the tick count rides on every ACK (Ack.progress)
 so the coordinator sees a loop that a handler blocks."""
 
-SENT_KEYS_KEPT = 4096
-"""Keys of the script's sends remembered (a retried send posts once); the oldest go first."""
+SENT_KEYS_KEPT = 64
+"""Keys of the script's sends remembered (a retried send posts once); the oldest go first.
+A key matters only while its step retries, and a timeline retries one step at a time, so this
+covers 64 timelines sending through one agent at once. (4,096 filled for minutes in a soak:
+the driver of examples/soak.yaml grew 30 MiB/h until full.)"""
 
 SERVICE_TIMEOUT_S = 10.0
 """How long one service may take to start or to stop."""

@@ -3,7 +3,7 @@
 `--soaks N` soaks (default 1; `--duration`, default 90 s, warm-up a third of it) of a driver
 and, each in its own dm room, one agent per rate in `--rates` (bytes kept per message by
 examples/plugins/leaky.py), `--clean` agents that keep nothing, and `--warming` agents that
-keep 256 KiB a message for their first 32 messages (8 MiB filled in the warm-up, then flat).
+fill an 8 MiB cache in their first 5 seconds and then keep it (examples/plugins/warming.py).
 Every pass the driver messages each agent once and waits for its answer, then pauses 100 ms.
 Per agent and soak (`--json` for one JSON object):
 
@@ -39,7 +39,7 @@ LEAKY = REPO_ROOT / "examples" / "plugins" / "leaky.py"
 HOARD_LINE = next(
     i for i, line in enumerate(LEAKY.read_text().splitlines(), 1) if "_HOARD.append" in line
 )
-WARMING = "{leak.bytes_per_message: 262144, leak.max_blocks: 32}"
+WARMING = "{warm.blocks: 32, warm.block_bytes: 262144, warm.seconds: 5}"
 
 
 def scenario(rates: Sequence[int], clean: int, warming: int = 0) -> str:
@@ -50,8 +50,11 @@ def scenario(rates: Sequence[int], clean: int, warming: int = 0) -> str:
     for name, kind in agents:
         lines += [f"  - id: {name}", "    memory: {max_per_room: 32}"]
         if kind:
-            settings = WARMING if kind == "warming" else f"{{leak.bytes_per_message: {kind}}}"
-            lines += ["    plugins: [plugins.leaky:plugin]", f"    settings: {settings}"]
+            if kind == "warming":
+                lines += ["    plugins: [plugins.warming:plugin]", f"    settings: {WARMING}"]
+            else:
+                lines += ["    plugins: [plugins.leaky:plugin]",
+                          f"    settings: {{leak.bytes_per_message: {kind}}}"]  # fmt: skip
         lines += ['    model: {rules: [{when: {regex: "^tick"}, reply: tock}]}']
     lines += ["rooms:"]
     lines += [f"  - {{id: r-{name}, type: dm, members: [driver, {name}]}}" for name, _ in agents]

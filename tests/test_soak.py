@@ -66,7 +66,7 @@ def test_the_leaky_agent_leaks_and_the_clean_one_does_not(
     # 8 MiB kept in the warm-up, then flat: not a leak.
     assert verdicts["warming"]["uss"] == verdicts["warming"]["rss"] == "no leak"
     warming = next(a for a in report.agents if a.id == "warming")
-    assert warming.final_state == {"leak": {"blocks": 32}}
+    assert warming.final_state == {"warm": {"blocks": 32}}
     leaky = next(a for a in report.agents if a.id == "leaky")
     leaky_uss = next(x for x in leaky.memory.leak if x.series == "uss")
     assert leaky_uss.slope_low_per_h is not None

@@ -3,9 +3,6 @@
 Its evaluator keeps `leak.bytes_per_message` bytes (a setting, default 64 KiB) for every
 message the agent handles, in a module-level list that is never cleared. A leak detector that
 does not flag an agent running this plugin is broken.
-
-With `leak.max_blocks` set, it stops after that many blocks: a cache that fills up and then
-stays, the warm-up a detector must not call a leak.
 """
 
 from __future__ import annotations
@@ -22,9 +19,6 @@ _HOARD: list[bytearray] = []
 
 def hoard(runtime: AgentRuntime, message: Message, state: State) -> None:
     size = runtime.get_setting("leak.bytes_per_message", 64 * 1024)
-    most = runtime.get_setting("leak.max_blocks", None)
-    if isinstance(most, int) and len(_HOARD) >= most:
-        return
     _HOARD.append(bytearray(size if isinstance(size, int) else 64 * 1024))
     runtime.set_state("leak.blocks", len(_HOARD))
 

@@ -348,7 +348,7 @@ def run(
     default=True,
     show_default=True,
     help="When the soak finds a leak, run a shorter traced pass of the leaking agents after"
-    " it (a quarter of --duration, 10s to 5m) to name the lines that allocate what grows.",
+    " it (a quarter of --duration, 5s to 5m) to name the lines that allocate what grows.",
 )
 @click.option(
     "--events",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib
 import shutil
 import sys
@@ -457,9 +456,6 @@ class ScenarioRun:
         soak = self.options.soak
         if sampler is None or soak is None or self.events is None:
             return
-        # The coordinator's own heap: memory its threads freed goes back to the system, so
-        # that the allocator keeping it is not read as the coordinator growing.
-        await asyncio.to_thread(trim_heap)
         now = time.monotonic()
         elapsed = now - t_ready
         warming = elapsed <= soak.warmup_s
@@ -891,16 +887,6 @@ otherwise write thousands)."""
 TRACE_TIMEOUT_S = 60.0
 """A tracemalloc snapshot of a large heap takes seconds."""
 COUNT_SERIES = frozenset({"fds", "threads", "blocks"})
-
-
-def trim_heap() -> None:
-    """glibc's malloc_trim(0): give freed heap pages back to the system (elsewhere, nothing).
-    A 64-agent soak's coordinator grew 6 MiB of RSS over 16 minutes while tracemalloc saw its
-    Python heap grow 0.3 MB in 4 (the event ring filling). Freed memory kept in glibc's arenas
-    (one per thread that allocates: the sampler's, the loop's workers') is the suspect, and a
-    trim each progress interval is cheap."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _top_site(trace: JsonValue) -> str | None:

@@ -60,9 +60,10 @@ def test_the_leaky_agent_leaks_and_the_clean_one_does_not(
     }
     assert verdicts["leaky"]["uss"] == "leak" and verdicts["leaky"]["rss"] == "leak"
     assert verdicts["leaky"]["pss"] == "leak"
-    assert verdicts["clean"] == dict.fromkeys(
-        ("uss", "pss", "rss", "fds", "threads", "store"), "no leak"
-    )
+    judged = ("uss", "pss", "rss", "fds", "threads", "store")
+    assert {k: verdicts["clean"][k] for k in judged} == dict.fromkeys(judged, "no leak")
+    # `blocks` has one point a progress interval (a minute): one point is too few to judge.
+    assert verdicts["clean"].get("blocks", "inconclusive") == "inconclusive"
     # 8 MiB kept in the warm-up, then flat: not a leak.
     assert verdicts["warming"]["uss"] == verdicts["warming"]["rss"] == "no leak"
     warming = next(a for a in report.agents if a.id == "warming")

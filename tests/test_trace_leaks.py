@@ -49,7 +49,7 @@ def test_the_leaking_line_is_named_with_its_growth(tmp_path: Path, private_tmp: 
     scenario.write_text(SCENARIO)
     reports = tmp_path / "report"
     result = CliRunner().invoke(main, [
-        "soak", str(scenario), "--duration", "30s", "--warmup", "15s",
+        "soak", str(scenario), "--duration", "20s", "--warmup", "10s",
         "--sample-interval", "250ms", "--trace-leaks", "--report-dir", str(reports), "-q",
     ])  # fmt: skip
     report = ScenarioReport.model_validate_json((reports / "report.json").read_text())

@@ -411,6 +411,10 @@ class ScenarioRun:
             # first progress line, they were a step in the coordinator's own memory series
             # that its verdict called a 16 GiB/h LEAK.
             await asyncio.to_thread(importlib.import_module, "scipy.stats")
+            # Likewise the agents' side of the progress step: the first stats command runs
+            # code for the first time in each agent (a step of a few pages in its USS, which
+            # at the first progress line fell in the analysed window). Now, in the warm-up.
+            await self._trace(cluster, "stats")
             marked = not soak.trace_leaks
             if soak.trace_leaks:
                 await self._trace(cluster, "start")

@@ -688,7 +688,8 @@ class Cluster:
             self._signal(handle, _SIGNALS["SIGSTOP"])
         elif op == "cont":
             self._signal(handle, _SIGNALS["SIGCONT"])
-            self.bus.pause(agent, False)
+            if handle.link.paused:  # continuing a running agent must not reset its clocks
+                self.bus.pause(agent, False)
             self._fault_event(agent, "cont", f"SIGCONT to pid {handle.pid}")
         elif op == "restart":
             await self._restart(handle, keep_store, timeout)

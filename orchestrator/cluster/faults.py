@@ -7,8 +7,8 @@ receiver, a held one is resequenced, so exactly-once delivery still holds, which
 scenario can check with a `delivery` assertion. A partition withholds every transmission
 between its groups until it ends (past the retry budget, those messages are dead letters).
 
-Each fault draws from its own `random.Random`, seeded by the run's seed and the fault's
-number, so a faulty run replays with `--seed`.
+Each fault draws from its own `random.Random`, seeded by the run's seed and the fault step's
+path and run, so a faulty run replays with `--seed`.
 """
 
 from __future__ import annotations

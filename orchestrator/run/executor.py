@@ -224,7 +224,6 @@ class Executor:
         self.scenario = scenario
         self.seed = seed
         """The run's seed: bus faults draw from generators seeded by it."""
-        self._faults = 0
         self.send_timeout_s = send_timeout_s
         """How long a `send` or `set_state` waits for the agent's answer by default."""
         self.agents = agents
@@ -475,7 +474,7 @@ class Executor:
                 case PauseStep():
                     await self._pause(step)
                 case FaultStep():
-                    await self._fault(step)
+                    await self._fault(step, f"{result.path}#{result.runs}")
         except StepFailure as exc:
             return str(exc), None, exc.transient
         except AgentGone as exc:
@@ -653,10 +652,10 @@ class Executor:
         if not judged.passed:
             raise StepFailure(f"assertion {ident} failed: {judged.message}")
 
-    async def _fault(self, step: FaultStep) -> None:
+    async def _fault(self, step: FaultStep, where: str) -> None:
         f = step.fault
         if f.op in WIRE_FAULTS:
-            self.agents.wire_fault(self._wire_fault(f))
+            self.agents.wire_fault(self._wire_fault(f, where))
             return
         timeout = self._timeout(step, None, self.send_timeout_s)
         try:
@@ -667,9 +666,10 @@ class Executor:
         except FaultError as exc:
             raise StepFailure(f"fault {f.op} {f.agent}: {exc}") from None
 
-    def _wire_fault(self, f: FaultArgs) -> WireFault:
-        """The bus's form of a bus fault step, with its own seeded generator."""
-        self._faults += 1
+    def _wire_fault(self, f: FaultArgs, where: str) -> WireFault:
+        """The bus's form of a bus fault step, with its own generator, seeded by the run's
+        seed, the step's path and its run (not by the order steps happen to run in: parallel
+        actors' faults replay too)."""
         scope = ""
         if f.from_:
             scope += f" from {', '.join(f.from_)}"
@@ -686,7 +686,7 @@ class Executor:
             rooms=frozenset(f.room) if f.room else None,
             until=time.monotonic() + f.for_.seconds if f.for_ is not None else None,
             messages=f.messages,
-            rng=random.Random(f"{self.seed}:fault:{self._faults}"),
+            rng=random.Random(f"{self.seed}:fault:{where}"),
         )
         if f.drop is not None:
             fault.rate, what = f.drop, f"drop {f.drop:.0%} of"

@@ -429,6 +429,16 @@ class AgentRuntime:
                 except Exception as exc:
                     self._handler_error(f"evaluator {evaluator.name}", exc)
 
+    @contextlib.contextmanager
+    def _doing(self, what: str) -> Iterator[None]:
+        """Say what the runtime is doing (carried by each ACK: a hang report names it)."""
+        outer = self._activity
+        self._activity = (what[:200], time.monotonic())
+        try:
+            yield
+        finally:
+            self._activity = outer
+
     async def run_action(
         self,
         name: str,
@@ -441,27 +451,6 @@ class AgentRuntime:
 
         The events carry the parameters the handler receives: validated by the action's
         model when it has one (a templated "20" read as an int is recorded as 20)."""
-        with self._doing(f"action {name}"):
-            return await self._run_action(name, params, msg, state, origin)
-
-    @contextlib.contextmanager
-    def _doing(self, what: str) -> Iterator[None]:
-        """Say what the runtime is doing (carried by each ACK: a hang report names it)."""
-        outer = self._activity
-        self._activity = (what[:200], time.monotonic())
-        try:
-            yield
-        finally:
-            self._activity = outer
-
-    async def _run_action(
-        self,
-        name: str,
-        params: dict[str, JsonValue],
-        msg: Message,
-        state: State,
-        origin: str,
-    ) -> ActionOutcome:
         self._call_counter += 1
         call_id = f"{self.agent_id}:{self._call_counter}"
         says = Origin.SCRIPT if origin == "script" else Origin.AGENT
@@ -525,9 +514,11 @@ class AgentRuntime:
             self.send(msg.room, text, in_reply_to=msg.msg_id)
 
         try:
-            if not await self._call(action.validate, (self, msg, state), timeout):
-                return "invalid", None, f"{name}: validate returned false"
-            result = await self._call(action.handler, (self, msg, state, parsed, callback), timeout)
+            with self._doing(f"action {name}"):
+                if not await self._call(action.validate, (self, msg, state), timeout):
+                    return "invalid", None, f"{name}: validate returned false"
+                args = (self, msg, state, parsed, callback)
+                result = await self._call(action.handler, args, timeout)
         except TimeoutError:
             return "timeout", None, f"{name} timed out after {timeout:g}s"
         except Exception as exc:

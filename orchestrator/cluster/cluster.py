@@ -964,15 +964,21 @@ def take_stacks(pid: int, log: Path, timeout_s: float = STACKS_TIMEOUT_S) -> str
     # itself: wait for it to grow, then to stop growing (a deadline poll, by design).
     deadline, size, steady = time.monotonic() + timeout_s, start, 0
     while time.monotonic() < deadline and steady < 3:
-        time.sleep(0.02)
-        now = log.stat().st_size
+        time.sleep(0.02)  # deadline poll of a file another process writes: no event exists
+        try:
+            now = log.stat().st_size
+        except OSError:
+            break  # the log went (the run directory is being removed): no stacks to read
         steady = steady + 1 if now == size and now > start else 0
         size = now
     if size <= start:
         return f"no stacks: the agent wrote none within {timeout_s:g}s of SIGUSR1"
-    with log.open("rb") as f:
-        f.seek(start)
-        text = f.read(STACKS_MAX_BYTES).decode("utf-8", errors="replace")
+    try:
+        with log.open("rb") as f:
+            f.seek(start)
+            text = f.read(STACKS_MAX_BYTES).decode("utf-8", errors="replace")
+    except OSError as exc:
+        return f"no stacks: {exc.strerror or exc}"
     return "every thread's stack when it was declared hung (most recent call first):\n" + text
 
 

@@ -159,7 +159,7 @@ def test_agents_exit_when_the_coordinator_goes_silent(private_tmp: Path) -> None
 HOGGED = r"""
 import asyncio, json, sys
 from pathlib import Path
-from orchestrator.events import ActionStarted, AgentLaunched
+from orchestrator.events import AgentLaunched, StepStarted
 from orchestrator.scenario.loader import load_scenario_text
 from orchestrator.run.runner import RunOptions, run_scenario
 
@@ -176,7 +176,7 @@ pids = {}
 def probe(event):
     if isinstance(event, AgentLaunched):
         pids[event.agent] = event.pid
-    if isinstance(event, ActionStarted):
+    if isinstance(event, StepStarted):
         print(json.dumps(pids), flush=True)
 opts = RunOptions(report_dir=Path(sys.argv[1]), coordinator_timeout_s=60, hung_after_s=60)
 source = Path(sys.argv[2]) / "hogged.yaml"
@@ -192,9 +192,18 @@ def test_an_agent_that_holds_the_gil_dies_with_its_coordinator(private_tmp: Path
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert coordinator.stdout is not None
-    line = coordinator.stdout.readline()  # the action has started: the agent is stuck in C
-    assert line, "coordinator exited before the action started"
+    line = coordinator.stdout.readline()  # the step has started
+    assert line, "coordinator exited before the step started"
     pids = list(json.loads(line).values())
+    # The agent's action.started event cannot be waited for: the transport thread that would
+    # send it may never get the GIL again. An idle agent burns next to no CPU; one that has
+    # burnt half a second since the step began is inside the regex.
+    agent = psutil.Process(pids[0])
+    start = agent.cpu_times().user
+    deadline = time.monotonic() + 30.0
+    while agent.cpu_times().user - start < 0.5:
+        assert time.monotonic() < deadline, "the agent never started its action"
+        time.sleep(0.05)  # deadline poll on the agent's CPU time
     coordinator.kill()
     coordinator.wait()
     # Neither its death pipe nor its silence deadline can reach it: the kernel must

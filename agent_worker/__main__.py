@@ -11,6 +11,7 @@ import argparse
 import ctypes
 import faulthandler
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -36,7 +37,35 @@ def build_parser(prog: str = "python -m agent_worker") -> argparse.ArgumentParse
     p.add_argument("--heartbeat-interval", type=float, default=0.5, help="seconds")
     p.add_argument("--coordinator-timeout", type=float, default=10.0, help="seconds")
     p.add_argument("--inbox-capacity", type=int, default=DEFAULT_INBOX)
+    p.add_argument("--limit-data", type=int, default=None, help="bytes (RLIMIT_DATA)")
+    p.add_argument("--limit-cpu", type=int, default=None, help="CPU seconds (RLIMIT_CPU)")
+    p.add_argument("--limit-files", type=int, default=None, help="open files (RLIMIT_NOFILE)")
     return p
+
+
+CPU_GRACE_S = 5
+"""Between SIGXCPU (the soft CPU limit) and SIGKILL (the hard one)."""
+
+
+def set_limits(args: argparse.Namespace) -> None:
+    """Hold this process to its limits, before it starts anything. A data limit makes an
+    allocation past it fail as a MemoryError (in the handler that asked for it) instead of the
+    machine swapping; the kernel sends SIGXCPU at the CPU limit, whose default action ends the
+    process (the coordinator reports it as the limit), and SIGKILL CPU_GRACE_S later. A limit
+    above what this process may raise to is capped there."""
+    wanted = [
+        (resource.RLIMIT_DATA, args.limit_data, 0),
+        (resource.RLIMIT_CPU, args.limit_cpu, CPU_GRACE_S),
+        (resource.RLIMIT_NOFILE, args.limit_files, 0),
+    ]
+    for which, soft, grace in wanted:
+        if soft is None:
+            continue
+        _, ceiling = resource.getrlimit(which)
+        hard = soft + grace
+        if ceiling != resource.RLIM_INFINITY:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        resource.setrlimit(which, (soft, hard))
 
 
 def run_agent(args: argparse.Namespace, serve: Serve, policy: RetryPolicy | None = None) -> int:
@@ -100,6 +129,7 @@ def die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    set_limits(args)
     return run_agent(args, _serve_runtime)
 
 

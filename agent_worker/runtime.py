@@ -23,10 +23,12 @@ import asyncio
 import contextlib
 import contextvars
 import copy
+import errno
 import functools
 import inspect
 import os
 import random
+import resource
 import sys
 import threading
 import time
@@ -489,7 +491,9 @@ class AgentRuntime:
         if not outcome.succeeded:
             self.counters.actions_failed += 1
         if status == "error":  # the handler raised: an error of the agent, like an evaluator's
-            self._report_error(AgentErrorKind.HANDLER, f"action {name}", error or "raised")
+            limited = error is not None and error.startswith(LIMIT_ERRORS)
+            kind = AgentErrorKind.LIMIT if limited else AgentErrorKind.HANDLER
+            self._report_error(kind, f"action {name}", error or "raised")
         self.transport.send(
             Event(
                 event=ActionFinished(
@@ -522,7 +526,7 @@ class AgentRuntime:
         except TimeoutError:
             return "timeout", None, f"{name} timed out after {timeout:g}s"
         except Exception as exc:
-            return "error", None, _describe(exc)
+            return "error", None, _limit_error(exc) or _describe(exc)
         if result is None:
             result = ActionResult()
         if not isinstance(result, ActionResult):
@@ -680,7 +684,10 @@ class AgentRuntime:
 
     def _handler_error(self, what: str, exc: BaseException) -> None:
         print(f"agent {self.agent_id}: error {what}:\n{traceback.format_exc()}", file=sys.stderr)
-        self._report_error(AgentErrorKind.HANDLER, what, _describe(exc))
+        if (limit := _limit_error(exc)) is not None:
+            self._report_error(AgentErrorKind.LIMIT, what, limit)
+        else:
+            self._report_error(AgentErrorKind.HANDLER, what, _describe(exc))
 
     def _report_error(self, kind: AgentErrorKind, where: str, error: str) -> None:
         self.counters.handler_errors += 1
@@ -761,6 +768,27 @@ def _peak_rss_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+LIMIT_ERRORS = ("memory: ", "open_files: ")
+"""How `_limit_error` begins what it describes."""
+
+
+def _limit_error(exc: BaseException) -> str | None:
+    """What a limit (`limits:`) made of `exc`, or None: a MemoryError (an allocation past the
+    data limit, `memory`) or running out of descriptors (`open_files`)."""
+    if isinstance(exc, MemoryError):
+        which, name = resource.RLIMIT_DATA, "memory"
+    elif isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        which, name = resource.RLIMIT_NOFILE, "open_files"
+    else:
+        return None
+    soft, _ = resource.getrlimit(which)
+    if soft == resource.RLIM_INFINITY:
+        at = "no limit set"
+    else:
+        at = f"its limit {soft >> 20} MiB" if name == "memory" else f"its limit {soft}"
+    return f"{name}: {_describe(exc)} ({at})"
 
 
 def _describe(exc: BaseException) -> str:

@@ -64,6 +64,10 @@ class ErrorKind(StrEnum):
     """An agent did not reach READY in time."""
     RUNNER = "runner"
     """The runner itself broke."""
+    LIMIT = "limit"
+    """An agent went past a limit (`limits:`): stopped or killed by the watchdog, killed at its
+    CPU limit, or a MemoryError at its data limit. Not fatal: an `errors` assertion that covers
+    it makes it a planned limit."""
 
     @property
     def fatal(self) -> bool:
@@ -71,8 +75,9 @@ class ErrorKind(StrEnum):
 
 
 _AGENT_KINDS = frozenset(
-    {ErrorKind.HANDLER, ErrorKind.MODEL, ErrorKind.SERVICE, ErrorKind.AGENT, ErrorKind.POOL}
-)
+    {ErrorKind.HANDLER, ErrorKind.MODEL, ErrorKind.SERVICE, ErrorKind.AGENT, ErrorKind.POOL,
+     ErrorKind.LIMIT}
+)  # fmt: skip
 
 
 def error_kind_of(kind: AgentErrorKind) -> ErrorKind:
@@ -406,6 +411,18 @@ class FaultInjected(Event, tag="fault.injected", kw_only=True):
     """What was done: "SIGKILL to pid 1234", "incarnation 2 (pid 1240), store kept"."""
 
 
+class LimitFired(Event, tag="limit.fired", kw_only=True):
+    """An agent went past one of its limits (`limits:`) and was stopped or killed."""
+
+    limit: str
+    """memory_soft, memory_hard (the watchdog, on RSS), cpu (RLIMIT_CPU)."""
+    value: float
+    """What the agent was at: bytes of RSS, or CPU seconds."""
+    threshold: float
+    action: str
+    """stopped, killed."""
+
+
 class FaultEnded(Event, tag="fault.ended", kw_only=True):
     """A bus fault's window (time or message count) is over; `detail` says what it did."""
 
@@ -426,7 +443,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ActionStarted, ActionCompleted, ActionFailed, MessageSent, MessageRefused, MessageDelivered,
     MessageRetry, MessageDeadLetter, CommandSent, CommandResult, WireRejected, Sample,
     StepStarted, StepFinished, StopConditionMet, AssertionEvaluated, RunError, SoakIteration,
-    SoakProgress, SoakLocating, FaultInjected, FaultEnded, AgentRestarting,
+    SoakProgress, SoakLocating, FaultInjected, FaultEnded, AgentRestarting, LimitFired,
 )  # fmt: skip
 
 for _cls in EVENT_TYPES:
@@ -443,7 +460,7 @@ AnyEvent = (
     | MessageDelivered | MessageRetry | MessageDeadLetter | CommandSent | CommandResult
     | WireRejected | Sample | StepStarted | StepFinished | StopConditionMet | AssertionEvaluated
     | RunError | SoakIteration | SoakProgress | SoakLocating | FaultInjected | FaultEnded
-    | AgentRestarting
+    | AgentRestarting | LimitFired
 )  # fmt: skip
 """One line of events.jsonl."""
 

@@ -292,6 +292,8 @@ class AgentErrorKind(StrEnum):
     POOL = "pool"
     """Every thread for sync plugin functions was busy (some may be stuck past their
     timeout: Python cannot stop a thread), so calls had to wait."""
+    LIMIT = "limit"
+    """An allocation failed at the agent's data limit (a MemoryError)."""
 
 
 WireAgentErrorKind = Annotated[AgentErrorKind, _from_wire_str(AgentErrorKind)]

@@ -40,7 +40,7 @@ from typing import ClassVar, Protocol
 from orchestrator import events as ev
 from orchestrator.cluster.bus import AgentGone, Bus, Link
 from orchestrator.cluster.faults import WireFault
-from orchestrator.cluster.launchers import Launched, Launcher, LaunchSpec
+from orchestrator.cluster.launchers import AgentLimits, Launched, Launcher, LaunchSpec
 from orchestrator.events import EventLog
 from protocol import (
     AgentConfig,
@@ -68,6 +68,16 @@ MAX_LISTED = 10
 
 LAUNCH_BATCH = 16
 """Agents launched per worker-thread call: one fork-server round trip each."""
+
+
+def _over(what: str, value: int, name: str, threshold: int, action: str) -> str:
+    return (
+        f"{what}: RSS {value / MIB:.1f} MiB over {name} ({threshold / MIB:.1f} MiB);"
+        f" it was {action}"
+    )
+
+
+MIB = 1 << 20
 
 
 class AgentState(Enum):
@@ -145,6 +155,9 @@ class AgentHandle:
     """Why the restart policy stopped restarting this agent."""
     killed_by_script: str | None = None
     """The signal of a `kill` fault that ended it."""
+    limit: str | None = None
+    """The limit that ended it and how: "memory: RSS 612.0 MiB over memory_hard (600.0
+    MiB); it was killed"."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -169,6 +182,8 @@ class AgentHandle:
 
     def describe_end(self) -> str:
         """How the agent ended, for an error message: 'hung: ...', 'killed by SIGKILL'..."""
+        if self.limit is not None:
+            return f"over its limit ({self.limit})"
         if self.hung is not None:
             return f"hung ({self.hung})"
         if self.exit is not None:
@@ -265,6 +280,10 @@ class Cluster:
         """Hears of each agent started again (a `restart` fault, the policy), once READY."""
         self.restart_policies: dict[str, RestartPolicy] = {}
         """Agents to start again when they crash or hang, and how."""
+        self.limits: dict[str, AgentLimits] = {}
+        """What each agent may use (default: no limit)."""
+        self.on_limit: Callable[[AgentHandle], None] | None = None
+        """Hears of each agent a limit ended (`handle.limit` says which and how), once."""
         self.stop_deadline_s = stop_deadline_s
         self.bus = Bus(
             f"ipc://{run_dir}/bus.sock",
@@ -335,6 +354,7 @@ class Cluster:
             inbox_capacity=s.inbox_capacity,
             env=dict(s.env),
             nice=s.nice,
+            limits=self.limits.get(config.agent_id, AgentLimits()),
         )
 
     async def launch(self, configs: Iterable[AgentConfig], ready_timeout: float) -> None:
@@ -519,6 +539,11 @@ class Cluster:
         handle.exit = info
         handle.process.mark_reaped(code)
         self._pids.discard(handle.pid)
+        if info.signal == signal.SIGXCPU and handle.limit is None:
+            cpu = info.cpu_user_s + info.cpu_system_s
+            handle.limit = f"cpu: {cpu:.1f}s of CPU time, its limit {handle.spec.limits.cpu_s:g}s"
+            handle.planned_exit = True
+            self._limit_fired(handle, "cpu", cpu, handle.spec.limits.cpu_s or 0.0, "killed")
         if handle.state is not AgentState.HUNG:
             self._move(handle, AgentState.EXITED if handle.planned_exit else AgentState.CRASHED)
         handle.exited.set()
@@ -536,6 +561,44 @@ class Cluster:
                 return  # the policy takes it from here; a give-up comes back to on_lost
             if self.on_lost is not None:
                 self.on_lost(handle)
+
+    # -- limits ---------------------------------------------------------------------------
+    def check_memory(self, agent: str, rss: int) -> None:
+        """The watchdog, with each sample of `agent`'s RSS: past its soft limit the agent is
+        stopped in order (STOP, then SIGKILL past the STOP deadline), past its hard limit
+        killed at once. Either is a planned end (not a crash) reported as the limit."""
+        handle = self.handles.get(agent)
+        if handle is None or handle.exit is not None or handle.state.ended:
+            return
+        limits = handle.spec.limits
+        if limits.rss_hard is not None and rss > limits.rss_hard:
+            if handle.limit is None or not handle.limit.endswith("killed"):
+                handle.limit = _over("memory", rss, "memory_hard", limits.rss_hard, "killed")
+                self._limit_fired(handle, "memory_hard", rss, limits.rss_hard, "killed")
+                self.kill(agent, _SIGNALS["SIGKILL"], planned=True)
+        elif limits.rss_soft is not None and rss > limits.rss_soft and handle.limit is None:
+            handle.limit = _over("memory", rss, "memory_soft", limits.rss_soft, "stopped")
+            self._limit_fired(handle, "memory_soft", rss, limits.rss_soft, "stopped")
+            handle.planned_exit = True
+            if handle.state is not AgentState.HUNG:
+                self._move(handle, AgentState.STOPPING)
+            task = asyncio.get_running_loop().create_task(self._stop_one(handle))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _stop_one(self, handle: AgentHandle) -> None:
+        with contextlib.suppress(AgentGone):
+            await self.bus.stop_agent(handle.id, self.stop_deadline_s)
+        self.kill(handle.id, _SIGNALS["SIGKILL"], planned=True)  # a no-op once it has exited
+
+    def _limit_fired(
+        self, handle: AgentHandle, limit: str, value: float, threshold: float, action: str
+    ) -> None:
+        self.events.emit(ev.LimitFired(
+            agent=handle.id, limit=limit, value=value, threshold=threshold, action=action
+        ))  # fmt: skip
+        if self.on_limit is not None:
+            self.on_limit(handle)
 
     # -- the restart policy --------------------------------------------------------------
     def _restarts_after(self, handle: AgentHandle) -> bool:

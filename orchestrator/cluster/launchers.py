@@ -22,6 +22,29 @@ from typing import IO, Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class AgentLimits:
+    """What an agent may use (the scenario's `limits:`). The agent sets `data_bytes`, `cpu_s`
+    and `open_files` on itself (rlimits, before anything else runs); the coordinator's
+    watchdog holds it to `rss_soft` (stopped) and `rss_hard` (killed)."""
+
+    data_bytes: int | None = None
+    rss_soft: int | None = None
+    rss_hard: int | None = None
+    cpu_s: float | None = None
+    open_files: int | None = None
+
+    def argv(self) -> list[str]:
+        args = []
+        if self.data_bytes is not None:
+            args += ["--limit-data", str(self.data_bytes)]
+        if self.cpu_s is not None:
+            args += ["--limit-cpu", str(max(1, round(self.cpu_s)))]
+        if self.open_files is not None:
+            args += ["--limit-files", str(self.open_files)]
+        return args
+
+
+@dataclass(frozen=True, slots=True)
 class LaunchSpec:
     agent_id: str
     endpoint: str
@@ -34,6 +57,7 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
     nice: int = 0
     """Added to the agent's scheduling niceness (the runner uses AGENT_NICE)."""
+    limits: AgentLimits = AgentLimits()
 
     @property
     def log_path(self) -> Path:
@@ -49,6 +73,7 @@ class LaunchSpec:
             "--heartbeat-interval", repr(self.heartbeat_interval_s),
             "--coordinator-timeout", repr(self.coordinator_timeout_s),
             "--inbox-capacity", str(self.inbox_capacity),
+            *self.limits.argv(),
         ]  # fmt: skip
 
 

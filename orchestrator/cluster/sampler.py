@@ -19,7 +19,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import psutil
@@ -169,6 +169,8 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._uss_cursor = 0
+        self.watch: Callable[[str, int], None] | None = None
+        """Hears each agent's RSS as it is read (the memory watchdog)."""
         self.coordinator = AgentSamples(os.getpid(), psutil.Process(), preallocate=preallocate)
         """The coordinator measured like an agent (a soak tool whose own memory grows would
         poison every verdict); read every round, reported as a row of its own."""
@@ -308,6 +310,8 @@ class Sampler:
             s.cpu_user_s, s.cpu_system_s = r.cpu_user_s, r.cpu_system_s
             if coordinator:
                 continue  # a row of its own in the report, not an agent's sample event
+            if self.watch is not None:
+                self.watch(r.agent, r.rss)
             self.events.emit(
                 Sample(agent=r.agent, reason=reason, rss=r.rss,
                        cpu_s=round(r.cpu_user_s + r.cpu_system_s, 4), fds=r.fds,

@@ -237,6 +237,9 @@ class AgentReport(BaseModel):
     """Why, each time: "restart fault", "crash: killed by SIGSEGV", "hang: ..."."""
     killed_by_script: str | None = None
     """The signal of the `kill` fault that ended it: a planned end, not a crash."""
+    limit: str | None = None
+    """The limit (`limits:`) that ended it, at what value, and how: "memory: RSS 612.0 MiB
+    over memory_hard (600.0 MiB); it was killed"."""
     startup_s: float | None
     cpu_user_s: float | None
     cpu_system_s: float | None

@@ -71,6 +71,7 @@ def agent_report(
         restarts=handle.restarts,
         restart_causes=[cause for _, cause in handle.restart_history],
         killed_by_script=handle.killed_by_script,
+        limit=handle.limit,
         startup_s=round(handle.startup_s, 6) if handle.startup_s is not None else None,
         cpu_user_s=exit_info.cpu_user_s if exit_info else None,
         cpu_system_s=exit_info.cpu_system_s if exit_info else None,

@@ -32,7 +32,7 @@ from orchestrator.cluster.cluster import (
     RestartPolicy,
     StartupError,
 )
-from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
+from orchestrator.cluster.launchers import LAUNCHERS, AgentLimits, default_launcher
 from orchestrator.cluster.sampler import COORDINATOR, USS_EVERY, Sampler
 from orchestrator.events import (
     DEFAULT_MAX_BYTES,
@@ -604,11 +604,22 @@ class ScenarioRun:
             SOAK_MAX_PER_ROOM if self.options.soak else None,
         )
         for agent_id in self.scenario.agent_ids:
-            spec = self.scenario.agent_spec(agent_id).restart
+            agent_spec = self.scenario.agent_spec(agent_id)
+            spec = agent_spec.restart
             if spec is not None:
                 cluster.restart_policies[agent_id] = RestartPolicy(
                     frozenset(spec.on), spec.max, spec.within.seconds, spec.backoff.seconds
                 )
+            limits = agent_spec.limits
+            cluster.limits[agent_id] = AgentLimits(
+                data_bytes=None if limits.memory is None else int(limits.memory),
+                rss_soft=limits.soft_bytes,
+                rss_hard=limits.hard_bytes,
+                cpu_s=None if limits.cpu is None else limits.cpu.seconds,
+                open_files=limits.open_files,
+            )
+        cluster.on_limit = self._on_limit
+        sampler.watch = cluster.check_memory
         await cluster.launch(configs, self.options.startup_timeout_s)
 
         def restarted(handle: AgentHandle) -> None:  # started again: measure the new process
@@ -737,6 +748,16 @@ class ScenarioRun:
                 agent=handle.id,
                 message=message,
                 detail=detail,
+            )
+        )
+
+    def _on_limit(self, handle: AgentHandle) -> None:
+        self._error(
+            ErrorReport(
+                source=ErrorKind.LIMIT,
+                agent=handle.id,
+                message=f"agent {handle.id} (pid {handle.pid}) went past a limit: {handle.limit}",
+                detail=None,
             )
         )
 

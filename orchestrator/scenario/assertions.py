@@ -312,7 +312,8 @@ class ErrorsAssertionArgs(SpecModel):
     which always do. The kinds are `orchestrator.events.ErrorKind`: `handler` (an action
     handler, a provider or an evaluator raised, or handling a message failed), `model` (a model
     call failed, fixture problems), `service` (a service failed to stop), `agent` (anything
-    else an agent reported), and the run's own kinds."""
+    else an agent reported), `limit` (an agent went past one of its `limits`; covered, it is a
+    planned limit), and the run's own kinds."""
 
     max: Annotated[int, Field(strict=True, ge=0)] = 0
     kind: list[ErrorKind] | None = None

@@ -18,6 +18,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
+    ByteSize,
     Field,
     JsonValue,
     PrivateAttr,
@@ -27,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.scenario.assertions import ASSERTION_TYPES, Assertion
+from orchestrator.scenario.assertions import ASSERTION_TYPES, Assertion, Size
 from orchestrator.scenario.durations import Duration
 from orchestrator.scenario.references import Parts, ReferenceIssue, find_reference_issues
 from orchestrator.scenario.schema import (
@@ -57,6 +58,9 @@ from orchestrator.scenario.steps import (
 )
 
 # --- agents and rooms ------------------------------------------------------------------------
+
+MIB = 1 << 20
+GIB = 1 << 30
 
 
 class MatchRule(SpecModel):
@@ -207,6 +211,50 @@ class RestartSpec(SpecModel):
     10 s."""
 
 
+class LimitsSpec(SpecModel):
+    """What one agent may use. `memory` is set inside the agent (RLIMIT_DATA): an allocation
+    past it fails there as a MemoryError that the failing handler can catch. The coordinator's
+    watchdog reads the agent's RSS with every sample: past `memory_soft` it stops the agent,
+    past `memory_hard` it kills it. `cpu` is RLIMIT_CPU (SIGXCPU, then SIGKILL 5 s later) and
+    `open_files` RLIMIT_NOFILE. A limit that fires is an error of kind `limit`, which an
+    `errors` assertion may allow (a limit the scenario planned)."""
+
+    memory: Size | None = ByteSize(2 * GIB)
+    """In the agent: its data segment (heap and private mappings); null for none."""
+    memory_soft: Size | None = None
+    """Watchdog: RSS past it stops the agent. Default: 3/4 of `memory`."""
+    memory_hard: Size | None = None
+    """Watchdog: RSS past it kills the agent. Default: `memory` and a quarter."""
+    cpu: PositiveDuration | None = None
+    """CPU time (user and system) over the agent's life; default none."""
+    open_files: Annotated[int, Field(strict=True, ge=64, le=1_048_576)] = 4096
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        soft, hard = self.soft_bytes, self.hard_bytes
+        if soft is not None and hard is not None and soft >= hard:
+            raise spec_error(
+                "limits", f"memory_soft ({soft} bytes) must be under memory_hard ({hard} bytes)"
+            )
+        for name in ("memory", "memory_soft", "memory_hard"):
+            value = getattr(self, name)
+            if value is not None and value < 16 * MIB:
+                raise spec_error("limits", f"{name} under 16 MiB could not even start an agent")
+        return self
+
+    @property
+    def soft_bytes(self) -> int | None:
+        if self.memory_soft is not None:
+            return int(self.memory_soft)
+        return None if self.memory is None else int(self.memory) * 3 // 4
+
+    @property
+    def hard_bytes(self) -> int | None:
+        if self.memory_hard is not None:
+            return int(self.memory_hard)
+        return None if self.memory is None else int(self.memory) * 5 // 4
+
+
 INDEX = "{i}"
 """In the id of an agent with `count`, replaced by 1, 2, ... N."""
 
@@ -238,6 +286,8 @@ class AgentSpec(SpecModel):
     """Threads that run the agent's sync plugin functions (handlers, providers, evaluators)."""
     restart: RestartSpec | None = None
     """Restart the agent when it crashes or hangs (default: never; a crash is an ERROR)."""
+    limits: LimitsSpec = LimitsSpec()
+    """Memory, CPU time and open files the agent may use."""
 
     @model_validator(mode="after")
     def _template(self) -> Self:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -47,11 +47,50 @@ async def wedge(
     return ActionResult()
 
 
+class AllocParams(BaseModel):
+    mib: int
+
+
+KEPT: list[bytes] = []
+FILES: list[IO[bytes]] = []
+
+
+def alloc(
+    runtime: AgentRuntime, message: Message, state: State, params: BaseModel | None,
+    callback: Callback,
+) -> ActionResult:  # fmt: skip
+    assert isinstance(params, AllocParams)
+    KEPT.append(b"\x01" * (params.mib << 20))  # written, so resident (not calloc's zero pages)
+    return ActionResult()
+
+
+def spin(
+    runtime: AgentRuntime, message: Message, state: State, params: BaseModel | None,
+    callback: Callback,
+) -> ActionResult:  # fmt: skip
+    assert isinstance(params, BlockParams)
+    end = time.process_time() + params.seconds
+    while time.process_time() < end:  # burns CPU time (the cpu limit's test)
+        pass
+    return ActionResult()
+
+
+def open_files(
+    runtime: AgentRuntime, message: Message, state: State, params: BaseModel | None,
+    callback: Callback,
+) -> ActionResult:  # fmt: skip
+    while True:  # until the open_files limit stops it (OSError EMFILE)
+        FILES.append(open(__file__, "rb"))  # noqa: SIM115
+
+
 plugin = Plugin(
     name="hog",
     actions=[
         Action("HOG", hog, description="Hold the GIL forever."),
         Action("BLOCK", block, description="Keep a pool thread.", parameters=BlockParams),
         Action("WEDGE", wedge, description="Block the event loop.", parameters=BlockParams),
+        Action("ALLOC", alloc, description="Allocate and keep memory.", parameters=AllocParams),
+        Action("SPIN", spin, description="Burn CPU time.", parameters=BlockParams),
+        Action("OPEN_FILES", open_files, description="Open files until it cannot."),
     ],
 )

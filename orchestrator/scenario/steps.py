@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Literal, Self
 
-from pydantic import Discriminator, Field, JsonValue, Tag, model_validator
+from pydantic import Discriminator, Field, JsonValue, Tag, WithJsonSchema, model_validator
 
 from orchestrator.scenario.assertions import Assertion
 from orchestrator.scenario.durations import Duration
@@ -192,6 +192,14 @@ WIRE_FAULTS = ("drop", "delay", "duplicate", "reorder", "partition")
 Rate = Annotated[float, Field(gt=0, le=1)]
 AgentNames = Annotated[list[str], Field(min_length=1)]
 
+OneOrMore = Annotated[
+    list[str],
+    WithJsonSchema(
+        {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    ),
+]
+"""A list of names, where one name may be written alone (`from: a` is `from: [a]`)."""
+
 
 class FaultArgs(SpecModel):
     """A fault on purpose. Exactly one operation:
@@ -239,11 +247,11 @@ class FaultArgs(SpecModel):
     """Groups of agents that cannot reach each other: a message from one group to another is
     not delivered until the partition ends (it is retried)."""
 
-    from_: list[str] | None = Field(None, alias="from")
+    from_: OneOrMore | None = Field(None, alias="from")
     """Only messages from these agents (default: any)."""
-    to: list[str] | None = None
+    to: OneOrMore | None = None
     """Only messages to these agents."""
-    room: list[str] | None = None
+    room: OneOrMore | None = None
     """Only messages in these rooms."""
     for_: Duration | None = Field(None, alias="for")
     """How long the fault lasts (from the step); the script goes on meanwhile."""

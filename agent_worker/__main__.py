@@ -20,9 +20,11 @@ from agent_worker.inbox import Abandon, Configured, Inbox
 from agent_worker.runtime import EXIT_ABANDONED, AgentRuntime
 from agent_worker.transport import Transport
 from protocol import AgentConfig
+from protocol.auth import read_credentials
 from protocol.reliability import RetryPolicy
 
 DEFAULT_INBOX = 1024
+EXIT_USAGE = 2
 
 Serve = Callable[[AgentConfig, Transport, Inbox], int]
 """What runs the agent once configured; returns the process's exit code."""
@@ -37,6 +39,8 @@ def build_parser(prog: str = "python -m agent_worker") -> argparse.ArgumentParse
     p.add_argument("--heartbeat-interval", type=float, default=0.5, help="seconds")
     p.add_argument("--coordinator-timeout", type=float, default=10.0, help="seconds")
     p.add_argument("--inbox-capacity", type=int, default=DEFAULT_INBOX)
+    p.add_argument("--credentials-fd", type=int, default=None,
+                   help="a pipe holding the agent's CURVE keys (protocol.auth)")  # fmt: skip
     p.add_argument("--limit-data", type=int, default=None, help="bytes (RLIMIT_DATA)")
     p.add_argument("--limit-cpu", type=int, default=None, help="CPU seconds (RLIMIT_CPU)")
     p.add_argument("--limit-files", type=int, default=None, help="open files (RLIMIT_NOFILE)")
@@ -74,6 +78,11 @@ def run_agent(args: argparse.Namespace, serve: Serve, policy: RetryPolicy | None
     # for it before killing a hung agent. faulthandler writes from its C signal handler, so it
     # works while a handler blocks the event loop and while C code holds the GIL.
     faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    if args.credentials_fd is None:
+        print(f"agent {args.agent_id}: no --credentials-fd: the bus admits no agent without"
+              " its keys", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    credentials = read_credentials(args.credentials_fd)
     inbox = Inbox(args.inbox_capacity)
     transport = Transport(
         args.agent_id,
@@ -83,6 +92,7 @@ def run_agent(args: argparse.Namespace, serve: Serve, policy: RetryPolicy | None
         death_fd=args.death_fd,
         heartbeat_interval_s=args.heartbeat_interval,
         coordinator_timeout_s=args.coordinator_timeout,
+        credentials=credentials,
         policy=policy,
     )
     transport.start()

@@ -14,7 +14,7 @@ status and CPU time, as it does a spawned one. The agent waits for its first par
 gone before it runs, so it is the coordinator's child by then.
 
 Requests and answers are JSON lines on the control socket (fd `--control-fd`):
-`ForkRequest` (argv, log, env, priority) -> `{"pid": n}` or
+`ForkRequest` (argv, log, env, priority, credentials) -> `{"pid": n}` or
 `{"error": "..."}`. The template leaves when the control socket closes or the death pipe
 (`--death-fd`) reaches EOF (its coordinator is gone), and, like every agent, when its parent
 dies (PR_SET_PDEATHSIG).
@@ -35,6 +35,7 @@ import traceback
 from typing import TypedDict
 
 import agent_worker.__main__ as agent_main
+from protocol.auth import Credentials, hand_over
 
 
 class ForkRequest(TypedDict):
@@ -48,6 +49,8 @@ class ForkRequest(TypedDict):
     """Added to the environment (PYTHONPATH for the scenario's plugins)."""
     priority: int
     """Its niceness."""
+    credentials: str
+    """Its CURVE keys (protocol.auth.Credentials, encoded), handed to it in a pipe."""
 
 
 def _become_agent(request: ForkRequest, control_fd: int, first_parent: int) -> None:
@@ -78,7 +81,11 @@ def _become_agent(request: ForkRequest, control_fd: int, first_parent: int) -> N
                 sys.path.insert(0, folder)
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, request["priority"])
-        code = agent_main.main(list(request["argv"]))
+        argv = list(request["argv"])
+        if request["credentials"]:
+            keys = hand_over(Credentials.decode(request["credentials"].encode()))
+            argv += ["--credentials-fd", str(keys)]
+        code = agent_main.main(argv)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -129,13 +136,16 @@ def _request(line: bytes) -> ForkRequest:
     if not isinstance(raw, dict):
         raise ValueError("a request is a JSON object")
     argv, log, env, priority = raw.get("argv"), raw.get("log"), raw.get("env"), raw.get("priority")
+    credentials = raw.get("credentials", "")
     if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
         raise ValueError("argv must be a list of strings")
     if not isinstance(log, str) or not isinstance(priority, int):
         raise ValueError("log must be a path and priority an int")
     if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
         raise ValueError("env must map names to strings")
-    return ForkRequest(argv=argv, log=log, env=env, priority=priority)
+    if not isinstance(credentials, str):
+        raise ValueError("credentials must be text")
+    return ForkRequest(argv=argv, log=log, env=env, priority=priority, credentials=credentials)
 
 
 def serve(control_fd: int, death_fd: int | None) -> int:

@@ -44,6 +44,7 @@ from protocol import (
     encode_body,
     split_frames,
 )
+from protocol.auth import Credentials
 from protocol.codec import kind_of
 from protocol.frames_io import readable, recv_frames, send_frames
 from protocol.reliability import Inbound, Outbox, RetryPolicy
@@ -86,6 +87,7 @@ class Transport:
         death_fd: int | None,
         heartbeat_interval_s: float,
         coordinator_timeout_s: float,
+        credentials: Credentials,
         policy: RetryPolicy | None = None,
     ) -> None:
         self.agent_id = agent_id
@@ -102,7 +104,9 @@ class Transport:
 
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.IDENTITY, agent_id.encode())
+        # No routing id of its own choosing: the coordinator knows the agent by the key it
+        # authenticates with (protocol/auth.py).
+        credentials.apply(self._sock)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, HWM)
         self._sock.setsockopt(zmq.RCVHWM, HWM)

@@ -18,6 +18,9 @@ class RejectReason(StrEnum):
     UNKNOWN_SENDER = "unknown_sender"
     SRC_MISMATCH = "src_mismatch"
     UNEXPECTED_KIND = "unexpected_kind"
+    UNAUTHENTICATED = "unauthenticated"
+    """A connection whose CURVE key this run did not issue (or issued to an agent that has
+    ended): refused at the handshake."""
     CONNECTION = "connection"
     """A connection beyond the agents' own: libzmq cut one (a frame over the socket limit)
     and it reconnected, or a stranger connected."""

@@ -46,12 +46,13 @@ def test_a_command_to_a_broken_link_fails_at_once(private_tmp: Path) -> None:
                   liveness=Liveness(0.5, 60.0, 120.0))  # fmt: skip
         ctx = zmq.Context()
         mute = ctx.socket(zmq.DEALER)
-        mute.setsockopt(zmq.IDENTITY, b"mute")
         mute.setsockopt(zmq.LINGER, 0)
         try:
             bus.start()
-            bus.add_agent(AgentConfig(agent_id="mute", agent_dir=str(private_tmp / "mute"),
-                                      model=RulesModelConfig(rules=[]), rooms=[]))  # fmt: skip
+            config = AgentConfig(agent_id="mute", agent_dir=str(private_tmp / "mute"),
+                                 model=RulesModelConfig(rules=[]), rooms=[])  # fmt: skip
+            link = bus.add_agent(config)
+            link.credentials.apply(mute)
             mute.connect(bus.endpoint)
             mute.send_multipart(_hello("mute"))
             # The agent never acknowledges CONFIGURE: after 2 attempts it is a dead letter,

@@ -13,23 +13,25 @@ from conftest import agent, cluster, room, run_yaml
 from orchestrator.events import AgentReady, Event, MessageDelivered, RunStarted, WireRejected
 from orchestrator.report.model import Verdict
 from protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, CmdSend, Kind
+from protocol.auth import Credentials
 
 
 def _header(kind: int = Kind.MSG, version: int = PROTOCOL_VERSION, src: str = "ghost") -> bytes:
     return msgpack.packb([version, kind, src, "lobby", 1, 1, 0, 0, 0])
 
 
-def _send_garbage(endpoint: str) -> None:
-    """From raw sockets: an unknown sender, then a registered-but-absent id sending junk."""
+def _send_garbage(endpoint: str, ghost_keys: Credentials, stranger_keys: Credentials) -> None:
+    """From raw sockets: a stranger (keys the bus never issued), then an expected agent's
+    keys in a process that sends junk."""
     ctx = zmq.Context()
     try:
         stranger = ctx.socket(zmq.DEALER)
-        stranger.setsockopt(zmq.IDENTITY, b"stranger")
-        stranger.setsockopt(zmq.LINGER, 2000)
+        stranger_keys.apply(stranger)
+        stranger.setsockopt(zmq.LINGER, 0)
         stranger.connect(endpoint)
         stranger.send_multipart([_header(src="stranger"), b"\x80"])
         ghost = ctx.socket(zmq.DEALER)
-        ghost.setsockopt(zmq.IDENTITY, b"ghost")
+        ghost_keys.apply(ghost)
         ghost.setsockopt(zmq.LINGER, 2000)
         ghost.connect(endpoint)
         ghost.send_multipart([os.urandom(64)])  # one frame: FRAME_COUNT
@@ -46,7 +48,7 @@ def _send_garbage(endpoint: str) -> None:
 
 
 EXPECTED = {
-    "unknown_sender",
+    "unauthenticated",
     "frame_count",
     "bad_version",
     "unknown_kind",
@@ -61,10 +63,11 @@ def test_garbage_does_not_crash_the_bus(private_tmp: Path) -> None:
         rooms = [room("lobby", ["real", "ghost", "other"])]
         configs = [agent("real", private_tmp, rooms), agent("other", private_tmp, rooms)]
         async with cluster(private_tmp, configs, rooms) as c:
-            # "ghost" is an agent the bus expects but that never started: a raw socket takes
-            # its routing id and sends junk under it.
-            c.bus.add_agent(agent("ghost", private_tmp, rooms))
-            await asyncio.get_running_loop().run_in_executor(None, _send_garbage, c.bus.endpoint)
+            # "ghost" is an agent the bus expects but that never started: a raw socket with
+            # its keys sends junk as it.
+            ghost = c.bus.add_agent(agent("ghost", private_tmp, rooms))
+            stranger = Credentials.issue(ghost.credentials.server_public)
+            await asyncio.to_thread(_send_garbage, c.bus.endpoint, ghost.credentials, stranger)
             await c.events.until(lambda: c.bus.rejected["src_mismatch"] > 0, (WireRejected,), 10)
             assert set(c.bus.rejected) >= EXPECTED, dict(c.bus.rejected)
             assert sum(c.bus.rejected.values()) >= 8
@@ -98,7 +101,7 @@ assertions:
             endpoint.append(event.endpoint)
         if isinstance(event, AgentReady) and event.agent == "a":
             ctx = zmq.Context()
-            s = ctx.socket(zmq.DEALER)
+            s = ctx.socket(zmq.DEALER)  # no keys at all: a plain connection
             s.setsockopt(zmq.LINGER, 2000)
             s.connect(endpoint[0])
             s.send_multipart([b"\x00garbage", os.urandom(32)])
@@ -107,4 +110,4 @@ assertions:
 
     report = run_yaml(text, private_tmp / "report", on_event=probe)
     assert report.verdict is Verdict.PASS, report.errors
-    assert report.bus.rejected_frames.get("unknown_sender", 0) >= 1
+    assert report.bus.rejected_frames.get("unauthenticated", 0) >= 1

@@ -138,10 +138,10 @@ def test_a_frame_over_the_socket_limit_is_counted_not_lost_silently(private_tmp:
     async def scenario() -> None:
         rooms = [room("lobby", ["real", "ghost"])]
         async with cluster(private_tmp, [agent("real", private_tmp, rooms)], rooms) as c:
-            c.bus.add_agent(agent("ghost", private_tmp, rooms))  # expected, never launched
+            ghost = c.bus.add_agent(agent("ghost", private_tmp, rooms))  # never launched
             ctx = zmq.Context()
             raw = ctx.socket(zmq.DEALER)
-            raw.setsockopt(zmq.IDENTITY, b"ghost")
+            ghost.credentials.apply(raw)  # it authenticates as ghost
             raw.setsockopt(zmq.LINGER, 0)
             raw.connect(c.bus.endpoint)
             try:

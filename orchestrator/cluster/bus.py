@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import zmq
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from orchestrator import events as ev
@@ -63,9 +64,17 @@ from protocol import (
     encode_body,
     split_frames,
 )
+from protocol.auth import ZAP_DOMAIN, Credentials
 from protocol.bodies import Command, Ping
 from protocol.codec import kind_of
-from protocol.frames_io import readable, recv_frames, send_frames
+from protocol.frames_io import (
+    readable,
+    recv_frames,
+    recv_part,
+    recv_rest,
+    recv_rest_with_user,
+    send_frames,
+)
 from protocol.liveness import Liveness
 from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
 from protocol.testhooks import DropHook
@@ -142,11 +151,32 @@ def _agent_event(agent: str, body: Event) -> ev.Event:
     return ev.PluginEventRecord(agent=agent, name=e.name, data=e.data)
 
 
+_FAILED_HANDSHAKE = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def bind_endpoint(sock: zmq.Socket[bytes], endpoint: str) -> str:
+    """Bind `sock` and return where it listens: an ipc socket file is made private (0600:
+    only this user may connect; its run directory is 0700 too), and a tcp port of `*` is
+    resolved to the port the system gave."""
+    sock.bind(endpoint)
+    if endpoint.startswith("ipc://"):
+        os.chmod(endpoint.removeprefix("ipc://"), 0o600)
+        return endpoint
+    last = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return last.decode() if isinstance(last, bytes) else endpoint
+
+
 class Link:
-    def __init__(self, config: AgentConfig, incarnation: int, policy: RetryPolicy) -> None:
+    def __init__(
+        self, config: AgentConfig, incarnation: int, policy: RetryPolicy, server_public: bytes
+    ) -> None:
         self.config = config
         self.agent_id = config.agent_id
-        self.rid = config.agent_id.encode()
+        self.credentials = Credentials.issue(server_public)
+        """The keys this incarnation, and only it, connects with."""
+        self.rid: bytes | None = None
+        """The routing id the ROUTER gave its connection, learnt from its first frame (the
+        peer does not choose it; see Bus._bind)."""
         self.incarnation = incarnation
         self.policy = policy
         self.state = LinkState.EXPECTED
@@ -234,30 +264,48 @@ class Bus:
         self._touched: set[Link] = set()
         self._drain_scheduled = False
         self.drop = DropHook.from_env("coordinator")
+        self._server_public, self._server_secret = zmq.curve_keypair()
+        self._keys: dict[bytes, Link] = {}
+        """Public key -> the link (agent incarnation) it was issued to."""
+        self._zap: zmq.Socket[bytes] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ctx = zmq.Context()
+        # The ZAP handler must be bound before the first handshake, or libzmq admits anyone.
+        self._zap = self._ctx.socket(zmq.REP)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        self._zap.bind("inproc://zeromq.zap.01")
+        self._loop.add_reader(self._zap.fileno(), self._on_zap)
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.curve_server = True
+        sock.curve_secretkey = self._server_secret
+        sock.curve_publickey = self._server_public
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.RCVHWM, HWM)
         sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_MSG_BYTES)
-        sock.bind(self.endpoint)
+        self.endpoint = bind_endpoint(sock, self.endpoint)
         self._sock = sock
         # A frame over MAXMSGSIZE makes libzmq drop the connection, with the frame and all
         # queued behind it, and tell nobody; the agent's socket then reconnects. Counting the
-        # connections accepted against the incarnations launched makes that a counted,
-        # reported rejection instead of a silent loss.
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED)
+        # connections authenticated against the incarnations launched makes that a counted,
+        # reported rejection instead of a silent loss. (Strangers fail the handshake: the ZAP
+        # handler counts those.)
+        self._monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
         self._loop.add_reader(self._monitor.fileno(), self._on_monitor)
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._sweep = self._loop.call_later(self.heartbeat_interval_s, self._on_sweep)
         self._on_readable()  # the FD is edge-triggered: take anything already queued
         self._on_monitor()
+        self._on_zap()
 
     def close(self) -> None:
         if self._timer is not None:
@@ -279,6 +327,11 @@ class Bus:
                 self._loop.remove_reader(self._sock.fileno())
             self._sock.close(0)
             self._sock = None
+        if self._zap is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._zap.fileno())
+            self._zap.close(0)
+            self._zap = None
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
             self._ctx = None
@@ -295,11 +348,11 @@ class Bus:
     def add_agent(self, config: AgentConfig, incarnation: int = 1) -> Link:
         if config.agent_id == COORDINATOR_ID:
             raise ValueError(f"agent id {COORDINATOR_ID!r} is reserved")
-        link = Link(config, incarnation, self.policy)
+        link = Link(config, incarnation, self.policy, self._server_public)
         link.last_heard = time.monotonic()
         self._incarnations += 1
         self.links[config.agent_id] = link
-        self._by_rid[link.rid] = link
+        self._keys[link.credentials.public] = link
         return link
 
     def pause(self, agent: str, paused: bool) -> None:
@@ -393,10 +446,14 @@ class Bus:
         current = self.links.get(agent)
         if link is not None and link is not current:
             link.state = LinkState.GONE
+            self._keys.pop(link.credentials.public, None)
             return
         link = current
         if link is None or link.state is LinkState.GONE:
             return
+        # It may not connect again; frames already queued from it still find its link (and
+        # are ignored, GONE), not counted as a stranger's.
+        self._keys.pop(link.credentials.public, None)
         link.state = LinkState.GONE
         link.gone_reason = reason
         early, link.early = link.early, []
@@ -493,8 +550,8 @@ class Bus:
 
     def _send(self, link: Link, kind: Kind, body: bytes, seq: int, corr: int) -> bool:
         sock = self._sock
-        if sock is None:
-            return False
+        if sock is None or link.rid is None:
+            return False  # not connected yet: the outbox retries
         now_ns = time.monotonic_ns()
         header = Header(
             PROTOCOL_VERSION,
@@ -528,18 +585,65 @@ class Bus:
         monitor = self._monitor
         while monitor is not None and readable(monitor):
             event = recv_monitor_message(monitor, zmq.NOBLOCK)
-            if event["event"] != zmq.EVENT_ACCEPTED:
-                continue
-            self._accepted += 1
-            if self._accepted > self._incarnations:
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._accepted += 1
+                if self._accepted > self._incarnations:
+                    self._reject(
+                        RejectReason.CONNECTION,
+                        f"connection {self._accepted} for {self._incarnations} agent"
+                        " process(es): a peer reconnected after libzmq cut its connection (a"
+                        f" frame over the {SOCKET_MAX_MSG_BYTES >> 20} MiB socket limit is"
+                        " lost with whatever followed it)",
+                        None,
+                    )
+            elif kind in _FAILED_HANDSHAKE:
+                # (A refused key is EVENT_HANDSHAKE_FAILED_AUTH, counted by the ZAP handler
+                # with the key's detail.)
                 self._reject(
-                    RejectReason.CONNECTION,
-                    f"connection {self._accepted} for {self._incarnations} agent process(es):"
-                    " a peer reconnected after libzmq cut its connection (a frame over the"
-                    f" {SOCKET_MAX_MSG_BYTES >> 20} MiB socket limit is lost with whatever"
-                    " followed it), or a stranger connected",
+                    RejectReason.UNAUTHENTICATED,
+                    "a connection that did not complete a CURVE handshake (no keys, or not"
+                    " ZeroMQ at all): refused",
                     None,
                 )
+
+    def _on_zap(self) -> None:
+        """ZAP (RFC 27) requests from the ROUTER's CURVE handshakes: a key issued to a live
+        agent incarnation is admitted, with the key as its user id (the frames it then sends
+        carry it: see _bind); any other is refused, counted and reported."""
+        zap = self._zap
+        while zap is not None and readable(zap):
+            request = recv_frames(zap)
+            if len(request) < 6:
+                continue  # not a ZAP request; REP needs a request before any reply
+            version, request_id, _domain, address, _identity, mechanism = request[:6]
+            key = z85.encode(request[6]) if mechanism == b"CURVE" and len(request) > 6 else b""
+            link = self._keys.get(key)
+            if link is not None and link.state is not LinkState.GONE:
+                send_frames(zap, (version, request_id, b"200", b"OK", key, b""))
+                continue
+            send_frames(zap, (version, request_id, b"400", b"unknown key", b"", b""))
+            who = address.decode(errors="replace") or "?"
+            self._reject(
+                RejectReason.UNAUTHENTICATED,
+                f"a connection from {who} ({mechanism.decode(errors='replace')}) with a key"
+                " this run did not issue, or issued to an agent that has ended: refused",
+                None,
+            )
+
+    def _bind(self, rid: bytes, user: bytes | None) -> None:
+        """A frame from a routing id not seen before: its connection authenticated with the
+        key in `user` (ZAP put it there), which names the one link it may speak for. A
+        reconnect of the same key moves the link to the new routing id; no other key can."""
+        link = self._keys.get(user) if user else None
+        if link is None or self.links.get(link.agent_id) is not link:
+            return  # _on_frames rejects it as an unknown sender
+        if link.rid is not None:
+            self._by_rid.pop(link.rid, None)
+        link.rid = rid
+        self._by_rid[rid] = link
+        if link.hello is not None:
+            self._touched.add(link)  # a reconnect: what waits for it can go now
 
     def _on_readable(self) -> None:
         self._drain_scheduled = False
@@ -550,7 +654,13 @@ class Bus:
         for _ in range(BATCH):
             if not readable(sock):
                 break
-            frames = recv_frames(sock)
+            rid = recv_part(sock)
+            if rid in self._by_rid:
+                frames = [rid, *recv_rest(sock)]
+            else:  # a connection's first frame: whose key is it?
+                rest, user = recv_rest_with_user(sock)
+                frames = [rid, *rest]
+                self._bind(rid, user)
             if self.drop is not None and self.drop.drop():
                 continue
             self._on_frames(frames, now)

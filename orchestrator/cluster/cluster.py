@@ -341,7 +341,11 @@ class Cluster:
         self.bus.set_rooms(rooms)
 
     # -- launch --------------------------------------------------------------------------
-    def spec_for(self, config: AgentConfig, incarnation: int = 1) -> LaunchSpec:
+    def spec_for(
+        self, config: AgentConfig, incarnation: int = 1, link: Link | None = None
+    ) -> LaunchSpec:
+        """How to launch `config`'s agent; with `link`, the keys it was issued (without, a
+        spec that launches nothing, for a launcher to prepare with)."""
         s = self.settings
         return LaunchSpec(
             agent_id=config.agent_id,
@@ -355,6 +359,7 @@ class Cluster:
             env=dict(s.env),
             nice=s.nice,
             limits=self.limits.get(config.agent_id, AgentLimits()),
+            credentials=link.credentials if link is not None else None,
         )
 
     async def launch(self, configs: Iterable[AgentConfig], ready_timeout: float) -> None:
@@ -390,8 +395,8 @@ class Cluster:
                 + "; ".join(unsendable[:10])
                 + (f" (and {len(unsendable) - 10} more)" if len(unsendable) > 10 else "")
             )
-        specs = [self.spec_for(c) for c in configs]
-        links = [self.bus.add_agent(c, s.incarnation) for c, s in zip(configs, specs, strict=True)]
+        links = [self.bus.add_agent(c, 1) for c in configs]
+        specs = [self.spec_for(c, 1, link) for c, link in zip(configs, links, strict=True)]
         failed: list[OSError] = []
 
         def on_loop(i: int, result: Launched | OSError) -> None:
@@ -454,8 +459,8 @@ class Cluster:
         added for it already (a restart holds what is sent to the agent meanwhile)."""
         if self._closed or self._loop is None:
             raise RuntimeError("the cluster is not running")
-        spec = self.spec_for(config, incarnation)
         link = link or self.bus.add_agent(config, incarnation)
+        spec = self.spec_for(config, incarnation, link)
         return self._adopt(config, spec, link, self.launcher.launch(spec))
 
     async def wait_ready(self, timeout: float) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from protocol.auth import Credentials, hand_over
+
 
 @dataclass(frozen=True, slots=True)
 class AgentLimits:
@@ -58,6 +60,9 @@ class LaunchSpec:
     nice: int = 0
     """Added to the agent's scheduling niceness (the runner uses AGENT_NICE)."""
     limits: AgentLimits = AgentLimits()
+    credentials: Credentials | None = None
+    """The agent's CURVE keys, handed over through a pipe it inherits (`--credentials-fd`),
+    never on its command line."""
 
     @property
     def log_path(self) -> Path:
@@ -148,19 +153,26 @@ class SpawnLauncher:
         spec.agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = spec.log_path.open("ab")
         env = {**os.environ, **spec.env}
+        keys = hand_over(spec.credentials) if spec.credentials is not None else None
+        argv = [*spec.argv(self.module), *self.extra_args]
+        if keys is not None:
+            argv += ["--credentials-fd", str(keys)]
         try:
             popen = subprocess.Popen(
-                [*spec.argv(self.module), *self.extra_args],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                pass_fds=(spec.death_fd,),
+                pass_fds=(spec.death_fd,) + ((keys,) if keys is not None else ()),
                 process_group=0,
                 env=env,
             )
         except BaseException:
             log.close()
             raise
+        finally:
+            if keys is not None:
+                os.close(keys)  # the agent has its copy
         if spec.nice:
             # Set from here, before the agent starts its threads (they inherit it); a
             # preexec_fn would cost Popen its vfork fast path.
@@ -288,6 +300,7 @@ class ForkServerLauncher:
                 "log": str(spec.log_path),
                 "env": spec.env,
                 "priority": min(19, mine + spec.nice),
+                "credentials": spec.credentials.encode().decode() if spec.credentials else "",
             }
             lines.append(json.dumps(request).encode() + b"\n")
         control.sendall(b"".join(lines))

@@ -1,0 +1,125 @@
+"""Agents cannot impersonate each other (issue 13, part 6). Every connection to the bus is a
+CURVE handshake with keys the coordinator issued to one agent process; a stranger (other keys,
+or none) is refused and counted, and an agent's key speaks for that agent only. Before, any
+process of the user could connect with another agent's routing id, take over its traffic
+(ROUTER_HANDOVER) and have its forged messages counted by the assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from conftest import agent, cluster, room
+
+from orchestrator.events import MessageDelivered, WireRejected
+from protocol import PROTOCOL_VERSION, CmdSend, Kind, Msg, encode_body
+from protocol.auth import Credentials, CredentialsError, hand_over, read_credentials
+
+
+def _msg_frames(src: str, seq: int) -> list[bytes]:
+    header = msgpack.packb([PROTOCOL_VERSION, Kind.MSG, src, "lobby", 1, seq, 0, 0, 0])
+    body = Msg(msg_id=f"forged-{seq}", room="lobby", sender=src, text="forged", origin="agent")
+    return [header, encode_body(body)]
+
+
+Raw = tuple["zmq.Context[zmq.Socket[bytes]]", "zmq.Socket[bytes]"]
+
+
+def _connect(endpoint: str, keys: Credentials | None) -> Raw:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    if keys is not None:
+        keys.apply(sock)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return ctx, sock
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("keyed", "detail"),
+    [(True, "a key this run did not issue"), (False, "did not complete a CURVE handshake")],
+)
+def test_a_stranger_is_refused_and_counted(private_tmp: Path, keyed: bool, detail: str) -> None:
+    async def scenario() -> None:
+        rooms = [room("lobby", ["a", "b"])]
+        configs = [agent("a", private_tmp, rooms), agent("b", private_tmp, rooms)]
+        async with cluster(private_tmp, configs, rooms) as c:
+            delivered = c.events.counts["message.delivered"]
+            server = c.handles["a"].link.credentials.server_public
+            ctx, sock = _connect(c.bus.endpoint, Credentials.issue(server) if keyed else None)
+            try:
+                sock.send_multipart(_msg_frames("a", 1))
+                await c.events.until(
+                    lambda: c.bus.rejected["unauthenticated"] >= 1, (WireRejected,), 10
+                )
+            finally:
+                sock.close(0)
+                ctx.term()
+            details = [e.detail for e in c.events.ring if isinstance(e, WireRejected)]
+            assert any(detail in d for d in details), details
+            assert c.events.counts["message.delivered"] == delivered, "a forged message arrived"
+            assert c.bus.rejected["unknown_sender"] == 0  # refused before any frame
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_an_agent_cannot_speak_for_another_nor_cut_it_off(private_tmp: Path) -> None:
+    async def scenario() -> None:
+        rooms = [room("lobby", ["a", "b"])]
+        configs = [agent("a", private_tmp, rooms), agent("b", private_tmp, rooms)]
+        async with cluster(private_tmp, configs, rooms) as c:
+            # A process holding a's keys (a plugin of a, say) connects and writes as b.
+            ctx, sock = _connect(c.bus.endpoint, c.handles["a"].link.credentials)
+            try:
+                for seq in range(1, 4):
+                    sock.send_multipart(_msg_frames("b", seq))
+                await c.events.until(
+                    lambda: c.bus.rejected["src_mismatch"] >= 3, (WireRejected,), 10
+                )
+            finally:
+                sock.close(0)
+                ctx.term()
+            texts = [e for e in c.events.ring if isinstance(e, MessageDelivered)]
+            assert not any(e.msg_id.startswith("forged") for e in texts)
+            # b was not cut off: it still sends and receives.
+            before = c.events.counts["message.delivered"]
+            result = await c.command("b", CmdSend(room="lobby", text="still me"), 10)
+            assert result.ok
+            await c.events.until(
+                lambda: c.events.counts["message.delivered"] > before, (MessageDelivered,), 10
+            )
+            assert c.crashes == [] and all(h.hung is None for h in c.handles.values())
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_the_bus_socket_and_its_directory_are_private(private_tmp: Path) -> None:
+    async def scenario() -> None:
+        rooms = [room("lobby", ["a"])]
+        async with cluster(private_tmp, [agent("a", private_tmp, rooms)], rooms) as c:
+            path = Path(c.bus.endpoint.removeprefix("ipc://"))
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+    asyncio.run(scenario())
+
+
+def test_credentials_travel_in_a_pipe_and_are_checked() -> None:
+    keys = Credentials.issue(zmq.curve_keypair()[0])
+    assert read_credentials(hand_over(keys)) == keys
+    assert keys.secret.decode() not in repr(keys)
+    for bad in (b"", b"one two", b"x" * 40 + b" " + b"y" * 40 + b" short"):
+        with pytest.raises(CredentialsError):
+            Credentials.decode(bad)
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    with pytest.raises(CredentialsError):
+        read_credentials(read_end)

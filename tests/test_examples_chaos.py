@@ -135,6 +135,9 @@ def test_hang_example_reports_the_stuck_line_and_the_deadlock(
     assert hung.detail is not None and "every thread's stack" in hung.detail
     assert f'/plugins/stuck.py", line {line} in freeze' in hung.detail, hung.detail
     assert "busy with action FREEZE" in hung.detail
+    # The script's wait on it, noted when it was declared hung (the wait fails at that moment,
+    # before the agent's stacks are taken and its exit reported).
+    assert "waits on it:\n  script script[1]: " in hung.detail, hung.detail
 
     # The wait on frozen failed as soon as it was declared hung, long before its 10 s timeout;
     # alice's wait timed out (the deadlock), after which alice spoke and bob went on.

@@ -282,6 +282,9 @@ class Cluster:
         """Agents to start again when they crash or hang, and how."""
         self.limits: dict[str, AgentLimits] = {}
         """What each agent may use (default: no limit)."""
+        self.on_hung: Callable[[AgentHandle], None] | None = None
+        """Hears of an agent declared hung at that moment, before anything waiting on it is
+        failed (the runner notes the waits for the hang's report)."""
         self.on_limit: Callable[[AgentHandle], None] | None = None
         """Hears of each agent a limit ended (`handle.limit` says which and how), once."""
         self.stop_deadline_s = stop_deadline_s
@@ -516,6 +519,8 @@ class Cluster:
         handle = self.handles.get(agent)
         if handle is not None and self._move(handle, AgentState.HUNG):
             handle.hung = why
+            if self.on_hung is not None:
+                self.on_hung(handle)
             self.events.emit(ev.AgentHung(agent=agent, silent_s=round(stuck_s, 3), reason=why))
             task = asyncio.get_running_loop().create_task(self._diagnose_and_kill(handle))
             self._tasks.add(task)

@@ -205,6 +205,8 @@ class ScenarioRun:
         self.executor: Executor | None = None
         self.events: EventLog | None = None
         self.sampler: Sampler | None = None
+        self._waits_on: dict[str, list[str]] = {}
+        """Per agent declared hung: the script's waits on it at that moment."""
         self.cluster: Cluster | None = None
         self.stop_reason: str | None = None
         self.agent_reports: list[AgentReport] = []
@@ -619,6 +621,7 @@ class ScenarioRun:
                 open_files=limits.open_files,
             )
         cluster.on_limit = self._on_limit
+        cluster.on_hung = self._note_waits
         sampler.watch = cluster.check_memory
         await cluster.launch(configs, self.options.startup_timeout_s)
 
@@ -726,11 +729,7 @@ class ScenarioRun:
             # What it was doing and last said and heard, who waited on it, and its stacks
             # (which also went to its log).
             about = agent_lines(handle, self.events.ring if self.events else (), time.monotonic())
-            waits = [
-                f"  {w.actor} {w.path}: {w.what}"
-                for w in (self.executor.pending.values() if self.executor else ())
-                if w.agent == handle.id
-            ]
+            waits = self._waits_on.pop(handle.id, [])
             detail = "\n".join(
                 about + (["waits on it:", *waits] if waits else []) + ["", handle.diagnosis or ""]
             ).rstrip() + "\n"
@@ -750,6 +749,15 @@ class ScenarioRun:
                 detail=detail,
             )
         )
+
+    def _note_waits(self, handle: AgentHandle) -> None:
+        """The script's waits on an agent declared hung, noted now: they fail the moment the
+        hang is known, well before its stacks are taken and its exit reported (_on_lost)."""
+        self._waits_on[handle.id] = [
+            f"  {w.actor} {w.path}: {w.what}"
+            for w in (self.executor.pending.values() if self.executor else ())
+            if w.agent == handle.id
+        ]
 
     def _on_limit(self, handle: AgentHandle) -> None:
         self._error(

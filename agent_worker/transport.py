@@ -107,6 +107,8 @@ class Transport:
         # No routing id of its own choosing: the coordinator knows the agent by the key it
         # authenticates with (protocol/auth.py).
         credentials.apply(self._sock)
+        if endpoint.startswith("tcp://["):
+            self._sock.setsockopt(zmq.IPV6, 1)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, HWM)
         self._sock.setsockopt(zmq.RCVHWM, HWM)

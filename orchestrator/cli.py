@@ -8,6 +8,7 @@ be judged); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM, handled like Ctrl
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import secrets
@@ -156,6 +157,49 @@ DIAGNOSE_OPTION = click.option(
     " pending waits, a wait-for graph across timelines (a cycle is a deadlock), and what each"
     " agent is doing and last said and heard. SIGUSR1 to the runner writes them at any time.",
 )
+class BindType(click.ParamType[str, object]):
+    """Where the bus listens: `tcp` (loopback, a free port), `tcp://HOST[:PORT]` or
+    `ipc://PATH`. Every connection must still authenticate with keys the run issued to its
+    agents (CURVE, always on), which is what makes a non-loopback address safe to bind."""
+
+    name = "endpoint"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        text = str(value).strip()
+        if text == "tcp":
+            return "tcp://127.0.0.1:*"
+        if text.startswith("ipc://") and len(text) > len("ipc://"):
+            return text
+        if not text.startswith("tcp://"):
+            self.fail(f"{text!r}: give tcp, tcp://HOST[:PORT] or ipc://PATH", param, ctx)
+        rest = text.removeprefix("tcp://")
+        if rest.startswith("["):  # [v6 address] or [v6 address]:port
+            host, _, tail = rest[1:].partition("]")
+            port = tail.removeprefix(":") or "*"
+        elif rest.count(":") == 1:
+            host, port = rest.split(":")
+        else:
+            host, port = rest, "*"
+        host = host or "127.0.0.1"
+        try:
+            address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+        except ValueError:
+            self.fail(f"{host!r} is not an IP address (or localhost)", param, ctx)
+        if port != "*" and not (port.isdigit() and 0 < int(port) < 65536):
+            self.fail(f"{port!r} is not a port (1 to 65535, or *)", param, ctx)
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        return f"tcp://{shown}:{port}"
+
+
+BIND_OPTION = click.option(
+    "--bind",
+    type=BindType(),
+    help="Where the bus listens [default: a private ipc socket in the run directory]: tcp"
+    " (127.0.0.1, a free port), tcp://HOST[:PORT], or ipc://PATH. Agents authenticate with"
+    " keys the run issues them whatever the address.",
+)
 QUIET_OPTION = click.option(
     "-q", "--quiet", is_flag=True, help="Print each scenario's verdict only."
 )
@@ -268,6 +312,7 @@ def schema(of_report: bool, of_events: bool, output: Path | None) -> None:
 @EVENTS_MAX_SIZE_OPTION
 @METRICS_PORT_OPTION
 @DIAGNOSE_OPTION
+@BIND_OPTION
 @QUIET_OPTION
 @VERBOSE_OPTION
 def run(
@@ -284,6 +329,7 @@ def run(
     events_max_size: int,
     metrics_port: int | None,
     diagnose_on_timeout: bool,
+    bind: str | None,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -296,6 +342,7 @@ def run(
     _run_files(
         files, report_dir, timeout, repeat, parallel, seed, filters, launcher, keep_run_dir,
         events_storage, events_max_size, quiet, verbose, None, metrics_port, diagnose_on_timeout,
+        bind,
     )  # fmt: skip
 
 
@@ -361,6 +408,7 @@ def run(
 @EVENTS_MAX_SIZE_OPTION
 @METRICS_PORT_OPTION
 @DIAGNOSE_OPTION
+@BIND_OPTION
 @QUIET_OPTION
 @VERBOSE_OPTION
 def soak(
@@ -380,6 +428,7 @@ def soak(
     events_max_size: int,
     metrics_port: int | None,
     diagnose_on_timeout: bool,
+    bind: str | None,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -409,7 +458,7 @@ def soak(
             duration.seconds, warmup_s, sample_interval.seconds,
             max(1.0, progress_every.seconds), trace_leaks, locate,
         ),
-        metrics_port, diagnose_on_timeout,
+        metrics_port, diagnose_on_timeout, bind,
     )  # fmt: skip
 
 
@@ -504,9 +553,15 @@ def _run_files(
     soak: SoakOptions | None,
     metrics_port: int | None = None,
     diagnose_on_timeout: bool = False,
+    bind: str | None = None,
 ) -> None:
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose ask for opposite things: choose one")
+    if bind is not None and not bind.endswith(":*") and parallel > 1:
+        raise click.UsageError(
+            f"--bind {bind} with --parallel {parallel}: runs at once cannot share one address;"
+            " give port * (or tcp) for a free port each"
+        )
     if events_storage == EventStorage.OFF.value and events_max_size != DEFAULT_MAX_BYTES:
         raise click.UsageError("--events-max-size bounds events.jsonl, which --events off omits")
     # The same file named twice is one scenario, not two that would share a report group.
@@ -542,6 +597,7 @@ def _run_files(
         soak=soak,
         sample_interval_s=soak.sample_interval_s if soak else 1.0,
         diagnose_on_timeout=diagnose_on_timeout,
+        bind=bind,
     )
     # soft_wrap: a long report path stays on one line in a CI log; and a log is not 80 columns
     # wide (rich's guess without a terminal), so tables get room unless COLUMNS says otherwise.

@@ -7,6 +7,7 @@ process of the user could connect with another agent's routing id, take over its
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 from pathlib import Path
@@ -14,8 +15,10 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from click.testing import CliRunner
 from conftest import agent, cluster, room
 
+from orchestrator.cli import main
 from orchestrator.events import MessageDelivered, WireRejected
 from protocol import PROTOCOL_VERSION, CmdSend, Kind, Msg, encode_body
 from protocol.auth import Credentials, CredentialsError, hand_over, read_credentials
@@ -123,3 +126,50 @@ def test_credentials_travel_in_a_pipe_and_are_checked() -> None:
     os.close(write_end)
     with pytest.raises(CredentialsError):
         read_credentials(read_end)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bind", ["tcp", "tcp://[::1]"])
+def test_bind_tcp_listens_on_loopback_and_agents_still_authenticate(
+    tmp_path: Path, private_tmp: Path, bind: str
+) -> None:
+    path = tmp_path / "tcp.yaml"
+    path.write_text(TCP_SCENARIO)
+    result = CliRunner().invoke(
+        main, ["run", str(path), "--bind", bind, "--report-dir", str(tmp_path / "r"), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    endpoint = report["bus"]["endpoint"]
+    host = "[::1]" if "::1" in bind else "127.0.0.1"
+    assert endpoint.startswith(f"tcp://{host}:") and not endpoint.endswith(":*"), endpoint
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--bind", "udp://x"], "give tcp, tcp://HOST[:PORT] or ipc://PATH"),
+        (["--bind", "tcp://example.org:80"], "is not an IP address"),
+        (["--bind", "tcp://127.0.0.1:70000"], "is not a port"),
+        (["--bind", "tcp://127.0.0.1:5555", "--parallel", "2"], "cannot share one address"),
+    ],
+)
+def test_a_bad_bind_is_invalid_input(tmp_path: Path, args: list[str], problem: str) -> None:
+    path = tmp_path / "tcp.yaml"
+    path.write_text(TCP_SCENARIO)
+    result = CliRunner().invoke(main, ["run", str(path), *args])
+    assert result.exit_code == 2 and problem in result.output, result.output
+
+
+TCP_SCENARIO = """\
+name: tcp
+agents:
+  - {id: bot, model: {rules: [{when: {contains: hi}, reply: "hello {sender}"}]}}
+  - id: user
+rooms: [{id: lobby, members: [bot, user]}]
+script:
+  - send: {agent: user, room: lobby, text: hi}
+  - wait_for: {message: {from: bot, contains: hello}, timeout: 10s}
+assertions:
+  - message: {from: bot, count: {min: 1}}
+"""

@@ -158,6 +158,8 @@ def bind_endpoint(sock: zmq.Socket[bytes], endpoint: str) -> str:
     """Bind `sock` and return where it listens: an ipc socket file is made private (0600:
     only this user may connect; its run directory is 0700 too), and a tcp port of `*` is
     resolved to the port the system gave."""
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
     sock.bind(endpoint)
     if endpoint.startswith("ipc://"):
         os.chmod(endpoint.removeprefix("ipc://"), 0o600)

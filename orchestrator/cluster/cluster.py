@@ -245,6 +245,9 @@ class ClusterSettings:
     env: dict[str, str] = field(default_factory=dict)
     nice: int = 0
     """Added to each agent's niceness (the runner's AGENT_NICE)."""
+    endpoint: str | None = None
+    """Where the bus listens (tcp://HOST:PORT, `*` for a free port); default an ipc socket in
+    the run directory."""
 
 
 class Cluster:
@@ -289,7 +292,7 @@ class Cluster:
         """Hears of each agent a limit ended (`handle.limit` says which and how), once."""
         self.stop_deadline_s = stop_deadline_s
         self.bus = Bus(
-            f"ipc://{run_dir}/bus.sock",
+            self.settings.endpoint or f"ipc://{run_dir}/bus.sock",
             events,
             policy=self.settings.policy,
             liveness=self.settings.liveness,

@@ -149,6 +149,8 @@ class RunOptions:
     keep_run_dir: bool = False
     launcher: str = field(default_factory=default_launcher)
     """`fork` (a template forks the agents) where the system allows it, else `spawn`."""
+    bind: str | None = None
+    """Where the bus listens (`--bind`); default a private ipc socket in the run directory."""
     startup_timeout_s: float = 30.0
     stop_deadline_s: float = 2.0
     heartbeat_interval_s: float = 0.5
@@ -275,6 +277,7 @@ class ScenarioRun:
                 inbox_capacity=opts.inbox_capacity,
                 env=plugin_env(self.source),
                 nice=AGENT_NICE,
+                endpoint=opts.bind,
             ),
             on_lost=self._on_lost,
             stop_deadline_s=opts.stop_deadline_s,

@@ -45,6 +45,7 @@ from benchmarks._common import (
 from benchmarks._raw import RawPeer
 from benchmarks._stats import LatencyStats
 from orchestrator.cluster.cluster import AgentState, Cluster
+from orchestrator.cluster.faults import WireFault
 from orchestrator.cluster.launchers import SpawnLauncher
 from orchestrator.events import MessageSent
 from protocol import AgentConfig, ChannelType, CmdSetState, Msg, Origin, RoomConfig, encode_body
@@ -194,7 +195,9 @@ def measure_raw(opts: Options) -> RawFigures:
     return RawFigures(runs, LatencyStats.of_ns(rtts), LatencyStats.of_ns(one_way))
 
 
-async def measure_agents(opts: Options) -> AgentFigures:
+async def measure_agents(opts: Options, idle_fault: bool = False) -> AgentFigures:
+    """`idle_fault`: with a bus fault in force that matches none of the messages (the cost of
+    a fault when none fires; benchmarks.faults)."""
     launcher = worker_launcher(opts.window, opts.op_timeout)
     with run_dir("sr-bench-bus-") as directory:
         async with coordinator(
@@ -207,6 +210,10 @@ async def measure_agents(opts: Options) -> AgentFigures:
                 for agent in (SENDER, RECEIVER)
             ]
             await c.launch(configs, READY_TIMEOUT_S)
+            if idle_fault:
+                c.wire_fault(
+                    WireFault("drop", "drop in a room no message uses", rooms=frozenset({"none"}))
+                )
 
             await _throughput_run(c, opts, opts.warmup_messages)
             pids = {agent: c.handles[agent].pid for agent in (SENDER, RECEIVER)}

@@ -204,3 +204,15 @@ def test_leakfind_benchmark_reports_every_agent(capsys: pytest.CaptureFixture[st
     assert all(a["verdict"] in ("leak", "no leak", "inconclusive") for a in agents.values())
     if agents["leak0"]["verdict"] == "leak":  # then the locating pass named its line
         assert agents["leak0"]["site"].startswith("leaky.py:")
+
+
+@pytest.mark.timeout(90)
+def test_faults_benchmark_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    r = _run_json("faults", ["--runs", "1", "--messages", "200", "--pairs", "1"], capsys)
+    (kill,) = r["kill_to_failure_s"]
+    (hung,) = r["sigstop_to_hung_s"]
+    assert 0 < kill < 20, "the action failed when its agent was killed, not at its timeout"
+    assert 0 < hung < 30
+    assert r["throughput_no_fault_msgs_per_s"][0] > 0
+    assert r["throughput_idle_fault_msgs_per_s"][0] > 0
+    assert r["idle_fault_throughput_ratio"] > 0

@@ -17,7 +17,7 @@ from conftest import agent, cluster, room
 
 from orchestrator.cli import main
 from orchestrator.cluster.cluster import StartupError
-from orchestrator.report.model import EXIT_INVALID
+from orchestrator.report.model import EXIT_INVALID, ScenarioReport
 
 SCRIPT = Path(sys.executable).parent / "scenario-runner"
 
@@ -157,3 +157,28 @@ def test_a_frame_over_the_socket_limit_is_counted_not_lost_silently(private_tmp:
             assert c.bus.rejected["connection"] == 1
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_big_texts_are_cut_with_their_size_in_every_output(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    big = "x" * 500_000  # under the frame limit: it travels, and must not flood the outputs
+    path = tmp_path / "big.yaml"
+    path.write_text(
+        "name: big\n"
+        "agents: [{id: bot}, {id: user}]\n"
+        "rooms: [{id: lobby, members: [bot, user]}]\n"
+        f"script:\n  - send: {{agent: user, room: lobby, text: \"{big}\"}}\n"
+        "assertions:\n"
+        f"  - message: {{from: bot, equals: \"{big[:1000]}\"}}\n"
+        f"  - state: {{agent: bot, path: x, equals: \"{big[:1000]}\"}}\n"
+    )
+    report_dir = tmp_path / "r"
+    result = CliRunner().invoke(main, ["run", str(path), "--report-dir", str(report_dir), "-v"])
+    assert result.exit_code == 1, result.output
+    assert max(len(line) for line in result.output.splitlines()) < 400
+    assert "(1,000 characters)" in result.output
+    report = ScenarioReport.model_validate_json((report_dir / "report.json").read_text())
+    assert (report_dir / "report.json").stat().st_size < 50_000
+    assert "(500,000 characters)" in (report.steps[0].description or "")

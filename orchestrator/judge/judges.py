@@ -66,7 +66,7 @@ from orchestrator.scenario.assertions import (
     assertion_kind,
 )
 from orchestrator.scenario.jsonschema_lite import validate as validate_json
-from orchestrator.scenario.schema import SpecModel, StateCheck, is_pattern
+from orchestrator.scenario.schema import SpecModel, StateCheck, is_pattern, quote
 
 EVIDENCE_LIMIT = 20
 PROCESS_SERIES = frozenset({"uss", "rss", "fds", "threads"})
@@ -216,7 +216,7 @@ class _MessageJudge(Judge):
             return  # a delivery (`to`): its text was checked when it was sent
         problem: str | None = None
         if a.not_contains is not None and a.not_contains in event.text:
-            problem = f"contains {a.not_contains!r}: {event.text[:80]!r}"
+            problem = f"contains {quote(a.not_contains, 80)}: {quote(event.text, 80)}"
         elif a.json_schema is not None:
             problem = _json_problem(event.text, a.json_schema)
         if problem is not None:
@@ -231,7 +231,7 @@ class _MessageJudge(Judge):
             what += f" within {a.within.window} of its anchor"
         expected = f"{a.count.describe()} x {what}"
         if a.not_contains is not None:
-            expected += f", none containing {a.not_contains!r}"
+            expected += f", none containing {quote(a.not_contains, 80)}"
         if a.json_schema is not None:
             expected += ", each valid against json_schema"
         order = "before" if a.before is not None else "after" if a.after is not None else None
@@ -282,13 +282,13 @@ def _json_problem(text: str, schema: dict[str, JsonValue]) -> str | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        return f"not JSON ({exc.msg}): {text[:60]!r}"
+        return f"not JSON ({exc.msg}): {quote(text)}"
     except (RecursionError, ValueError) as exc:  # nested too deep; a number too long
-        return f"not JSON the judge can read ({type(exc).__name__}): {text[:60]!r}"
+        return f"not JSON the judge can read ({type(exc).__name__}): {quote(text)}"
     try:
         problems = validate_json(value, schema)
     except RecursionError:
-        return f"nested too deep to check against json_schema: {text[:60]!r}"
+        return f"nested too deep to check against json_schema: {quote(text)}"
     return f"breaks json_schema: {problems[0]}" if problems else None
 
 

@@ -28,7 +28,7 @@ from orchestrator.events import (
     MessageDelivered,
     MessageSent,
 )
-from orchestrator.scenario.schema import ActionMatch, EventMatch, MessageMatch
+from orchestrator.scenario.schema import ActionMatch, EventMatch, MessageMatch, quote
 
 PENDING_LIMIT = 100_000
 """Messages a match or a judge remembers at once (a `to` match between sending and delivery;
@@ -123,9 +123,9 @@ class MessageFilter(Matcher):
         if self.room is not None:
             parts.append(f"in {self.room}")
         if self.equals is not None:
-            parts.append(f"equal to {self.equals!r}")
+            parts.append(f"equal to {quote(self.equals, 80)}")
         if self.contains is not None:
-            parts.append(f"containing {self.contains!r}")
+            parts.append(f"containing {quote(self.contains, 80)}")
         if self.regex is not None:
             parts.append(f"matching /{self.regex.pattern}/")
         if self.origin == "script":

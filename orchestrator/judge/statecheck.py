@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from pydantic import JsonValue
 
-from orchestrator.scenario.schema import StateCheck
+from orchestrator.scenario.schema import StateCheck, clip
 from protocol.statepath import StatePathError, get_path
 
 _COMPARE = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}
@@ -36,7 +36,7 @@ def _number(value: float) -> str:
 
 
 def _json(value: JsonValue) -> str:
-    return json.dumps(value, sort_keys=True)[:200]
+    return clip(json.dumps(value, sort_keys=True))
 
 
 def check_state(check: StateCheck, state: Mapping[str, JsonValue]) -> tuple[bool, str]:

@@ -59,7 +59,7 @@ from orchestrator.metrics import LatencyHistogram
 from orchestrator.rules import RuleError, RunView, call_rule
 from orchestrator.scenario.assertions import Assertion, assertion_kind
 from orchestrator.scenario.durations import Duration
-from orchestrator.scenario.schema import Loc, StateCheck, format_loc
+from orchestrator.scenario.schema import Loc, StateCheck, clip, format_loc, quote
 from orchestrator.scenario.spec import Scenario
 from orchestrator.scenario.steps import (
     WIRE_FAULTS,
@@ -175,7 +175,7 @@ class _Timeline:
 def describe(step: Step) -> str:
     match step:
         case SendStep(send=a):
-            return f"{a.agent} says {a.text!r} in {a.room}"
+            return f"{a.agent} says {quote(a.text, 80)} in {a.room}"
         case WaitForStep(wait_for=w):
             if w.message is not None:
                 return "wait for " + MessageFilter.of(w.message).describe()
@@ -186,9 +186,9 @@ def describe(step: Step) -> str:
             assert w.event is not None
             return "wait for " + describe_event_match(w.event)
         case ActionStep(action=a):
-            return f"{a.agent} runs {a.name} {json.dumps(a.params, sort_keys=True)}"
+            return f"{a.agent} runs {a.name} {clip(json.dumps(a.params, sort_keys=True))}"
         case SetStateStep(set_state=a):
-            return f"set {a.agent}'s state {a.path} = {json.dumps(a.value, sort_keys=True)}"
+            return f"set {a.agent}'s state {a.path} = {clip(json.dumps(a.value, sort_keys=True))}"
         case AssertStep():
             return "assert " + assertion_kind(step.assert_)
         case RepeatStep(repeat=r):

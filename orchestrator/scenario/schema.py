@@ -81,9 +81,19 @@ def describe_value(value: object) -> str:
 
 
 def quote(value: object, limit: int = 60) -> str:
-    """repr() of a user's value, cut short so that a problem still fits on one line."""
+    """repr() of a user's value, cut short (with its size) so that a problem still fits on one
+    line."""
     text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]}"
+    size = len(value) if isinstance(value, str | bytes) else len(text)
+    return clip(text, limit, size)
+
+
+def clip(text: str, limit: int = 200, size: int | None = None) -> str:
+    """`text`, or its start and last character and its size (`size`, default its length) when
+    it is longer than `limit`: a big text is never printed or reported whole."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(1, limit - 4)]}...{text[-1]} ({size or len(text):,} characters)"
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:

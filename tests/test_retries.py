@@ -120,3 +120,29 @@ def test_at_30_percent_frame_loss_every_send_and_reply_arrives_before_teardown(
     assert report.bus.retries > 0 and report.bus.dead_letters == 0
     assert all(s.status == "passed" for s in report.steps)
     assert code == 0
+
+
+@pytest.mark.timeout(60)
+def test_the_drain_says_whether_it_got_quiet_and_why_not(private_tmp: Path) -> None:
+    import asyncio
+
+    from conftest import agent, cluster, room
+
+    from protocol import CmdSend, RuleConfig
+
+    async def scenario() -> None:
+        rooms = [room("lobby", ["ping", "pong"])]
+        # Each answers the other's every message: traffic that never ends by itself.
+        configs = [
+            agent("ping", private_tmp, rooms, [RuleConfig(contains="o", reply="ping")]),
+            agent("pong", private_tmp, rooms, [RuleConfig(contains="i", reply="pong")]),
+        ]
+        async with cluster(private_tmp, configs, rooms) as c:
+            assert await c.drain(5.0)
+            assert (c.drain_outcome or "").startswith("quiet in ")
+            assert (await c.command("ping", CmdSend(room="lobby", text="ping"), 5)).ok
+            assert not await c.drain(1.0)
+            assert (c.drain_outcome or "").startswith("gave up after 1."), c.drain_outcome
+            assert "what was in flight was lost at STOP" in (c.drain_outcome or "")
+
+    asyncio.run(scenario())

@@ -288,6 +288,8 @@ class Cluster:
         self.on_hung: Callable[[AgentHandle], None] | None = None
         """Hears of an agent declared hung at that moment, before anything waiting on it is
         failed (the runner notes the waits for the hang's report)."""
+        self.drain_outcome: str | None = None
+        """How the drain before STOP went: "quiet in 0.01s", or why it gave up."""
         self.on_limit: Callable[[AgentHandle], None] | None = None
         """Hears of each agent a limit ended (`handle.limit` says which and how), once."""
         self.stop_deadline_s = stop_deadline_s
@@ -868,25 +870,39 @@ class Cluster:
                 self._signal(handle, _SIGNALS["SIGCONT"])
                 self.bus.pause(handle.id, False)
                 self._fault_event(handle.id, "cont", "SIGCONT before teardown (it was stopped)")
+        start = time.monotonic()
+        busy = "the bus had frames unacknowledged"
         while True:
             routed = self.bus.messages_routed
             if not await self.bus.wait_idle(end):
-                return False
+                return self._drained(False, start, busy)
             live = [h.id for h in self.handles.values() if h.state is AgentState.READY]
             left = end - time.monotonic()
             if left <= 0:
-                return False
+                return self._drained(False, start, busy)
             answers = await asyncio.gather(
                 *(self.command(agent, CmdPending(), left) for agent in live),
                 return_exceptions=True,
             )
-            quiet = all(
-                isinstance(a, Result) and a.ok and isinstance(a.value, dict)
-                and a.value.get("outbox") == 0
-                for a in answers
-            )  # fmt: skip
-            if quiet and self.bus.messages_routed == routed:
-                return True
+            holding = [
+                agent for agent, a in zip(live, answers, strict=True)
+                if not (isinstance(a, Result) and a.ok and isinstance(a.value, dict)
+                        and a.value.get("outbox") == 0)
+            ]  # fmt: skip
+            if not holding and self.bus.messages_routed == routed:
+                return self._drained(True, start, "")
+            busy = (
+                f"{', '.join(holding[:5])}{' and more' if len(holding) > 5 else ''} still had"
+                " frames unacknowledged" if holding else "messages were still being routed"
+            )
+
+    def _drained(self, quiet: bool, start: float, busy: str) -> bool:
+        took = time.monotonic() - start
+        self.drain_outcome = (
+            f"quiet in {took:.2f}s" if quiet
+            else f"gave up after {took:.1f}s: {busy}; what was in flight was lost at STOP"
+        )  # fmt: skip
+        return quiet
 
     async def stop(self, deadline_s: float) -> None:
         """STOP every live agent, then escalate on whoever is still there. Reaps everyone.

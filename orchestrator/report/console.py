@@ -133,6 +133,8 @@ def print_summary(console: Console, report: ScenarioReport, verbose: bool = Fals
             console.print(f"  [magenta]error[/] ({e.source}) {esc(e.message)}", highlight=False)
             if verbose and e.detail:
                 console.print(e.detail, highlight=False, markup=False)
+    if report.bus is not None and report.bus.drain and report.bus.drain.startswith("gave up"):
+        console.print(f"  [yellow]teardown[/] {esc(report.bus.drain)}", highlight=False)
     if not verbose:
         return
     table = Table(title="agents", show_edge=False)

@@ -276,6 +276,9 @@ class BusReport(BaseModel):
     retries: int
     rejected_frames: dict[str, int]
     delivery_latency: LatencySummary
+    drain: str | None = None
+    """How the wait for what was in flight before STOP went: "quiet in 0.01s", or that it gave
+    up (self-sustaining traffic, a link that does not recover) and why."""
 
 
 class EventLogReport(BaseModel):

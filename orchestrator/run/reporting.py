@@ -297,7 +297,7 @@ def leak_report(a: LeakAnalysis) -> LeakReport:
     )  # fmt: skip
 
 
-def bus_report(bus: Bus) -> BusReport:
+def bus_report(bus: Bus, drain: str | None = None) -> BusReport:
     overall = LatencyHistogram()
     for link in bus.links.values():
         overall.merge(link.stats.latency)
@@ -309,6 +309,7 @@ def bus_report(bus: Bus) -> BusReport:
         retries=sum(lk.stats.retries for lk in bus.links.values()),
         rejected_frames=dict(bus.rejected),
         delivery_latency=overall.summary(),
+        drain=drain,
     )
 
 

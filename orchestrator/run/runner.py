@@ -886,7 +886,7 @@ class ScenarioRun:
             assertions=[assertion_report(a) for a in self.assertions],
             errors=errors,
             agents=agents,
-            bus=bus_report(cluster.bus),
+            bus=bus_report(cluster.bus, cluster.drain_outcome),
             events_file=str(events.spill_path) if events.storage is not EventStorage.OFF else "",
             events=events.last_id,
             event_log=event_log_report(events, self.options.events),

@@ -190,6 +190,24 @@ def test_delivery_is_not_confirmed_for_an_agent_that_left_frames_or_no_goodbye(
     assert result(scoped).passed  # the others' troubles are not bot's
 
 
+def test_a_goodbye_counts_for_one_incarnation_of_an_agent(log: EventLog) -> None:
+    # bot is restarted (its first incarnation says goodbye), then killed (the second does not):
+    # the first goodbye must not vouch for the second.
+    j = judge(log, {"delivery": {}})
+    bye = {"undelivered": 0, "messages_in": 1, "messages_out": 1, "handler_errors": 0,
+           "store_rows": 1}  # fmt: skip
+    log.emit(AgentBye(agent="bot", **bye))
+    log.emit(AgentExited(agent="bot", pid=1, returncode=0, signal=None, escalation=None))
+    assert result(j).passed
+    log.emit(AgentExited(agent="bot", pid=2, returncode=None, signal="SIGKILL", escalation=None))
+    assert "exited without a goodbye" in result(j).message
+    # An exit handled before its goodbye (the pidfd first) is not a missing goodbye.
+    late = judge(log, {"delivery": {}})
+    log.emit(AgentExited(agent="bot", pid=3, returncode=0, signal=None, escalation=None))
+    log.emit(AgentBye(agent="bot", **bye))
+    assert result(late).passed
+
+
 def test_latency_of_deliveries_and_of_replies(log: EventLog) -> None:
     delivery = judge(log, {"timing": {"latency": "delivery", "agent": "user", "p50": "2ms"}})
     reply = judge(log, {"timing": {"latency": "reply", "agent": "bot", "max": "1h"}})

@@ -502,12 +502,21 @@ class _DeliveryJudge(Judge):
                 if len(self.duplicates) < EVIDENCE_LIMIT:
                     self.duplicates.append(event.id)
         elif isinstance(event, AgentBye):
-            self.said_bye.add(event.agent or "")
+            agent = event.agent or ""
+            if agent in self.no_bye:  # its exit was seen before its goodbye was handled
+                self.no_bye.remove(agent)
+            else:
+                self.said_bye.add(agent)
             if event.undelivered and self._mine(event.agent, None):
-                self.undelivered[event.agent or ""] = event.undelivered
+                self.undelivered[agent] = event.undelivered
         elif isinstance(event, AgentExited):
-            if event.agent not in self.said_bye and self._mine(event.agent, None):
-                self.no_bye.append(event.agent or "")
+            # A goodbye counts for the one exit after it: an agent restarted under its id says
+            # goodbye (or not) once per incarnation.
+            agent = event.agent or ""
+            if agent in self.said_bye:
+                self.said_bye.discard(agent)
+            elif self._mine(event.agent, None):
+                self.no_bye.append(agent)
         elif (
             isinstance(event, MessageDeadLetter)
             and event.msg_id is not None

@@ -1036,7 +1036,21 @@ STACKS_MAX_BYTES = 64 * 1024
 
 def take_stacks(pid: int, log: Path, timeout_s: float = STACKS_TIMEOUT_S) -> str:
     """Every thread's stack of a live agent: SIGUSR1 makes its faulthandler write them to its
-    log, read back from where the log ended. Blocking (up to `timeout_s`); run in a thread."""
+    log, read back from where the log ended. Blocking (up to `timeout_s`); run in a thread.
+
+    The process is held by a pidfd from the first look: the loop may reap it meanwhile (it
+    exits by itself), and a signal by pid could then reach whatever process reuses the pid."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return "no stacks: the process had already gone"
+    try:
+        return _stacks(pidfd, pid, log, timeout_s)
+    finally:
+        os.close(pidfd)
+
+
+def _stacks(pidfd: int, pid: int, log: Path, timeout_s: float) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rsplit(b")", 1)[1].split()[0].decode()
@@ -1049,7 +1063,7 @@ def take_stacks(pid: int, log: Path, timeout_s: float = STACKS_TIMEOUT_S) -> str
         )
     try:
         start = log.stat().st_size
-        os.kill(pid, signal.SIGUSR1)
+        signal.pidfd_send_signal(pidfd, signal.SIGUSR1)
     except OSError as exc:
         return f"no stacks: {exc.strerror or exc}"
     # The agent writes from its signal handler; nothing says when it is done but the file

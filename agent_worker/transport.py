@@ -48,7 +48,6 @@ from protocol.auth import Credentials
 from protocol.codec import kind_of
 from protocol.frames_io import readable, recv_frames, send_frames
 from protocol.reliability import Inbound, Outbox, RetryPolicy
-from protocol.testhooks import DropHook
 
 HWM = 100_000
 HELLO_RETRY_S = 0.1
@@ -100,7 +99,6 @@ class Transport:
         self.outbox: Outbox[Outgoing] = Outbox(policy or RetryPolicy())
         self.inbound: Inbound[tuple[Header, WireModel]] = Inbound()
         self.stats = TransportStats()
-        self.drop = DropHook.from_env(f"agent:{agent_id}:{incarnation}")
 
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
@@ -260,10 +258,7 @@ class Transport:
         for _ in range(4096):
             if not readable(sock):
                 return
-            frames = recv_frames(sock)
-            if self.drop is not None and self.drop.drop():
-                continue
-            self._on_frames(frames, now)
+            self._on_frames(recv_frames(sock), now)
 
     def _on_frames(self, frames: list[bytes], now: float) -> None:
         try:

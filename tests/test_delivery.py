@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import agent, cluster, room
 
+from orchestrator.cluster.faults import TEST_LOSS_ENV as DROP_RATE_ENV
+from orchestrator.cluster.faults import TEST_LOSS_SEED_ENV as DROP_SEED_ENV
 from orchestrator.events import MessageDelivered
 from protocol import CmdSend
-from protocol.testhooks import DROP_RATE_ENV, DROP_SEED_ENV
 
 MESSAGES = 150
 MEMBERS = ["sender", "m1", "m2", "m3"]

@@ -168,6 +168,24 @@ def test_drop_duplicate_and_reorder_keep_delivery_exactly_once(
 
 
 @pytest.mark.timeout(90)
+def test_losing_every_kind_of_frame_keeps_delivery_exactly_once(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    # `frames: all` loses acks, heartbeats, commands and results too, both ways, as a lossy
+    # wire does (it is also what SCENARIO_RUNNER_TEST_DROP_RATE makes, for the whole run).
+    script = "  - fault: {drop: 0.3, frames: all, from: a, for: 20s}\n" + _pings(10)
+    code, report = _run(
+        tmp_path, "lossy", script,
+        "  - delivery: {}\n  - message: {from: a, room: r, contains: pong, count: {min: 10}}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS and code == 0, report.verification.reasons
+    (ended,) = _ended(report)
+    assert ended.startswith("lose 30% of the frames on the links of a, both ways for 20s: lost ")
+    assert "lost 0 " not in ended
+    assert next(x for x in report.agents if x.id == "a").retries > 0
+
+
+@pytest.mark.timeout(90)
 def test_a_partition_holds_messages_until_it_heals(tmp_path: Path, private_tmp: Path) -> None:
     code, report = _run(
         tmp_path, "partition",
@@ -194,6 +212,8 @@ def test_a_bus_fault_needs_a_window_and_known_names(tmp_path: Path) -> None:
         "  - fault: {partition: [[a], [a, b]], for: 1s}\n"
         "  - fault: {duplicate: 0.1, from: ghost, room: nowhere, for: 1s}\n"
         "  - fault: {kill: a, for: 1s}\n"
+        "  - fault: {delay: 1s, frames: all, for: 1s}\n"
+        "  - fault: {drop: 0.1, frames: all, room: r, for: 1s}\n"
         "assertions:\n  - message: {from: a, contains: pong}\n"
     ))  # fmt: skip
     result = CliRunner().invoke(main, ["validate", str(path)])
@@ -206,6 +226,8 @@ def test_a_bus_fault_needs_a_window_and_known_names(tmp_path: Path) -> None:
     assert "script[6].fault.from[0]: undefined agent 'ghost'" in out
     assert "script[6].fault.room[0]: undefined room 'nowhere'" in out
     assert "script[7].fault: 'for' goes with a bus fault, not 'kill'" in out
+    assert "script[8].fault: 'frames' goes with 'drop'" in out
+    assert "script[9].fault: 'frames: all' loses frames of agents' links" in out
 
 
 @pytest.mark.timeout(90)

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import main
+from orchestrator.cluster.faults import TEST_LOSS_ENV as DROP_RATE_ENV
+from orchestrator.cluster.faults import TEST_LOSS_SEED_ENV as DROP_SEED_ENV
 from orchestrator.report.model import ScenarioReport, Verdict
-from protocol.testhooks import DROP_RATE_ENV, DROP_SEED_ENV
 
 TESTS = Path(__file__).resolve().parent
 

@@ -29,7 +29,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from orchestrator import events as ev
-from orchestrator.cluster.faults import Transmission, WireFault
+from orchestrator.cluster.faults import Transmission, WireFault, test_loss_from_env
 from orchestrator.events import EventLog
 from orchestrator.metrics import LatencyHistogram
 from protocol import (
@@ -77,7 +77,6 @@ from protocol.frames_io import (
 )
 from protocol.liveness import Liveness
 from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
-from protocol.testhooks import DropHook
 
 HWM = 100_000
 BATCH = 64
@@ -265,7 +264,11 @@ class Bus:
         self._sweep: asyncio.TimerHandle | None = None
         self._touched: set[Link] = set()
         self._drain_scheduled = False
-        self.drop = DropHook.from_env("coordinator")
+        self._frame_faults: list[WireFault] = []
+        """The faults of `wire_faults` that lose whole frames (`frames: all`)."""
+        hook = test_loss_from_env()
+        if hook is not None:
+            self.add_wire_fault(hook)
         self._server_public, self._server_secret = zmq.curve_keypair()
         self._keys: dict[bytes, Link] = {}
         """Public key -> the link (agent incarnation) it was issued to."""
@@ -508,7 +511,7 @@ class Bus:
 
     def _send_pending(self, link: Link, pending: Pending[Outgoing]) -> None:
         item = pending.item
-        if item.kind is Kind.MSG and self.wire_faults:
+        if item.kind is Kind.MSG and len(self.wire_faults) > len(self._frame_faults):
             plan = self._faulted(link, item)
             if plan.delay_s > 0 and plan.copies and self._loop is not None:
                 self._loop.call_later(plan.delay_s, self._send_late, link, pending, plan.copies)
@@ -521,12 +524,21 @@ class Bus:
     # -- faults on purpose (orchestrator/cluster/faults.py) ------------------------------
     def add_wire_fault(self, fault: WireFault) -> None:
         self.wire_faults.append(fault)
+        if fault.frames == "all":
+            self._frame_faults.append(fault)
+
+    def _loses(self, link: Link | None, now: float) -> bool:
+        """Whether a frame to or from `link` is lost to a `frames: all` fault."""
+        if link is None:
+            return False
+        self._end_wire_faults(now)
+        return any(f.touches(link.agent_id) and f.loses() for f in self._frame_faults)
 
     def _faulted(self, link: Link, item: Outgoing) -> Transmission:
         plan = Transmission()
         self._end_wire_faults(time.monotonic())
         for fault in self.wire_faults:
-            if fault.matches(item.sender, link.agent_id, item.room):
+            if fault.frames != "all" and fault.matches(item.sender, link.agent_id, item.room):
                 fault.apply(plan)
         return plan
 
@@ -540,14 +552,20 @@ class Bus:
     def end_wire_faults(self, why: str) -> None:
         """End every bus fault now (before teardown: a fault must not outlive the script)."""
         for fault in self.wire_faults:
-            self.events.emit(ev.FaultEnded(fault=fault.kind, detail=f"{fault.summary()} ({why})"))
-        self.wire_faults = []
+            if not fault.lasting:
+                self.events.emit(
+                    ev.FaultEnded(fault=fault.kind, detail=f"{fault.summary()} ({why})")
+                )
+        self.wire_faults = [f for f in self.wire_faults if f.lasting]
+        self._frame_faults = [f for f in self._frame_faults if f.lasting]
 
     def _end_wire_faults(self, now: float) -> None:
         if not any(f.over(now) for f in self.wire_faults):
             return
         for fault in [f for f in self.wire_faults if f.over(now)]:
             self.wire_faults.remove(fault)
+            if fault in self._frame_faults:
+                self._frame_faults.remove(fault)
             self.events.emit(ev.FaultEnded(fault=fault.kind, detail=fault.summary()))
 
     def _send(self, link: Link, kind: Kind, body: bytes, seq: int, corr: int) -> bool:
@@ -555,6 +573,9 @@ class Bus:
         if sock is None or link.rid is None:
             return False  # not connected yet: the outbox retries
         now_ns = time.monotonic_ns()
+        if self._frame_faults and self._loses(link, now_ns / 1e9):
+            link.last_sent = now_ns / 1e9
+            return True  # lost on the way (a `frames: all` fault): as if sent
         header = Header(
             PROTOCOL_VERSION,
             kind,
@@ -663,7 +684,7 @@ class Bus:
                 rest, user = recv_rest_with_user(sock)
                 frames = [rid, *rest]
                 self._bind(rid, user)
-            if self.drop is not None and self.drop.drop():
+            if self._frame_faults and self._loses(self._by_rid.get(rid), now):
                 continue
             self._on_frames(frames, now)
         else:

@@ -13,9 +13,13 @@ path and run, so a faulty run replays with `--seed`.
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+
+TEST_LOSS_ENV = "SCENARIO_RUNNER_TEST_DROP_RATE"
+TEST_LOSS_SEED_ENV = "SCENARIO_RUNNER_TEST_DROP_SEED"
 
 
 @dataclass(slots=True)
@@ -37,6 +41,13 @@ class WireFault:
     """Monotonic time it ends (`for`)."""
     messages: int | None = None
     """Matching transmissions it may still see (`messages`)."""
+    frames: str = "messages"
+    """drop: `messages` (the bus's MSG transmissions to agents), or `all`: every frame of
+    the links in scope, both ways (acks, heartbeats, commands, the handshake), as a lossy wire
+    would lose them. Every frame passes through the bus, so losing it there is losing it on
+    the wire."""
+    lasting: bool = False
+    """Not ended when the script ends (the test hook's loss, which covers teardown too)."""
     rng: random.Random = field(default_factory=random.Random)
     seen: int = 0
     """Matching transmissions seen."""
@@ -62,6 +73,23 @@ class WireFault:
         side = {agent: i for i, group in enumerate(self.groups) for agent in group}
         a, b = side.get(sender or ""), side.get(recipient)
         return a is not None and b is not None and a != b
+
+    def touches(self, agent: str) -> bool:
+        """`frames: all`: whether this fault acts on `agent`'s link (`from` or `to` names it,
+        or neither is given)."""
+        if self.senders is None and self.recipients is None:
+            return True
+        return agent in (self.senders or frozenset()) or agent in (self.recipients or ())
+
+    def loses(self) -> bool:
+        """`frames: all`: whether the frame at hand (on a link it touches) is lost."""
+        self.seen += 1
+        if self.messages is not None:
+            self.messages -= 1
+        if self.rng.random() < self.rate:
+            self.done["lost"] += 1
+            return True
+        return False
 
     def apply(self, plan: Transmission) -> None:
         """Change `plan` (one matching transmission) as this fault says."""
@@ -97,3 +125,25 @@ class Transmission:
 
     copies: int = 1
     delay_s: float = 0.0
+
+
+def test_loss_from_env() -> WireFault | None:
+    """The protocol's own test of recovery: with SCENARIO_RUNNER_TEST_DROP_RATE set to a
+    fraction in [0, 1) (and SCENARIO_RUNNER_TEST_DROP_SEED to replay it), every frame of every
+    link, both ways, is lost at that rate from the start of the run to its end: the handshake,
+    acks, heartbeats, commands, STOP and BYE too. It is a `drop` with `frames: all` on every
+    link that lasts the whole run, made by the same machinery as a scenario's faults. Never
+    set it outside tests: it exists to prove that delivery is exactly-once under loss."""
+    text = os.environ.get(TEST_LOSS_ENV, "").strip()
+    if not text:
+        return None
+    rate = float(text)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{TEST_LOSS_ENV} must be in [0, 1), got {rate}")
+    seed = os.environ.get(TEST_LOSS_SEED_ENV, "").strip() or None
+    if rate == 0.0:
+        return None
+    return WireFault(
+        "drop", f"lose {rate:.0%} of every frame, both ways ({TEST_LOSS_ENV})", rate=rate,
+        frames="all", lasting=True, rng=random.Random(f"{seed}:test-loss" if seed else None),
+    )  # fmt: skip

@@ -688,6 +688,12 @@ class Executor:
             messages=f.messages,
             rng=random.Random(f"{self.seed}:fault:{where}"),
         )
+        if f.drop is not None and f.frames == "all":
+            fault.rate, fault.frames = f.drop, "all"
+            agents = sorted({*(f.from_ or ()), *(f.to or ())})
+            links = f"the links of {', '.join(agents)}" if agents else "every link"
+            fault.description = f"lose {f.drop:.0%} of the frames on {links}, both ways{window}"
+            return fault
         if f.drop is not None:
             fault.rate, what = f.drop, f"drop {f.drop:.0%} of"
         elif f.delay is not None:

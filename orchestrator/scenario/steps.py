@@ -232,6 +232,10 @@ class FaultArgs(SpecModel):
 
     drop: Rate | None = None
     """The share of message transmissions lost (each is retransmitted later)."""
+    frames: Literal["messages", "all"] | None = None
+    """With `drop`: `messages` (default), or `all`, every frame of the links in scope both
+    ways (acks, heartbeats, commands, the handshake), as a lossy wire loses them; scoped by
+    `from`/`to` (agents whose links lose frames), not by `room`."""
     delay: Duration | None = None
     """Every message transmission goes out this much later..."""
     jitter: Duration | None = None
@@ -280,6 +284,7 @@ class FaultArgs(SpecModel):
         op = given[0]
         only = {
             "signal": "kill", "keep_store": "restart", "jitter": "delay", "within": "reorder",
+            "frames": "drop",
         }  # fmt: skip
         for key, owner in only.items():
             if getattr(self, key) is not None and op != owner:
@@ -289,6 +294,11 @@ class FaultArgs(SpecModel):
             extra = [k.rstrip("_") for k in wire_keys if getattr(self, k) is not None]
             if extra:
                 raise spec_error("fault", f"'{extra[0]}' goes with a bus fault, not '{op}'")
+        elif self.frames == "all" and self.room is not None:
+            raise spec_error(
+                "fault", "'frames: all' loses frames of agents' links, which have no room:"
+                " scope it with 'from' or 'to'"
+            )
         elif (self.for_ is None) == (self.messages is None):
             raise spec_error(
                 "fault", f"a '{op}' fault lasts for a time ('for: 10s') or a number of"

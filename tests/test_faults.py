@@ -279,3 +279,42 @@ def test_a_stop_longer_than_the_coordinator_timeout_is_survived(
     assert report.verdict is Verdict.PASS, report.verification.reasons
     assert code == 0 and report.errors == []
     assert next(x for x in report.agents if x.id == "a").status == "exited"
+
+
+@pytest.mark.timeout(60)
+def test_an_assert_on_a_stopped_agent_keeps_its_timeout_and_the_link(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    # Before: the live state read waited 30 s (the send timeout, not the step's 500 ms), and
+    # its retries past the retry budget broke the link ("not acknowledged by a after 10
+    # attempts"); what was sent to the stopped agent was dead-lettered the same way.
+    code, report = _run(
+        tmp_path, "assert-stop",
+        "  - fault: {stop: a}\n"
+        "  - {id: probe, timeout: 500ms, assert: {state: {agent: a, path: x, absent: true}}}\n"
+        "  - send: {agent: b, room: r, text: ping 2}\n"
+        "  - fault: {cont: a}\n"
+        "  - wait_for: {message: {from: a, contains: pong}, count: 1, timeout: 10s}\n",
+        "  - delivery: {}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.ERROR and code == 3  # the assertion could not be judged
+    steps = {s.path: s for s in report.steps}
+    assert steps["script[3]"].duration_s < 2.0, "the assert waited past its own timeout"
+    assert "could not be judged: within 500ms" in (steps["script[3]"].error or "")
+    assert all(s.status == "passed" for p, s in steps.items() if p != "script[3]")
+    (delivery,) = [a for a in report.assertions if a.type == "delivery"]
+    assert delivery.passed, delivery.message  # held while stopped, not dead letters
+
+
+@pytest.mark.timeout(60)
+def test_an_assert_that_cannot_be_judged_is_an_error_not_a_pass(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    code, report = _run(
+        tmp_path, "assert-kill",
+        "  - fault: {kill: a}\n  - {id: probe, assert: {state: {agent: a, path: x, equals: 1}}}\n",
+        "  - message: {from: a, contains: pong}\n",
+    )  # fmt: skip
+    assert report.verdict is Verdict.ERROR and code == 3, "before: PASS, exit 0"
+    (probe,) = [a for a in report.assertions if a.id == "probe"]
+    assert not probe.passed and "agent a is gone" in probe.message

@@ -81,6 +81,8 @@ from protocol.reliability import Inbound, Outbox, Pending, RetryPolicy
 HWM = 100_000
 BATCH = 64
 """Frames drained per readiness callback before yielding to other tasks."""
+PAUSED_RECHECK_S = 0.5
+"""How often the retransmission timer looks again at a stopped agent's link (it only holds)."""
 TIMER_SLACK_S = 0.005
 """Retransmission deadlines this close together are served by one timer callback."""
 
@@ -367,6 +369,7 @@ class Bus:
         link.paused = paused
         if not paused:
             link.last_heard = link.progress_at = time.monotonic()
+            self._check_by(link, link.last_heard)  # what was held goes now
 
     def set_rooms(self, rooms: Iterable[tuple[str, tuple[str, ...]]]) -> None:
         self.rooms = dict(rooms)
@@ -924,6 +927,12 @@ class Bus:
                 continue  # superseded by an earlier check of the same link
             link.check_at = float("inf")
             if link.state is LinkState.GONE:
+                continue
+            if link.paused:
+                # A `stop` fault: what is bound for it is held, not retried into dead letters,
+                # until its `cont` (pause(False) looks at it again at once).
+                link.check_at = now + PAUSED_RECHECK_S
+                heapq.heappush(checks, (link.check_at, next(self._tiebreak), link))
                 continue
             # Up to the horizon, not `now`: a frame due within the slack is served now, or it
             # would be popped again at once, forever.

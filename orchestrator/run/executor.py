@@ -94,8 +94,9 @@ runner passes the link's retry budget each way (RetryPolicy.budget_s, 15 s), sin
 link the command and its answer may each be retransmitted that long (a fixed 5 s failed runs
 at 30% frame loss). An agent that crashes or hangs fails the wait at once."""
 
-InlineJudge = Callable[[Assertion, str], Awaitable[AssertionResult]]
-"""Judges an `assert` step's assertion now; the string is the result's id."""
+InlineJudge = Callable[[Assertion, str, float], Awaitable[AssertionResult]]
+"""Judges an `assert` step's assertion now; the string is the result's id, the float the
+step's time budget (live state reads must answer within it)."""
 
 
 class StepStatus(StrEnum):
@@ -229,6 +230,8 @@ class Executor:
         self.agents = agents
         self.events = events
         self.judge = judge
+        self._inline_runs: dict[str, int] = {}
+        """Per `assert` step kept in `inline`: the run of the step its result is from."""
         self.members = members
         """Room id -> its agents: a wait for a message `to` someone watches their rooms."""
         self.action_timeout_s = action_timeout_s
@@ -645,10 +648,29 @@ class Executor:
 
     async def _assert(self, step: AssertStep, result: StepResult) -> None:
         ident = step.assert_.id or step.id or result.path
-        judged = await self.judge(step.assert_, ident)
+        timeout = self._timeout(step, None, self.send_timeout_s)
+        unanswered = False
+        try:
+            async with asyncio.timeout(timeout):
+                judged = await self.judge(step.assert_, ident, timeout)
+        except (TimeoutError, AgentGone, StepFailure) as exc:
+            unanswered = True
+            # Not judged (a live state read with nobody to answer): an assertion that could
+            # not be judged, which makes the run an ERROR, never a silent pass.
+            why = f"within {Duration(timeout)}" if isinstance(exc, TimeoutError) else str(exc)
+            judged = AssertionResult(
+                id=ident, type=assertion_kind(step.assert_), passed=False, expected="",
+                actual="not judged", message=f"could not be judged: {why}", error=why,
+            )  # fmt: skip
         previous = self.inline.get(result.path)
-        if previous is None or (previous.passed and not judged.passed):
-            self.inline[result.path] = judged  # keep the first failure, else the latest pass
+        # Keep a run's last attempt (a retry replaces what it retried), and across runs of a
+        # repeated step the first failure, else the latest pass.
+        retried = self._inline_runs.get(result.path) == result.runs
+        if previous is None or retried or (previous.passed and not judged.passed):
+            self.inline[result.path] = judged
+            self._inline_runs[result.path] = result.runs
+        if unanswered:  # worth another try (its `retries`), unlike a judged failure
+            raise StepFailure(f"assertion {ident} could not be judged: {judged.error}", True)
         if not judged.passed:
             raise StepFailure(f"assertion {ident} failed: {judged.message}")
 

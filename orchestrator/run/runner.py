@@ -691,13 +691,15 @@ class ScenarioRun:
         handle = self.cluster.handles.get(agent) if self.cluster else None
         return handle.bye.stats if handle and handle.bye else None
 
-    async def _inline_judge(self, assertion: Assertion, ident: str) -> AssertionResult:
-        """An `assert` step: its judge's state now, state read live."""
+    async def _inline_judge(
+        self, assertion: Assertion, ident: str, timeout: float
+    ) -> AssertionResult:
+        """An `assert` step: its judge's state now, state read live within the step's budget."""
         assert self.executor is not None and self.sampler and self.judgement
         executor = self.executor
 
         async def live(check: StateCheck) -> tuple[bool, str]:
-            return await executor.read_state(check, executor.send_timeout_s)
+            return await executor.read_state(check, timeout)
 
         facts = self._facts(self.sampler, time.monotonic() - self._script_t0)
         facts.live_state = live

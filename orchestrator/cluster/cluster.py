@@ -884,10 +884,14 @@ class Cluster:
                 *(self.command(agent, CmdPending(), left) for agent in live),
                 return_exceptions=True,
             )
+            # Holding: it says so, or it did not answer in the time left. One that cannot be
+            # asked (its link broke: AgentGone at once) or cannot tell holds nothing the drain
+            # could wait for; counting it spun this loop at full CPU until the deadline.
             holding = [
                 agent for agent, a in zip(live, answers, strict=True)
-                if not (isinstance(a, Result) and a.ok and isinstance(a.value, dict)
-                        and a.value.get("outbox") == 0)
+                if isinstance(a, TimeoutError)
+                or (isinstance(a, Result) and a.ok and isinstance(a.value, dict)
+                    and a.value.get("outbox") != 0)
             ]  # fmt: skip
             if not holding and self.bus.messages_routed == routed:
                 return self._drained(True, start, "")

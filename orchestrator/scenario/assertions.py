@@ -241,17 +241,18 @@ _RATE_UNITS = {"s": 3600.0, "min": 60.0, "m": 60.0, "h": 1.0}
 def _parse_rate(value: object) -> float:
     """`1MiB/h`, `64KiB/min`, `10kB/s` -> bytes per hour."""
     if not isinstance(value, str) or value.count("/") != 1:
-        raise spec_error("rate", f"a growth rate is a size per time, like 1MiB/h, not {value!r}")
+        message = f"a growth rate is a size per time, like 1MiB/h, not {quote(value)}"
+        raise spec_error("rate", message)
     size, _, unit = value.partition("/")
     per = _RATE_UNITS.get(unit.strip())
     if per is None:
-        raise spec_error("rate", f"{value!r}: the time unit is one of s, m (or min), h")
+        raise spec_error("rate", f"{quote(value)}: the time unit is one of s, m (or min), h")
     try:
         amount = _SIZE.validate_python(size.strip())
     except ValidationError:
-        raise spec_error("rate", f"{value!r}: {size.strip()!r} is not a size") from None
+        raise spec_error("rate", f"{quote(value)}: {quote(size.strip())} is not a size") from None
     if amount <= 0:
-        raise spec_error("rate", f"{value!r}: a growth limit must be more than nothing")
+        raise spec_error("rate", f"{quote(value)}: a growth limit must be more than nothing")
     return float(amount) * per
 
 

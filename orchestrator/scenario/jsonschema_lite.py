@@ -44,12 +44,12 @@ def check_schema(schema: JsonValue, at: str = "") -> None:
         raise SchemaError(f"at {where}: a schema is a mapping or a boolean")
     unknown = sorted(set(schema) - KEYWORDS - ANNOTATIONS)
     if unknown:
-        raise SchemaError(f"at {where}: unsupported keyword {unknown[0]!r}")
+        raise SchemaError(f"at {where}: unsupported keyword {_quote(unknown[0])}")
     kind = schema.get("type")
     kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
     for k in kinds:
-        if k not in TYPES:
-            raise SchemaError(f"at {where}: unknown type {k!r}")
+        if not isinstance(k, str) or k not in TYPES:  # (a mapping or a list is unhashable)
+            raise SchemaError(f"at {where}: unknown type {_quote(k)}")
     if "pattern" in schema:
         pattern = schema["pattern"]
         if not isinstance(pattern, str):
@@ -57,7 +57,7 @@ def check_schema(schema: JsonValue, at: str = "") -> None:
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise SchemaError(f"at {where}: bad pattern {pattern!r}: {exc}") from None
+            raise SchemaError(f"at {where}: bad pattern {_quote(pattern)}: {exc}") from None
     for key in ("properties",):
         props = schema.get(key)
         if props is not None:
@@ -88,6 +88,12 @@ def check_schema(schema: JsonValue, at: str = "") -> None:
         value = schema.get(key)
         if key in schema and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise SchemaError(f"at {where}: {key} must be a whole number >= 0")
+
+
+def _quote(value: object) -> str:
+    """repr() of a value from the file, cut short: a problem is one line of sensible length."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:56]}...{text[-1]}"
 
 
 def validate(instance: JsonValue, schema: JsonValue) -> list[str]:

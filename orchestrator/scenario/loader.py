@@ -46,6 +46,10 @@ Position = tuple[int, int]
 # Alias expansion can make a small file describe a huge tree (the "billion laughs"); no honest
 # scenario comes near this many nodes, so past it the file is refused rather than walked.
 MAX_NODES = 1_000_000
+# Nor does any nest values this deep. Past it the file is refused where the nesting goes too
+# deep, so that every recursive walk of the data after the loader's (pydantic's validators,
+# copies, msgpack) has room to spare; aliases can nest deeper than the YAML text shows.
+MAX_DEPTH = 100
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
 """The integers msgpack carries (int64 and uint64)."""
 
@@ -53,9 +57,15 @@ INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
 # which matters for scenarios with thousands of steps.
 _SafeLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
 
+_STANDARD_TAG = "tag:yaml.org,2002:"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# Tags whose constructors build a collection: on a scalar (`!!map x`) PyYAML's would quietly
+# give an empty one, since the builder never runs the part that fills it.
+_COLLECTION_TAGS = frozenset(
+    f"{_STANDARD_TAG}{kind}" for kind in ("map", "seq", "set", "omap", "pairs")
+)
 
 # Location segments that pydantic adds for its own schema nodes ('function-after[...]',
 # 'list[...]'); they name no key in the file.
@@ -80,9 +90,25 @@ class Problem:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        # One problem, one line, whatever the user's text contained.
-        message = self.message.replace("\n", "\\n")
-        return f"{where}: {self.path}: {message}" if self.path else f"{where}: {message}"
+        # One problem, one line, whatever the user's text contained (any line break, a key of
+        # 100,000 characters, a path 100 levels deep).
+        message = self.message.translate(_LINE_BREAKS)
+        path = _shorten(self.path.translate(_LINE_BREAKS), 200)
+        return f"{where}: {path}: {message}" if path else f"{where}: {message}"
+
+
+# Every character str.splitlines() ends a line at (\r, U+2028, ...), written as an escape.
+_LINE_BREAKS = str.maketrans(
+    {c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+)
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """`text`, its middle cut out when it is longer than `limit`."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    return f"{text[:head]}...{text[-(limit - head - 3):]}"
 
 
 class ScenarioError(Exception):
@@ -150,7 +176,9 @@ def load_variants_text(text: str, filename: str) -> list[Scenario]:
         if scenario is not None:
             scenario._parameters = combination.values
             scenarios.append(scenario)
-        label = ", ".join(f"{k}={json.dumps(v)}" for k, v in combination.values.items())
+        label = ", ".join(
+            f"{_shorten(k)}={_shorten(json.dumps(v))}" for k, v in combination.values.items()
+        )
         by_variant.append((label, found))
     # A problem every combination has is the file's and is said once; one that depends on the
     # values is said for each combination that has it.
@@ -226,6 +254,9 @@ def _read(path: Path) -> str:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ScenarioError([Problem(filename, None, None, "", f"cannot read: {reason}")]) from None
+    except ValueError:  # from stat(): a NUL in the name (of a matrix file, named in a scenario)
+        message = "cannot read: a file name cannot contain a NUL character"
+        raise ScenarioError([Problem(filename, None, None, "", message)]) from None
     try:
         # utf-8-sig: editors on Windows like to start a file with a byte order mark.
         return raw.decode("utf-8-sig")
@@ -312,7 +343,7 @@ def _matrix(
         except ScenarioError as exc:
             at = document.positions[("matrix",)]
             problems += [
-                Problem(filename, *at, "matrix", f"matrix file {str(source)!r}: {p.message}")
+                Problem(filename, *at, "matrix", f"matrix file {quote(str(source))}: {p.message}")
                 for p in exc.problems
             ]
             return []
@@ -465,8 +496,12 @@ class _Document:
     key_positions: dict[Loc, Position]
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """The document cannot be built at all (too large, too deep): `problem` says where."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
 
 
 def _position(mark: yaml.Mark) -> Position:
@@ -486,9 +521,8 @@ def _parse(text: str, filename: str) -> tuple[_Document | None, list[Problem]]:
         return None, [Problem(filename, line, column, "", message)]
     except yaml.YAMLError as exc:
         return None, [Problem(filename, None, None, "", f"invalid YAML: {exc}")]
-    except _TooLarge:
-        message = f"the document expands to over {MAX_NODES} values (through aliases?)"
-        return None, [Problem(filename, None, None, "", message)]
+    except _Refused as exc:
+        return None, [exc.problem]
     except RecursionError:
         return None, [Problem(filename, None, None, "", "the document is nested too deeply")]
 
@@ -499,11 +533,47 @@ def _compose(text: str, filename: str) -> tuple[_Document | None, list[Problem]]
         node = loader.get_single_node()
         if node is None:
             return None, [Problem(filename, 1, 1, "", "empty file: expected a scenario mapping")]
+        _check_expansion(node, filename)
         builder = _Builder(loader, filename)
         data = builder.value(node, ())
         return _Document(data, builder.positions, builder.key_positions), builder.problems
     finally:
         loader.dispose()
+
+
+def _too_large(filename: str, position: Position, path: str = "") -> _Refused:
+    message = f"the value here expands to over {MAX_NODES} values (through aliases?)"
+    return _Refused(Problem(filename, *position, path, message))
+
+
+def _check_expansion(root: yaml.Node, filename: str) -> None:
+    """Refuse a document that aliases make larger than MAX_NODES values before building any of
+    it, in time proportional to the file rather than to what it expands to, at the first
+    anchored value (in file order, innermost first) whose expansion is over the limit."""
+    sizes: dict[int, int] = {}  # values under a node once expanded, itself included
+    opened: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_sized = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        values: list[yaml.Node] = (
+            node.value if isinstance(node, yaml.SequenceNode) else [v for _, v in node.value]
+        )
+        if not children_sized:
+            if id(node) in opened:
+                continue  # an alias to a value that contains it: the builder reports the cycle
+            opened.add(id(node))
+            stack.append((node, True))
+            stack.extend((value, False) for value in reversed(values))
+            continue
+        size = 1 + sum(sizes.get(id(value), 1) for value in values)
+        if size > MAX_NODES:
+            raise _too_large(filename, _position(node.start_mark))
+        sizes[id(node)] = size
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError, filename: str) -> Problem:
@@ -546,8 +616,11 @@ class _Builder:
         position = _position(node.start_mark)
         self.positions[loc] = position
         self._budget -= 1
-        if self._budget < 0:
-            raise _TooLarge
+        if self._budget < 0:  # `_check_expansion` refuses such a file first; this is a backstop
+            raise _too_large(self.filename, position, format_loc(loc))
+        if len(loc) > MAX_DEPTH:
+            message = f"values nested more than {MAX_DEPTH} deep: no scenario needs that many"
+            raise _Refused(Problem(self.filename, *position, format_loc(loc), message))
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, loc)
         if id(node) in self._open:
@@ -573,12 +646,28 @@ class _Builder:
         # read must be reported once; PyYAML also refuses to construct a node that failed before.
         if id(node) in self._scalars:
             return self._scalars[id(node)]
+        value: object
+        tag = node.tag.replace(_STANDARD_TAG, "!!", 1)
+        if node.tag in _COLLECTION_TAGS:
+            message = f"the tag {tag} is for a collection, not a value like {quote(node.value)}"
+            self.problem(loc, _position(node.start_mark), message)
+            value = str(node.value)
+            self._scalars[id(node)] = value
+            return value
         try:
-            value: object = self.loader.construct_object(node)
+            value = self.loader.construct_object(node)
         except (ValueError, OverflowError) as exc:
             # PyYAML's resolvers trust their regexes: `2024-13-01` is resolved as a date and then
             # fails in datetime, outside PyYAML's own error types. Keep the text and say why.
             self.problem(loc, _position(node.start_mark), f"cannot read {quote(node.value)}: {exc}")
+            value = str(node.value)
+        except (LookupError, AttributeError):
+            # An explicit tag skips the resolvers' regexes altogether, and the constructors then
+            # fail on what they were not made for: `!!bool maybe` (KeyError), `!!int ''`
+            # (IndexError), `!!timestamp x` (AttributeError).
+            self.problem(
+                loc, _position(node.start_mark), f"cannot read {quote(node.value)} as {tag}"
+            )
             value = str(node.value)
         if type(value) is int and not INT_MIN <= value <= INT_MAX:
             # Agents get their settings over msgpack, which carries at most 64 bits; caught
@@ -688,7 +777,11 @@ def _data_loc(loc: tuple[int | str, ...], data: object) -> Loc:
         if child is not _ABSENT:
             current = child
         elif isinstance(segment, str) and (
-            segment in UNION_TAGS or _SCHEMA_SEGMENT.fullmatch(segment)
+            segment in UNION_TAGS
+            or _SCHEMA_SEGMENT.fullmatch(segment)
+            # JsonValue's union tags name the kind of the value they are under.
+            or (segment == "list" and isinstance(current, list))
+            or (segment == "dict" and isinstance(current, dict))
         ):
             continue
         else:

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from conftest import agent, cluster, room
 
 from orchestrator.cli import main
-from orchestrator.events import MessageDelivered, WireRejected
-from protocol import PROTOCOL_VERSION, CmdSend, Kind, Msg, encode_body
+from orchestrator.events import CommandSent, MessageDelivered, WireRejected
+from protocol import PROTOCOL_VERSION, CmdGetState, CmdSend, Kind, Msg, Result, encode_body
 from protocol.auth import Credentials, CredentialsError, hand_over, read_credentials
 
 
@@ -73,32 +73,70 @@ def test_a_stranger_is_refused_and_counted(private_tmp: Path, keyed: bool, detai
 
 
 @pytest.mark.timeout(60)
-def test_an_agent_cannot_speak_for_another_nor_cut_it_off(private_tmp: Path) -> None:
+def test_a_copy_of_an_agents_key_cannot_connect_nor_cut_it_off(private_tmp: Path) -> None:
     async def scenario() -> None:
         rooms = [room("lobby", ["a", "b"])]
         configs = [agent("a", private_tmp, rooms), agent("b", private_tmp, rooms)]
         async with cluster(private_tmp, configs, rooms) as c:
-            # A process holding a's keys (a plugin of a, say) connects and writes as b.
+            # A process holding a copy of a's keys connects and writes as b: a key admits one
+            # connection, and a's is taken by a.
             ctx, sock = _connect(c.bus.endpoint, c.handles["a"].link.credentials)
             try:
-                for seq in range(1, 4):
-                    sock.send_multipart(_msg_frames("b", seq))
+                sock.send_multipart(_msg_frames("b", 1))
                 await c.events.until(
-                    lambda: c.bus.rejected["src_mismatch"] >= 3, (WireRejected,), 10
+                    lambda: c.bus.rejected["unauthenticated"] >= 1, (WireRejected,), 10
                 )
             finally:
                 sock.close(0)
                 ctx.term()
-            texts = [e for e in c.events.ring if isinstance(e, MessageDelivered)]
-            assert not any(e.msg_id.startswith("forged") for e in texts)
-            # b was not cut off: it still sends and receives.
-            before = c.events.counts["message.delivered"]
-            result = await c.command("b", CmdSend(room="lobby", text="still me"), 10)
-            assert result.ok
-            await c.events.until(
-                lambda: c.events.counts["message.delivered"] > before, (MessageDelivered,), 10
-            )
+            details = [e.detail for e in c.events.ring if isinstance(e, WireRejected)]
+            assert any("a second connection" in d and "a's key" in d for d in details), details
+            delivered = [e for e in c.events.ring if isinstance(e, MessageDelivered)]
+            assert not any(e.msg_id.startswith("forged") for e in delivered)
+            # Neither a nor b was cut off: both still send and receive.
+            for who in ("a", "b"):
+                before = c.events.counts["message.delivered"]
+                assert (await c.command(who, CmdSend(room="lobby", text="still me"), 10)).ok
+                await c.events.until(
+                    lambda n=before: c.events.counts["message.delivered"] > n,  # type: ignore[misc]
+                    (MessageDelivered,), 10,
+                )  # fmt: skip
             assert c.crashes == [] and all(h.hung is None for h in c.handles.values())
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_an_agent_cannot_speak_as_another_nor_answer_its_commands(private_tmp: Path) -> None:
+    async def scenario() -> None:
+        rooms = [room("lobby", ["b", "ghost"])]
+        async with cluster(private_tmp, [agent("b", private_tmp, rooms)], rooms) as c:
+            # ghost is an agent of the run (its own keys) that writes as b, and answers a
+            # command the bus sent b (correlation ids are sequential, easy to guess).
+            ghost = c.bus.add_agent(agent("ghost", private_tmp, rooms))
+            ctx, sock = _connect(c.bus.endpoint, ghost.credentials)
+            try:
+                sock.send_multipart(_msg_frames("b", 1))
+                await c.fault("stop", "b")  # b cannot answer first: its command stays pending
+                pending = asyncio.ensure_future(c.command("b", CmdGetState(path="x"), 10))
+                await c.events.until(
+                    lambda: c.events.counts["command.sent"] > 0, (CommandSent,), 10
+                )
+                corr = next(e.corr for e in c.events.ring if isinstance(e, CommandSent))
+                header = msgpack.packb(
+                    [PROTOCOL_VERSION, Kind.RESULT, "ghost", "coordinator", 1, 1, 0, corr, 0]
+                )
+                sock.send_multipart([header, encode_body(Result(ok=True, value="forged"))])
+                await c.events.until(
+                    lambda: c.bus.rejected["unexpected_kind"] >= 1, (WireRejected,), 10
+                )
+                await c.fault("cont", "b")
+                answer = await pending
+            finally:
+                sock.close(0)
+                ctx.term()
+            assert c.bus.rejected["src_mismatch"] >= 1
+            assert answer.value != "forged", "ghost answered b's command"
 
     asyncio.run(scenario())
 

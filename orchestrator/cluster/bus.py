@@ -180,6 +180,8 @@ class Link:
         self.rid: bytes | None = None
         """The routing id the ROUTER gave its connection, learnt from its first frame (the
         peer does not choose it; see Bus._bind)."""
+        self.admitted = False
+        """Its key has been admitted (once: a key admits one connection)."""
         self.incarnation = incarnation
         self.policy = policy
         self.state = LinkState.EXPECTED
@@ -635,41 +637,66 @@ class Bus:
 
     def _on_zap(self) -> None:
         """ZAP (RFC 27) requests from the ROUTER's CURVE handshakes: a key issued to a live
-        agent incarnation is admitted, with the key as its user id (the frames it then sends
-        carry it: see _bind); any other is refused, counted and reported."""
+        agent incarnation is admitted once, with the key as its user id (the frames it then
+        sends carry it: see _bind); any other, or the same key again, is refused, counted and
+        reported. Every request is answered, whatever it holds: an unanswered one would leave
+        the REP socket waiting to send, and libzmq waiting on it for every later handshake."""
         zap = self._zap
         while zap is not None and readable(zap):
             request = recv_frames(zap)
-            if len(request) < 6:
-                continue  # not a ZAP request; REP needs a request before any reply
-            version, request_id, _domain, address, _identity, mechanism = request[:6]
-            key = z85.encode(request[6]) if mechanism == b"CURVE" and len(request) > 6 else b""
-            link = self._keys.get(key)
-            if link is not None and link.state is not LinkState.GONE:
-                send_frames(zap, (version, request_id, b"200", b"OK", key, b""))
-                continue
-            send_frames(zap, (version, request_id, b"400", b"unknown key", b"", b""))
-            who = address.decode(errors="replace") or "?"
+            try:
+                status, user = self._admit(request)
+            except Exception as exc:  # never leave a request unanswered
+                status, user = b"500", b""
+                self.events.emit(ev.WireRejected(
+                    agent=None, reason=RejectReason.UNAUTHENTICATED.value,
+                    detail=f"the ZAP handler failed: {type(exc).__name__}: {exc}"[:300],
+                    by="coordinator",
+                ))  # fmt: skip
+            version = request[0] if request else b"1.0"
+            request_id = request[1] if len(request) > 1 else b""
+            send_frames(zap, (version, request_id, status, b"", user, b""))
+
+    def _admit(self, request: list[bytes]) -> tuple[bytes, bytes]:
+        if len(request) < 7 or request[5] != b"CURVE" or len(request[6]) != 32:
+            self._reject(RejectReason.UNAUTHENTICATED, "a handshake without a CURVE key", None)
+            return b"400", b""
+        key = z85.encode(request[6])
+        link = self._keys.get(key)
+        who = request[3].decode(errors="replace") or "?"
+        if link is None or link.state is LinkState.GONE:
             self._reject(
                 RejectReason.UNAUTHENTICATED,
-                f"a connection from {who} ({mechanism.decode(errors='replace')}) with a key"
-                " this run did not issue, or issued to an agent that has ended: refused",
+                f"a connection from {who} with a key this run did not issue, or issued to an"
+                " agent that has ended: refused",
                 None,
             )
+            return b"400", b""
+        if link.admitted:
+            # One connection per key: a second one is a copy of the key in other hands, or the
+            # agent reconnecting after libzmq cut its connection (a frame over the socket
+            # limit, lost with whatever followed it), which is then reported here.
+            self._reject(
+                RejectReason.UNAUTHENTICATED,
+                f"a second connection from {who} with {link.agent_id}'s key: refused, as a key"
+                " admits one connection (its agent reconnecting after libzmq cut it for a frame"
+                f" over the {SOCKET_MAX_MSG_BYTES >> 20} MiB socket limit, or a copy of the"
+                " key)",
+                link,
+            )
+            return b"400", b""
+        link.admitted = True
+        return b"200", key
 
     def _bind(self, rid: bytes, user: bytes | None) -> None:
         """A frame from a routing id not seen before: its connection authenticated with the
-        key in `user` (ZAP put it there), which names the one link it may speak for. A
-        reconnect of the same key moves the link to the new routing id; no other key can."""
+        key in `user` (ZAP put it there, once per key), which names the one link it may
+        speak for."""
         link = self._keys.get(user) if user else None
-        if link is None or self.links.get(link.agent_id) is not link:
+        if link is None or self.links.get(link.agent_id) is not link or link.rid is not None:
             return  # _on_frames rejects it as an unknown sender
-        if link.rid is not None:
-            self._by_rid.pop(link.rid, None)
         link.rid = rid
         self._by_rid[rid] = link
-        if link.hello is not None:
-            self._touched.add(link)  # a reconnect: what waits for it can go now
 
     def _on_readable(self) -> None:
         self._drain_scheduled = False
@@ -786,6 +813,15 @@ class Bus:
         if isinstance(body, Msg):
             self._route(link, body, raw, now)
         elif isinstance(body, Result):
+            if header.corr in self._commands and header.corr not in link.commands:
+                # Correlation ids are sequential: one agent must not answer another's pending
+                # command (a late answer to one of its own that timed out is harmless).
+                self._reject(
+                    RejectReason.UNEXPECTED_KIND,
+                    f"a result for command {header.corr}, which {agent} was not sent",
+                    link,
+                )
+                return
             future = self._commands.pop(header.corr, None)
             self.events.emit(
                 ev.CommandResult(

@@ -14,7 +14,8 @@ status and CPU time, as it does a spawned one. The agent waits for its first par
 gone before it runs, so it is the coordinator's child by then.
 
 Requests and answers are JSON lines on the control socket (fd `--control-fd`):
-`ForkRequest` (argv, log, env, priority, credentials) -> `{"pid": n}` or
+`ForkRequest` (argv, log, env, priority, keys; the keys themselves come as a descriptor with
+the request, which the template passes on unread) -> `{"pid": n}` or
 `{"error": "..."}`. The template leaves when the control socket closes or the death pipe
 (`--death-fd`) reaches EOF (its coordinator is gone), and, like every agent, when its parent
 dies (PR_SET_PDEATHSIG).
@@ -30,12 +31,12 @@ import importlib
 import json
 import os
 import select
+import socket
 import sys
 import traceback
 from typing import TypedDict
 
 import agent_worker.__main__ as agent_main
-from protocol.auth import Credentials, hand_over
 
 
 class ForkRequest(TypedDict):
@@ -49,11 +50,14 @@ class ForkRequest(TypedDict):
     """Added to the environment (PYTHONPATH for the scenario's plugins)."""
     priority: int
     """Its niceness."""
-    credentials: str
-    """Its CURVE keys (protocol.auth.Credentials, encoded), handed to it in a pipe."""
+    keys: bool
+    """Its CURVE keys come with the request, as a descriptor (SCM_RIGHTS) that only the
+    forked agent reads (protocol.auth.hand_over)."""
 
 
-def _become_agent(request: ForkRequest, control_fd: int, first_parent: int) -> None:
+def _become_agent(
+    request: ForkRequest, control_fd: int, first_parent: int, keys: int | None, others: list[int]
+) -> None:
     """In the forked agent: wait to be reparented, take the agent's place, run it, exit.
 
     `first_parent` is passed in, not read with getppid(): by the time this runs, the first
@@ -66,6 +70,8 @@ def _become_agent(request: ForkRequest, control_fd: int, first_parent: int) -> N
             os.close(parent_fd)
         os.setpgid(0, 0)
         os.close(control_fd)
+        for fd in others:  # the keys of requests after this one: theirs, not this agent's
+            os.close(fd)
         _name_process(request["argv"])
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -82,8 +88,7 @@ def _become_agent(request: ForkRequest, control_fd: int, first_parent: int) -> N
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, request["priority"])
         argv = list(request["argv"])
-        if request["credentials"]:
-            keys = hand_over(Credentials.decode(request["credentials"].encode()))
+        if keys is not None:
             argv += ["--credentials-fd", str(keys)]
         code = agent_main.main(argv)
     except BaseException:
@@ -106,8 +111,12 @@ def _name_process(argv: list[str]) -> None:
         ctypes.CDLL(None).prctl(PR_SET_NAME, f"sr:{agent_id}"[:15].encode(), 0, 0, 0)
 
 
-def fork_agent(request: ForkRequest, control_fd: int) -> int:
-    """Fork an agent (twice, see the module's docstring); its pid."""
+def fork_agent(
+    request: ForkRequest, control_fd: int, keys: int | None = None, others: list[int] | None = None
+) -> int:
+    """Fork an agent (twice, see the module's docstring); its pid. `keys`: the descriptor its
+    keys come in (closed here once it is forked); `others`: descriptors the agent must not
+    keep (other agents' keys)."""
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
@@ -119,11 +128,13 @@ def fork_agent(request: ForkRequest, control_fd: int) -> int:
             agent = os.fork()
             if agent == 0:
                 os.close(write_end)
-                _become_agent(request, control_fd, me)
+                _become_agent(request, control_fd, me, keys, others or [])
             os.write(write_end, str(agent).encode())
         finally:
             os._exit(0)
     os.close(write_end)
+    if keys is not None:
+        os.close(keys)  # the agent has it
     with os.fdopen(read_end, "rb") as answer:
         text = answer.read()
     os.waitpid(first, 0)
@@ -136,27 +147,31 @@ def _request(line: bytes) -> ForkRequest:
     if not isinstance(raw, dict):
         raise ValueError("a request is a JSON object")
     argv, log, env, priority = raw.get("argv"), raw.get("log"), raw.get("env"), raw.get("priority")
-    credentials = raw.get("credentials", "")
+    keys = raw.get("keys", False)
     if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
         raise ValueError("argv must be a list of strings")
     if not isinstance(log, str) or not isinstance(priority, int):
         raise ValueError("log must be a path and priority an int")
     if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
         raise ValueError("env must map names to strings")
-    if not isinstance(credentials, str):
-        raise ValueError("credentials must be text")
-    return ForkRequest(argv=argv, log=log, env=env, priority=priority, credentials=credentials)
+    if not isinstance(keys, bool):
+        raise ValueError("keys must be true or false")
+    return ForkRequest(argv=argv, log=log, env=env, priority=priority, keys=keys)
 
 
 def serve(control_fd: int, death_fd: int | None) -> int:
     watched = [control_fd] + ([death_fd] if death_fd is not None else [])
-    with os.fdopen(control_fd, "rb", buffering=0, closefd=False) as reader:
-        pending = b""
+    control = socket.socket(fileno=control_fd)  # detached at the end: main owns the fd
+    pending = b""
+    keys: list[int] = []
+    """Descriptors received with requests (their agents' keys), in the requests' order."""
+    try:
         while True:
             ready, _, _ = select.select(watched, [], [])
             if death_fd is not None and death_fd in ready:
                 return 0  # the coordinator is gone
-            chunk = reader.read(65536)
+            chunk, fds, _, _ = socket.recv_fds(control, 65536, 16)
+            keys += fds
             if not chunk:
                 return 0  # the coordinator closed the control socket: the run is over
             pending += chunk
@@ -164,10 +179,18 @@ def serve(control_fd: int, death_fd: int | None) -> int:
                 line, pending = pending.split(b"\n", 1)
                 answer: dict[str, int | str]
                 try:
-                    answer = {"pid": fork_agent(_request(line), control_fd)}
+                    request = _request(line)
+                    mine = keys.pop(0) if request["keys"] and keys else None
+                    if request["keys"] and mine is None:
+                        raise ValueError("the request's keys did not come with it")
+                    answer = {"pid": fork_agent(request, control_fd, mine, keys)}
                 except Exception as exc:
                     answer = {"error": f"{type(exc).__name__}: {exc}"}
                 os.write(control_fd, json.dumps(answer).encode() + b"\n")
+    finally:
+        control.detach()
+        for fd in keys:
+            os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

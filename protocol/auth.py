@@ -2,8 +2,9 @@
 
 Every connection to the coordinator's ROUTER is a CURVE handshake, and the coordinator's ZAP
 handler admits only keys it issued to the run's agents, one pair per incarnation. The pair
-reaches its agent through an inherited descriptor, never the command line or the environment
-(both readable by any process of the user), and the coordinator learns which agent a
+reaches its agent through a socket it inherits (or, from the fork server, receives over a
+Unix socket that the server never reads), never the command line or the environment (both
+readable by any process of the user), and the coordinator learns which agent a
 connection belongs to from the key it authenticated with, not from a routing id the peer
 chooses. So a process that was issued no key cannot connect at all, and an agent cannot speak
 for another: it holds only its own key.
@@ -15,6 +16,7 @@ for another: it holds only its own key.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import zmq
@@ -62,7 +64,8 @@ class Credentials:
 
 
 def read_credentials(fd: int) -> Credentials:
-    """Read the credentials the coordinator wrote into `fd` (a pipe) to its end, and close it."""
+    """Read the credentials the coordinator wrote into `fd` (see hand_over) to its end, and
+    close it."""
     chunks = []
     try:
         while chunk := os.read(fd, 4096):
@@ -73,11 +76,17 @@ def read_credentials(fd: int) -> Credentials:
 
 
 def hand_over(credentials: Credentials) -> int:
-    """A pipe holding `credentials`, closed for writing: its read end, for a child to inherit
-    (`--credentials-fd`). The keys are 122 bytes, far under any pipe's buffer."""
-    read_end, write_end = os.pipe()
+    """A descriptor holding `credentials`, for a child to inherit (`--credentials-fd`) or to
+    be passed over a Unix socket: one end of a socket pair whose other end wrote them and is
+    closed. A socket, not a pipe: any process of the user can open /proc/PID/fd/N of a pipe
+    and read it, while opening a socket there fails (ENXIO). The keys are 122 bytes, far
+    under any socket buffer."""
+    ours, theirs = socket.socketpair()
     try:
-        os.write(write_end, credentials.encode())
+        ours.sendall(credentials.encode())
+    except BaseException:
+        theirs.close()
+        raise
     finally:
-        os.close(write_end)
-    return read_end
+        ours.close()
+    return theirs.detach()

@@ -156,6 +156,14 @@ def test_the_bus_socket_and_its_directory_are_private(private_tmp: Path) -> None
 def test_credentials_travel_in_a_pipe_and_are_checked() -> None:
     keys = Credentials.issue(zmq.curve_keypair()[0])
     assert read_credentials(hand_over(keys)) == keys
+    # Not a pipe: another process of the user could open /proc/PID/fd/N of a pipe and read it.
+    fd = hand_over(keys)
+    try:
+        assert stat.S_ISSOCK(os.fstat(fd).st_mode)
+        with pytest.raises(OSError):
+            os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    finally:
+        os.close(fd)
     assert keys.secret.decode() not in repr(keys)
     for bad in (b"", b"one two", b"x" * 40 + b" " + b"y" * 40 + b" short"):
         with pytest.raises(CredentialsError):
@@ -211,3 +219,43 @@ script:
 assertions:
   - message: {from: bot, count: {min: 1}}
 """
+
+
+def _memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether the process's writable memory holds `needle` (read through /proc/PID/mem)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if not perms.startswith("rw"):
+                continue
+            start, end = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+@pytest.mark.timeout(60)
+def test_no_agent_holds_another_agents_secret_key(private_tmp: Path) -> None:
+    # Forked agents come from one template: before, a batch's requests (every agent's keys)
+    # sat in the template's memory at the fork, and so in every agent of the batch.
+    async def scenario() -> None:
+        rooms = [room("lobby", ["a", "b", "c"])]
+        configs = [agent(x, private_tmp, rooms) for x in ("a", "b", "c")]
+        async with cluster(private_tmp, configs, rooms) as c:
+            secrets = {x: c.handles[x].link.credentials.secret for x in ("a", "b", "c")}
+            try:
+                found = {
+                    (holder, owner)
+                    for holder in secrets for owner in secrets
+                    if _memory_holds(c.handles[holder].pid, secrets[owner])
+                }  # fmt: skip
+            except PermissionError:
+                pytest.skip("this system does not let us read an agent's memory")
+            assert {(x, x) for x in secrets} <= found, "the search found not even the own key"
+            assert found == {(x, x) for x in secrets}, sorted(found)
+
+    asyncio.run(scenario())

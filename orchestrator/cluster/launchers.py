@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,11 +154,12 @@ class SpawnLauncher:
         spec.agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = spec.log_path.open("ab")
         env = {**os.environ, **spec.env}
-        keys = hand_over(spec.credentials) if spec.credentials is not None else None
         argv = [*spec.argv(self.module), *self.extra_args]
-        if keys is not None:
-            argv += ["--credentials-fd", str(keys)]
+        keys = None
         try:
+            if spec.credentials is not None:
+                keys = hand_over(spec.credentials)
+                argv += ["--credentials-fd", str(keys)]
             popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -237,6 +239,9 @@ class ForkServerLauncher:
         self._template: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._answers: IO[bytes] | None = None
+        self._lock = threading.Lock()
+        """One batch at a time on the control socket: a restart (on the loop) may launch
+        while a batch is under way in a worker thread, and their answers must not cross."""
 
     def _start(self, spec: LaunchSpec) -> socket.socket:
         if not become_subreaper():
@@ -290,9 +295,14 @@ class ForkServerLauncher:
         if not specs:
             return
         control = self._control or self._start(specs[0])
+        with self._lock:
+            self._launch_many(control, specs, landed)
+
+    def _launch_many(
+        self, control: socket.socket, specs: list[LaunchSpec], landed: Landed
+    ) -> None:
         assert self._answers is not None
         mine = os.getpriority(os.PRIO_PROCESS, 0)
-        lines = []
         for spec in specs:
             spec.agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             request = {
@@ -300,10 +310,19 @@ class ForkServerLauncher:
                 "log": str(spec.log_path),
                 "env": spec.env,
                 "priority": min(19, mine + spec.nice),
-                "credentials": spec.credentials.encode().decode() if spec.credentials else "",
+                "keys": spec.credentials is not None,
             }
-            lines.append(json.dumps(request).encode() + b"\n")
-        control.sendall(b"".join(lines))
+            line = json.dumps(request).encode() + b"\n"
+            if spec.credentials is None:
+                control.sendall(line)
+                continue
+            # The keys go with the request as a descriptor (SCM_RIGHTS) that only the forked
+            # agent reads: the template never holds them, so no agent inherits another's.
+            keys = hand_over(spec.credentials)
+            try:
+                socket.send_fds(control, [line], [keys])
+            finally:
+                os.close(keys)
         for i, spec in enumerate(specs):
             line = self._answers.readline()
             if not line:

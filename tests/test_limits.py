@@ -59,17 +59,17 @@ def test_an_allocation_past_the_data_limit_is_a_memory_error_the_run_can_plan_fo
         "  - action: {agent: a, name: ALLOC, params: {mib: 1}}  # it goes on serving"
     )
     planned = "  - errors: {kind: [limit], agent: a, max: 1}"
-    code, report = _run(tmp_path, "{memory: 96MiB}", script, planned)
+    code, report = _run(tmp_path, "{memory: 128MiB}", script, planned)
     assert report.verdict is Verdict.PASS and code == 0, report.verification.reasons
     (error,) = [e for e in report.errors if e.source == "limit"]
     assert error.agent == "a" and "MemoryError" in error.message
-    assert "memory" in error.message and "96 MiB" in error.message
+    assert "memory" in error.message and "128 MiB" in error.message
 
 
 @pytest.mark.timeout(60)
 def test_an_unplanned_limit_is_an_error(tmp_path: Path, private_tmp: Path) -> None:
     script = "  - action: {agent: a, name: ALLOC, params: {mib: 256}, expect: error}"
-    code, report = _run(tmp_path, "{memory: 96MiB}", script, UNRELATED)
+    code, report = _run(tmp_path, "{memory: 128MiB}", script, UNRELATED)
     assert report.verdict is Verdict.ERROR and code == 3
     reasons = report.verification.reasons
     assert any("no 'errors' assertion covers it" in r for r in reasons), reasons
@@ -126,7 +126,8 @@ def test_running_out_of_descriptors_is_the_open_files_limit(
     ("limits", "problem"),
     [
         ("{memory_soft: 200MiB, memory_hard: 100MiB}", "must be under memory_hard"),
-        ("{memory: 1MiB}", "under 16 MiB"),
+        ("{memory: 64MiB}", "memory under 128 MiB"),
+        ("{memory_hard: 32MiB}", "memory_hard under 64 MiB"),
         ("{cpu: 0s}", "give a positive duration"),
         ("{open_files: 3}", "must be at least 64"),
         ("{memory: lots}", "memory"),
@@ -141,3 +142,51 @@ def test_limits_are_validated_where_they_are_written(limits: str, problem: str) 
         load_scenario_text(text, "limited.yaml")
     message = str(caught.value)
     assert "limited.yaml:4" in message and problem in message, message
+
+
+def test_a_hard_limit_alone_keeps_the_soft_one_under_it() -> None:
+    from orchestrator.scenario.spec import LimitsSpec
+
+    limits = LimitsSpec.model_validate({"memory_hard": "1GiB"})
+    assert limits.hard_bytes == 1 << 30
+    assert limits.soft_bytes is not None and limits.soft_bytes < limits.hard_bytes
+
+
+@pytest.mark.timeout(60)
+def test_the_watchdog_reports_an_agent_once_and_ignores_other_processes(
+    private_tmp: Path,
+) -> None:
+    import asyncio
+    import os
+    import signal
+
+    from conftest import agent, cluster, room
+
+    from orchestrator.cluster.launchers import AgentLimits
+    from orchestrator.events import AgentCrashed, AgentExited, LimitFired
+
+    async def scenario() -> None:
+        rooms = [room("lobby", ["a", "b"])]
+        configs = [agent("a", private_tmp, rooms), agent("b", private_tmp, rooms)]
+        async with cluster(private_tmp, configs, rooms) as c:
+            # (The cluster fixture launched them without limits; the watchdog reads them
+            # from each handle's launch spec.)
+            for x in ("a", "b"):
+                h = c.handles[x]
+                object.__setattr__(h.spec, "limits", AgentLimits(rss_soft=100, rss_hard=200))
+            a, b = c.handles["a"], c.handles["b"]
+            c.check_memory("a", a.pid + 1, 10_000)  # another process's reading: ignored
+            assert a.limit is None
+            c.check_memory("a", a.pid, 150)  # past soft: stopped...
+            c.check_memory("a", a.pid, 250)  # ...and past hard while stopping: killed
+            await c.events.until(lambda: a.exit is not None, (AgentExited, AgentCrashed), 10)
+            fired = [e for e in c.events.ring if isinstance(e, LimitFired)]
+            assert [(e.agent, e.limit) for e in fired] == [("a", "memory_soft")]
+            assert a.state.value == "exited" and (a.limit or "").endswith("it was stopped")
+            # SIGXCPU with no cpu limit (a ulimit of the user's, a plugin's own rlimit): a
+            # crash like any, not a limit, and not a TypeError in the exit handler.
+            os.kill(b.pid, signal.SIGXCPU)
+            await c.events.until(lambda: b.exit is not None, (AgentCrashed,), 10)
+            assert b.limit is None and b.state.value == "crashed"
+
+    asyncio.run(scenario())

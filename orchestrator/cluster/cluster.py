@@ -554,11 +554,15 @@ class Cluster:
         handle.exit = info
         handle.process.mark_reaped(code)
         self._pids.discard(handle.pid)
-        if info.signal == signal.SIGXCPU and handle.limit is None:
+        cpu_limit = handle.spec.limits.cpu_s
+        if (
+            info.signal == signal.SIGXCPU and cpu_limit is not None and handle.limit is None
+            and handle.state is not AgentState.HUNG  # a hang already explains its end
+        ):  # fmt: skip
             cpu = info.cpu_user_s + info.cpu_system_s
-            handle.limit = f"cpu: {cpu:.1f}s of CPU time, its limit {handle.spec.limits.cpu_s:g}s"
+            handle.limit = f"cpu: {cpu:.1f}s of CPU time, its limit {cpu_limit:g}s"
             handle.planned_exit = True
-            self._limit_fired(handle, "cpu", cpu, handle.spec.limits.cpu_s or 0.0, "killed")
+            self._limit_fired(handle, "cpu", cpu, cpu_limit, "killed")
         if handle.state is not AgentState.HUNG:
             self._move(handle, AgentState.EXITED if handle.planned_exit else AgentState.CRASHED)
         handle.exited.set()
@@ -578,19 +582,24 @@ class Cluster:
                 self.on_lost(handle)
 
     # -- limits ---------------------------------------------------------------------------
-    def check_memory(self, agent: str, rss: int) -> None:
-        """The watchdog, with each sample of `agent`'s RSS: past its soft limit the agent is
-        stopped in order (STOP, then SIGKILL past the STOP deadline), past its hard limit
-        killed at once. Either is a planned end (not a crash) reported as the limit."""
+    def check_memory(self, agent: str, pid: int, rss: int) -> None:
+        """The watchdog, with each sample of an agent's RSS (read from process `pid`): past its
+        soft limit the agent is stopped in order (STOP, then SIGKILL past the STOP deadline),
+        past its hard limit killed at once. Either is a planned end (not a crash) reported as
+        the limit, once (an agent stopped at its soft limit that passes the hard one while it
+        stops is killed, not reported again)."""
         handle = self.handles.get(agent)
-        if handle is None or handle.exit is not None or handle.state.ended:
+        if (
+            handle is None or handle.pid != pid  # a reading of an earlier incarnation
+            or handle.exit is not None or handle.state.ended or self._stopped or self._closed
+        ):  # fmt: skip
             return
         limits = handle.spec.limits
         if limits.rss_hard is not None and rss > limits.rss_hard:
-            if handle.limit is None or not handle.limit.endswith("killed"):
+            if handle.limit is None:
                 handle.limit = _over("memory", rss, "memory_hard", limits.rss_hard, "killed")
                 self._limit_fired(handle, "memory_hard", rss, limits.rss_hard, "killed")
-                self.kill(agent, _SIGNALS["SIGKILL"], planned=True)
+            self.kill(agent, _SIGNALS["SIGKILL"], planned=True)
         elif limits.rss_soft is not None and rss > limits.rss_soft and handle.limit is None:
             handle.limit = _over("memory", rss, "memory_soft", limits.rss_soft, "stopped")
             self._limit_fired(handle, "memory_soft", rss, limits.rss_soft, "stopped")

@@ -132,6 +132,8 @@ class Reading:
     uss: int | None
     pss: int | None = None
     store: int | None = None
+    pid: int = 0
+    """The process it was read from (an agent restarted meanwhile is another)."""
 
 
 @dataclass(slots=True)
@@ -169,8 +171,9 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._uss_cursor = 0
-        self.watch: Callable[[str, int], None] | None = None
-        """Hears each agent's RSS as it is read (the memory watchdog)."""
+        self.watch: Callable[[str, int, int], None] | None = None
+        """Hears each agent's RSS as it is read, with the pid it was read from (the memory
+        watchdog)."""
         self.coordinator = AgentSamples(os.getpid(), psutil.Process(), preallocate=preallocate)
         """The coordinator measured like an agent (a soak tool whose own memory grows would
         poison every verdict); read every round, reported as a row of its own."""
@@ -256,7 +259,7 @@ class Sampler:
                         uss, pss = full.uss, getattr(full, "pss", None)
                 readings.append(
                     Reading(agent, rss, cpu.user, cpu.system, threads, fds,
-                            vm_hwm_bytes(s.pid), uss, pss, _store_size(s.store_path))
+                            vm_hwm_bytes(s.pid), uss, pss, _store_size(s.store_path), s.pid)
                 )  # fmt: skip
         return readings
 
@@ -287,8 +290,8 @@ class Sampler:
         for r in readings:
             coordinator = r.agent == COORDINATOR
             s = self.coordinator if coordinator else self.agents.get(r.agent)
-            if s is None:
-                continue
+            if s is None or (r.pid and r.pid != s.pid):
+                continue  # an agent no longer measured, or since restarted (another process)
             s.count += 1
             s.rss.add(t, r.rss)
             s.peak_rss = max(s.peak_rss, r.rss)
@@ -311,7 +314,7 @@ class Sampler:
             if coordinator:
                 continue  # a row of its own in the report, not an agent's sample event
             if self.watch is not None:
-                self.watch(r.agent, r.rss)
+                self.watch(r.agent, r.pid, r.rss)
             self.events.emit(
                 Sample(agent=r.agent, reason=reason, rss=r.rss,
                        cpu_s=round(r.cpu_user_s + r.cpu_system_s, 4), fds=r.fds,

@@ -61,6 +61,11 @@ from orchestrator.scenario.steps import (
 
 MIB = 1 << 20
 GIB = 1 << 30
+MIN_DATA = 128 * MIB
+"""The smallest `limits.memory`: an agent's interpreter, libzmq's threads (8 MiB of stack
+each) and its handler pool count against RLIMIT_DATA before any plugin allocates."""
+MIN_RSS = 64 * MIB
+"""The smallest watchdog limit on RSS."""
 
 
 class MatchRule(SpecModel):
@@ -236,17 +241,30 @@ class LimitsSpec(SpecModel):
             raise spec_error(
                 "limits", f"memory_soft ({soft} bytes) must be under memory_hard ({hard} bytes)"
             )
-        for name in ("memory", "memory_soft", "memory_hard"):
+        if self.memory is not None and self.memory < MIN_DATA:
+            raise spec_error(
+                "limits", f"memory under {MIN_DATA >> 20} MiB: the agent's own threads and"
+                " libraries need about that much before any plugin runs"
+            )  # fmt: skip
+        for name in ("memory_soft", "memory_hard"):
             value = getattr(self, name)
-            if value is not None and value < 16 * MIB:
-                raise spec_error("limits", f"{name} under 16 MiB could not even start an agent")
+            if value is not None and value < MIN_RSS:
+                raise spec_error(
+                    "limits", f"{name} under {MIN_RSS >> 20} MiB: an idle agent's RSS is about"
+                    " half that, so the watchdog would end it for nothing"
+                )  # fmt: skip
         return self
 
     @property
     def soft_bytes(self) -> int | None:
         if self.memory_soft is not None:
             return int(self.memory_soft)
-        return None if self.memory is None else int(self.memory) * 3 // 4
+        if self.memory is None:
+            return None
+        soft = int(self.memory) * 3 // 4
+        if self.memory_hard is not None:  # a hard limit given alone keeps the soft one under it
+            soft = min(soft, int(self.memory_hard) * 3 // 4)
+        return soft
 
     @property
     def hard_bytes(self) -> int | None:

@@ -214,6 +214,7 @@ def test_a_bus_fault_needs_a_window_and_known_names(tmp_path: Path) -> None:
         "  - fault: {kill: a, for: 1s}\n"
         "  - fault: {delay: 1s, frames: all, for: 1s}\n"
         "  - fault: {drop: 0.1, frames: all, room: r, for: 1s}\n"
+        "  - fault: {drop: 1.0, frames: all, for: 1s}\n"
         "assertions:\n  - message: {from: a, contains: pong}\n"
     ))  # fmt: skip
     result = CliRunner().invoke(main, ["validate", str(path)])
@@ -228,6 +229,7 @@ def test_a_bus_fault_needs_a_window_and_known_names(tmp_path: Path) -> None:
     assert "script[7].fault: 'for' goes with a bus fault, not 'kill'" in out
     assert "script[8].fault: 'frames' goes with 'drop'" in out
     assert "script[9].fault: 'frames: all' loses frames of agents' links" in out
+    assert "script[10].fault: 'frames: all' with drop 1 cuts the agents off" in out
 
 
 @pytest.mark.timeout(90)

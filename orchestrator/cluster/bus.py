@@ -714,7 +714,8 @@ class Bus:
                 rest, user = recv_rest_with_user(sock)
                 frames = [rid, *rest]
                 self._bind(rid, user)
-            if self._frame_faults and self._loses(self._by_rid.get(rid), now):
+            if self._frame_faults and (lost := self._by_rid.get(rid)) and self._loses(lost, now):
+                lost.last_heard = now  # lost, but sent: the agent's transport is alive
                 continue
             self._on_frames(frames, now)
         else:

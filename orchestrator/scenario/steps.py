@@ -294,6 +294,11 @@ class FaultArgs(SpecModel):
             extra = [k.rstrip("_") for k in wire_keys if getattr(self, k) is not None]
             if extra:
                 raise spec_error("fault", f"'{extra[0]}' goes with a bus fault, not '{op}'")
+        elif self.frames == "all" and self.drop is not None and self.drop >= 1.0:
+            raise spec_error(
+                "fault", "'frames: all' with drop 1 cuts the agents off the coordinator (they"
+                " would be declared hung): give a share under 1, or use a partition"
+            )
         elif self.frames == "all" and self.room is not None:
             raise spec_error(
                 "fault", "'frames: all' loses frames of agents' links, which have no room:"

@@ -635,6 +635,12 @@ class Bus:
                     None,
                 )
 
+    def take_queued(self) -> None:
+        """Handle what is waiting on the socket now: before an agent's exit is acted on, its
+        last frames (its BYE) must be, or they would reach a link already gone and be dropped
+        (the process exit and the socket can be ready in the same turn of the loop)."""
+        self._on_readable()
+
     def _on_zap(self) -> None:
         """ZAP (RFC 27) requests from the ROUTER's CURVE handshakes: a key issued to a live
         agent incarnation is admitted once, with the key as its user id (the frames it then

@@ -534,11 +534,22 @@ class Cluster:
 
     async def _diagnose_and_kill(self, handle: AgentHandle) -> None:
         """Take a hung agent's stacks (faulthandler, on SIGUSR1), then SIGKILL it."""
+        # The pidfd is taken here, on the loop, while the process is unreaped (the loop is
+        # what reaps it): in the worker thread the pid could already name another process.
+        pidfd = None
+        if handle.exit is None:
+            with contextlib.suppress(OSError):
+                pidfd = os.pidfd_open(handle.pid)
         try:
-            handle.diagnosis = await asyncio.to_thread(
-                take_stacks, handle.pid, handle.spec.log_path
-            )
+            if pidfd is None:
+                handle.diagnosis = "no stacks: the process had already gone"
+            else:
+                handle.diagnosis = await asyncio.to_thread(
+                    take_stacks, pidfd, handle.pid, handle.spec.log_path
+                )
         finally:
+            if pidfd is not None:
+                os.close(pidfd)
             self._signal(handle, signal.SIGKILL)
 
     def _on_exit(self, handle: AgentHandle, status: int, usage: object) -> None:
@@ -566,6 +577,7 @@ class Cluster:
         if handle.state is not AgentState.HUNG:
             self._move(handle, AgentState.EXITED if handle.planned_exit else AgentState.CRASHED)
         handle.exited.set()
+        self.bus.take_queued()  # its BYE, if it is waiting, before its link is gone
         lost = handle.state is not AgentState.EXITED
         ended = ev.AgentCrashed if lost else ev.AgentExited
         self.events.emit(
@@ -1047,23 +1059,11 @@ STACKS_TIMEOUT_S = 1.0
 STACKS_MAX_BYTES = 64 * 1024
 
 
-def take_stacks(pid: int, log: Path, timeout_s: float = STACKS_TIMEOUT_S) -> str:
+def take_stacks(pidfd: int, pid: int, log: Path, timeout_s: float = STACKS_TIMEOUT_S) -> str:
     """Every thread's stack of a live agent: SIGUSR1 makes its faulthandler write them to its
     log, read back from where the log ended. Blocking (up to `timeout_s`); run in a thread.
-
-    The process is held by a pidfd from the first look: the loop may reap it meanwhile (it
-    exits by itself), and a signal by pid could then reach whatever process reuses the pid."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return "no stacks: the process had already gone"
-    try:
-        return _stacks(pidfd, pid, log, timeout_s)
-    finally:
-        os.close(pidfd)
-
-
-def _stacks(pidfd: int, pid: int, log: Path, timeout_s: float) -> str:
+    The process is named by `pidfd` (opened while it was unreaped: a signal by pid could reach
+    whatever process reuses the pid); `pid` finds its state in /proc."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rsplit(b")", 1)[1].split()[0].decode()

@@ -171,6 +171,9 @@ class BindType(click.ParamType[str, object]):
         if text == "tcp":
             return "tcp://127.0.0.1:*"
         if text.startswith("ipc://") and len(text) > len("ipc://"):
+            if os.path.lexists(text.removeprefix("ipc://")):
+                # libzmq would delete it and bind in its place: another run's socket, maybe.
+                self.fail(f"{text}: the file exists (another run's socket?)", param, ctx)
             return text
         if not text.startswith("tcp://"):
             self.fail(f"{text!r}: give tcp, tcp://HOST[:PORT] or ipc://PATH", param, ctx)

@@ -22,8 +22,8 @@ class RejectReason(StrEnum):
     """A connection whose CURVE key this run did not issue (or issued to an agent that has
     ended): refused at the handshake."""
     CONNECTION = "connection"
-    """A connection beyond the agents' own: libzmq cut one (a frame over the socket limit)
-    and it reconnected, or a stranger connected."""
+    """An authenticated connection beyond the agents' own (a backstop: a key admits one
+    connection, so a reconnect is refused as `unauthenticated` first)."""
 
 
 class DecodeError(Exception):

@@ -198,6 +198,7 @@ def test_bind_tcp_listens_on_loopback_and_agents_still_authenticate(
         (["--bind", "tcp://example.org:80"], "is not an IP address"),
         (["--bind", "tcp://127.0.0.1:70000"], "is not a port"),
         (["--bind", "tcp://127.0.0.1:5555", "--parallel", "2"], "cannot share one address"),
+        (["--bind", "ipc:///dev/null"], "the file exists"),
     ],
 )
 def test_a_bad_bind_is_invalid_input(tmp_path: Path, args: list[str], problem: str) -> None:

@@ -630,8 +630,8 @@ class Bus:
                 # with the key's detail.)
                 self._reject(
                     RejectReason.UNAUTHENTICATED,
-                    "a connection that did not complete a CURVE handshake (no keys, or not"
-                    " ZeroMQ at all): refused",
+                    "a connection that did not complete a CURVE handshake: refused (no keys, not"
+                    " ZeroMQ at all, or a process that ended while it connected)",
                     None,
                 )
 

@@ -85,15 +85,15 @@ def quote(value: object, limit: int = 60) -> str:
     line."""
     text = repr(value)
     size = len(value) if isinstance(value, str | bytes) else len(text)
-    return clip(text, limit, size)
+    return clip(text, limit, size, "bytes" if isinstance(value, bytes) else "characters")
 
 
-def clip(text: str, limit: int = 200, size: int | None = None) -> str:
+def clip(text: str, limit: int = 200, size: int | None = None, unit: str = "characters") -> str:
     """`text`, or its start and last character and its size (`size`, default its length) when
     it is longer than `limit`: a big text is never printed or reported whole."""
     if len(text) <= limit:
         return text
-    return f"{text[: max(1, limit - 4)]}...{text[-1]} ({size or len(text):,} characters)"
+    return f"{text[: max(1, limit - 4)]}...{text[-1]} ({size or len(text):,} {unit})"
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+from click.testing import CliRunner
 from fakechat import FakeChatServer
 
+from orchestrator.cli import main
 from orchestrator.cluster.cluster import Cluster, ClusterSettings
 from orchestrator.cluster.launchers import LAUNCHERS, default_launcher
 from orchestrator.events import Event, EventLog
@@ -41,6 +45,40 @@ def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setattr(tempfile, "tempdir", str(root))
     yield root
     shutil.rmtree(root, ignore_errors=True)
+
+
+SOAK_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "soak.yaml"
+
+
+@dataclass(frozen=True)
+class SoakedExample:
+    code: int
+    output: str
+    report_dir: Path
+    leftovers: list[Path]
+    """Run directories left in its private TMPDIR after it ended (none, or a bug)."""
+
+
+@pytest.fixture(scope="session")
+def soaked_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoakedExample]:
+    """examples/soak.yaml soaked once, with its header's arguments, through the command line,
+    for every test that reads what it leaves (tests/test_soak.py's verdicts, the HTML report's
+    browser test): it is the longest run of the suite (about 90 s), so it runs once."""
+    args: list[str] = []
+    for line in SOAK_EXAMPLE.read_text().splitlines():
+        if line.startswith("# args:"):
+            args = shlex.split(line.removeprefix("# args:"))
+    root = Path(tempfile.mkdtemp(prefix="srt-", dir="/tmp"))
+    report_dir = tmp_path_factory.mktemp("soak-example") / "soak"
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tempfile, "tempdir", str(root))
+            result = CliRunner().invoke(
+                main, ["soak", str(SOAK_EXAMPLE), "--report-dir", str(report_dir), "-q", *args]
+            )
+        yield SoakedExample(result.exit_code, result.output, report_dir, list(root.glob("sr-*")))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -1,8 +1,8 @@
-"""The chaos and hang examples, run for real through the installed command (as every example is
-in tests/test_cli.py), with their outcomes checked beyond the verdict: examples/chaos.yaml
-kills, restarts, drops and partitions and still passes, with each fault in its report;
-examples/hang.yaml ends in ERROR with the stuck handler's line in the hung agent's stacks and
-a wait-for graph naming the deadlock in diagnostics-1.txt."""
+"""The chaos and hang examples, run for real through the installed command (instead of
+tests/test_cli.py's check of every example's verdict), with their outcomes checked beyond it:
+examples/chaos.yaml kills, restarts, drops and partitions and still passes, with each fault in
+its report; examples/hang.yaml ends in ERROR with the stuck handler's line in the hung agent's
+stacks and a wait-for graph naming the deadlock in diagnostics-1.txt."""
 
 from __future__ import annotations
 

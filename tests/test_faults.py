@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import run_yaml
 
 from orchestrator.cli import main
 from orchestrator.report.model import EXIT_INVALID, ScenarioReport, Verdict
@@ -266,20 +267,20 @@ def test_a_killed_agent_can_be_restarted(tmp_path: Path, private_tmp: Path) -> N
 def test_a_stop_longer_than_the_coordinator_timeout_is_survived(
     tmp_path: Path, private_tmp: Path
 ) -> None:
-    # The agent's clock runs on while it is stopped: continued after 11 s (its coordinator
-    # timeout is 10 s), it must not take its own suspension for a silent coordinator and
+    # The agent's clock runs on while it is stopped: continued after 4 s (its coordinator
+    # timeout is 3 s here), it must not take its own suspension for a silent coordinator and
     # leave.
-    code, report = _run(
-        tmp_path, "long-stop",
+    text = HEAD.format(name="long-stop") + (
         "  - fault: {stop: a}\n"
         "  - send: {agent: b, room: r, text: ping 2}\n"
-        "  - pause: 11s\n"
+        "  - pause: 4s\n"
         "  - fault: {cont: a}\n"
-        "  - wait_for: {message: {from: a, contains: pong}, timeout: 20s}\n",
-        "  - message: {from: a, room: r, contains: pong, count: {min: 2}}\n",
-    )  # fmt: skip
+        "  - wait_for: {message: {from: a, contains: pong}, timeout: 20s}\n"
+        "assertions:\n  - message: {from: a, room: r, contains: pong, count: {min: 2}}\n"
+    )
+    report = run_yaml(text, tmp_path / "r", coordinator_timeout_s=3.0)
     assert report.verdict is Verdict.PASS, report.verification.reasons
-    assert code == 0 and report.errors == []
+    assert report.errors == []
     assert next(x for x in report.agents if x.id == "a").status == "exited"
 
 

@@ -31,7 +31,7 @@ def test_a_soak_serves_its_agents_and_messages_while_it_runs(
 ) -> None:
     script = Path(sys.executable).parent / "scenario-runner"
     command = [
-        str(script), "soak", str(EXAMPLE), "--duration", "10s", "--warmup", "2s",
+        str(script), "soak", str(EXAMPLE), "--duration", "6s", "--warmup", "2s", "--no-locate",
         "--sample-interval", "250ms", "--metrics-port", "0", "--report-dir", str(tmp_path),
     ]  # fmt: skip
     env = {**os.environ, "TMPDIR": str(private_tmp), "COLUMNS": "200"}

@@ -1,7 +1,8 @@
 """Soak runs end to end: the same agents, the script on repeat, a leak verdict per series.
 
-The CI version runs examples/soak.yaml with its header's arguments (40 s); the statistics
-themselves are tested on synthetic series in test_leak.py.
+The CI version runs examples/soak.yaml with its header's arguments (70 s and a locating pass,
+once for the session: conftest's `soaked_example`); the statistics themselves are tested on
+synthetic series in test_leak.py.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from click.testing import CliRunner
+from conftest import SoakedExample
 
 from orchestrator.cli import main
 from orchestrator.report.model import EXIT_INVALID, ScenarioReport, Verdict
@@ -28,31 +29,16 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "soak.yaml"
 LEAKY = EXAMPLE.parent / "plugins" / "leaky.py"
 
 
-def _example_args() -> list[str]:
-    """The soak arguments in the example's header (`# args: ...`)."""
-    for line in EXAMPLE.read_text().splitlines():
-        if line.startswith("# args:"):
-            return shlex.split(line.removeprefix("# args:"))
-    raise AssertionError(f"{EXAMPLE}: no '# args:' line")
-
-
-def _soak(report_dir: Path, *extra: str) -> tuple[int, ScenarioReport]:
-    args = ["soak", str(EXAMPLE), "--report-dir", str(report_dir), "-q", *extra]
-    result = CliRunner().invoke(main, args)
+@pytest.mark.timeout(150)
+def test_the_leaky_agent_leaks_and_the_clean_one_does_not(soaked_example: SoakedExample) -> None:
+    report_dir = soaked_example.report_dir
     report = ScenarioReport.model_validate_json((report_dir / "report.json").read_text())
-    return result.exit_code, report
-
-
-@pytest.mark.timeout(120)
-def test_the_leaky_agent_leaks_and_the_clean_one_does_not(
-    tmp_path: Path, private_tmp: Path
-) -> None:
-    code, report = _soak(tmp_path / "soak", *_example_args())
     assert report.verdict is Verdict.PASS, report.verification.reasons
-    assert code == 0
+    assert soaked_example.code == 0, soaked_example.output
+    assert soaked_example.leftovers == []
     assert report.soak is not None and report.soak.iterations > 50
     # The same processes throughout: one launch per agent, each exited at the end.
-    events = (tmp_path / "soak" / "events.jsonl").read_text().splitlines()
+    events = (report_dir / "events.jsonl").read_text().splitlines()
     launched = [json.loads(e) for e in events if '"kind":"agent.launched"' in e]
     assert sorted(e["agent"] for e in launched) == ["clean", "driver", "leaky", "warming"]
     verdicts = {
@@ -92,7 +78,7 @@ def test_the_leaky_agent_leaks_and_the_clean_one_does_not(
     # The verdicts and the charts end where the soak proper did.
     assert all(t <= located.from_s for t, _ in leaky.memory.series["uss"])
     assert leaky_uss.trend_line is not None and leaky_uss.trend_line[1][0] <= located.from_s
-    page = (tmp_path / "soak" / "report.html").read_text()
+    page = (report_dir / "report.html").read_text()
     assert f"leaky.py:{hoard}" in page
 
 
@@ -172,7 +158,7 @@ def test_the_coordinator_and_the_stores_are_measured_like_the_agents(
     # Too short for verdicts worth asserting: this checks that the rows are there.
     report_dir = tmp_path / "short"
     CliRunner().invoke(main, [
-        "soak", str(EXAMPLE), "--duration", "12s", "--warmup", "4s",
+        "soak", str(EXAMPLE), "--duration", "8s", "--warmup", "3s", "--no-locate",
         "--sample-interval", "250ms", "--progress-every", "2s", "--report-dir", str(report_dir),
         "-q",
     ])  # fmt: skip

@@ -401,6 +401,12 @@ def run(
     " it (a quarter of --duration, 5s to 5m) to name the lines that allocate what grows.",
 )
 @click.option(
+    "--locate-for",
+    type=DurationType(),
+    help="The locating pass's length, instead of a quarter of --duration (at least 2s; a"
+    " small leak needs longer to stand out from the allocations it is traced among).",
+)
+@click.option(
     "--events",
     "events_storage",
     type=click.Choice([e.value for e in EventStorage]),
@@ -427,6 +433,7 @@ def soak(
     progress_every: Duration,
     trace_leaks: bool,
     locate: bool,
+    locate_for: Duration | None,
     events_storage: str,
     events_max_size: int,
     metrics_port: int | None,
@@ -454,12 +461,15 @@ def soak(
             f" ({duration}): nothing would be left to judge",
             param_hint="'--warmup'",
         )
+    if locate_for is not None and locate_for.seconds < 2:
+        raise click.BadParameter("at least 2s", param_hint="'--locate-for'")
     _run_files(
         files, report_dir, timeout, 1, 1, seed, (), launcher, keep_run_dir, events_storage,
         events_max_size, quiet, verbose,
         SoakOptions(
             duration.seconds, warmup_s, sample_interval.seconds,
             max(1.0, progress_every.seconds), trace_leaks, locate,
+            locate_for.seconds if locate_for is not None else None,
         ),
         metrics_port, diagnose_on_timeout, bind,
     )  # fmt: skip

@@ -88,6 +88,10 @@ def test_a_soak_refuses_a_warm_up_as_long_as_itself(tmp_path: Path) -> None:
     )
     assert result.exit_code == EXIT_INVALID
     assert "--warmup" in result.output and "shorter than the duration" in result.output
+    short = CliRunner().invoke(
+        main, ["soak", str(EXAMPLE), "--duration", "10s", "--locate-for", "500ms"]
+    )
+    assert short.exit_code == EXIT_INVALID and "--locate-for" in short.output
 
 
 def test_a_leak_assertion_in_a_short_ordinary_run_cannot_pass(

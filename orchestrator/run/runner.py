@@ -127,6 +127,8 @@ class SoakOptions:
     locate: bool = True
     """When the soak finds an agent leaking (and did not trace throughout), run a shorter
     traced pass of the leaking agents after it to name the lines (`locate_s`)."""
+    locate_for_s: float | None = None
+    """The locating pass's length (`--locate-for`); default see `locate_s`."""
 
     @staticmethod
     def default_warmup(duration_s: float) -> float:
@@ -135,8 +137,10 @@ class SoakOptions:
 
     @property
     def locate_s(self) -> float:
-        """The locating pass: a quarter of the soak, from 5 s to 5 minutes (5 s of a 64 KiB
-        a message leak is megabytes at its line)."""
+        """The locating pass: as asked, else a quarter of the soak, from 5 s to 5 minutes (5 s
+        of a 64 KiB a message leak is megabytes at its line)."""
+        if self.locate_for_s is not None:
+            return self.locate_for_s
         return min(300.0, max(5.0, self.duration_s / 4))
 
 

@@ -270,6 +270,9 @@ class Bus:
         self._drain_scheduled = False
         self._frame_faults: list[WireFault] = []
         """The faults of `wire_faults` that lose whole frames (`frames: all`)."""
+        self._next_fault_end = float("inf")
+        """When the next fault in force ends (0: one ended by its count): before it, the faults
+        are not looked over on every transmission."""
         hook = test_loss_from_env()
         if hook is not None:
             self.add_wire_fault(hook)
@@ -518,6 +521,9 @@ class Bus:
         item = pending.item
         if item.kind is Kind.MSG and len(self.wire_faults) > len(self._frame_faults):
             plan = self._faulted(link, item)
+            if plan is None:  # no fault in force matches it
+                self._send(link, item.kind, item.body, pending.seq, item.corr)
+                return
             if plan.delay_s > 0 and plan.copies and self._loop is not None:
                 self._loop.call_later(plan.delay_s, self._send_late, link, pending, plan.copies)
                 return
@@ -531,20 +537,37 @@ class Bus:
         self.wire_faults.append(fault)
         if fault.frames == "all":
             self._frame_faults.append(fault)
+        if fault.until is not None:
+            self._next_fault_end = min(self._next_fault_end, fault.until)
 
     def _loses(self, link: Link | None, now: float) -> bool:
         """Whether a frame to or from `link` is lost to a `frames: all` fault."""
         if link is None:
             return False
-        self._end_wire_faults(now)
-        return any(f.touches(link.agent_id) and f.loses() for f in self._frame_faults)
+        if now >= self._next_fault_end:
+            self._end_wire_faults(now)
+        lost = False
+        for fault in self._frame_faults:
+            if fault.touches(link.agent_id) and fault.loses():
+                lost = True
+                break
+        if any(f.messages == 0 for f in self._frame_faults):
+            self._next_fault_end = 0.0  # a window by count is spent: ended at the next look
+        return lost
 
-    def _faulted(self, link: Link, item: Outgoing) -> Transmission:
-        plan = Transmission()
-        self._end_wire_faults(time.monotonic())
+    def _faulted(self, link: Link, item: Outgoing) -> Transmission | None:
+        """What the faults in force do to this transmission; None when none matches it (the
+        common case, kept cheap: one clock read and a scope check per fault)."""
+        now = time.monotonic()
+        if now >= self._next_fault_end:
+            self._end_wire_faults(now)
+        plan = None
         for fault in self.wire_faults:
             if fault.frames != "all" and fault.matches(item.sender, link.agent_id, item.room):
+                plan = plan or Transmission()
                 fault.apply(plan)
+                if fault.messages == 0:
+                    self._next_fault_end = 0.0  # its count is spent: ended at the next look
         return plan
 
     def _send_late(self, link: Link, pending: Pending[Outgoing], copies: int) -> None:
@@ -565,13 +588,13 @@ class Bus:
         self._frame_faults = [f for f in self._frame_faults if f.lasting]
 
     def _end_wire_faults(self, now: float) -> None:
-        if not any(f.over(now) for f in self.wire_faults):
-            return
         for fault in [f for f in self.wire_faults if f.over(now)]:
             self.wire_faults.remove(fault)
             if fault in self._frame_faults:
                 self._frame_faults.remove(fault)
             self.events.emit(ev.FaultEnded(fault=fault.kind, detail=fault.summary()))
+        ends = [f.until for f in self.wire_faults if f.until is not None]
+        self._next_fault_end = min(ends, default=float("inf"))
 
     def _send(self, link: Link, kind: Kind, body: bytes, seq: int, corr: int) -> bool:
         sock = self._sock

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from conftest import agent, cluster, room
 
 from orchestrator.cli import main
+from orchestrator.cluster.cluster import Cluster
 from orchestrator.events import CommandSent, MessageDelivered, WireRejected
 from protocol import PROTOCOL_VERSION, CmdGetState, CmdSend, Kind, Msg, Result, encode_body
 from protocol.auth import Credentials, CredentialsError, hand_over, read_credentials
@@ -43,6 +44,19 @@ def _connect(endpoint: str, keys: Credentials | None) -> Raw:
     return ctx, sock
 
 
+async def _refused(c: Cluster, keys: Credentials | None, src: str) -> list[str]:
+    """Connect with `keys`, write a message as `src`, and wait until the bus refuses the
+    connection; the details of what it rejected."""
+    ctx, sock = _connect(c.bus.endpoint, keys)
+    try:
+        sock.send_multipart(_msg_frames(src, 1))
+        await c.events.until(lambda: c.bus.rejected["unauthenticated"] >= 1, (WireRejected,), 10)
+    finally:
+        sock.close(0)
+        ctx.term()
+    return [e.detail for e in c.events.ring if isinstance(e, WireRejected)]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("keyed", "detail"),
@@ -55,16 +69,7 @@ def test_a_stranger_is_refused_and_counted(private_tmp: Path, keyed: bool, detai
         async with cluster(private_tmp, configs, rooms) as c:
             delivered = c.events.counts["message.delivered"]
             server = c.handles["a"].link.credentials.server_public
-            ctx, sock = _connect(c.bus.endpoint, Credentials.issue(server) if keyed else None)
-            try:
-                sock.send_multipart(_msg_frames("a", 1))
-                await c.events.until(
-                    lambda: c.bus.rejected["unauthenticated"] >= 1, (WireRejected,), 10
-                )
-            finally:
-                sock.close(0)
-                ctx.term()
-            details = [e.detail for e in c.events.ring if isinstance(e, WireRejected)]
+            details = await _refused(c, Credentials.issue(server) if keyed else None, "a")
             assert any(detail in d for d in details), details
             assert c.events.counts["message.delivered"] == delivered, "a forged message arrived"
             assert c.bus.rejected["unknown_sender"] == 0  # refused before any frame
@@ -80,16 +85,7 @@ def test_a_copy_of_an_agents_key_cannot_connect_nor_cut_it_off(private_tmp: Path
         async with cluster(private_tmp, configs, rooms) as c:
             # A process holding a copy of a's keys connects and writes as b: a key admits one
             # connection, and a's is taken by a.
-            ctx, sock = _connect(c.bus.endpoint, c.handles["a"].link.credentials)
-            try:
-                sock.send_multipart(_msg_frames("b", 1))
-                await c.events.until(
-                    lambda: c.bus.rejected["unauthenticated"] >= 1, (WireRejected,), 10
-                )
-            finally:
-                sock.close(0)
-                ctx.term()
-            details = [e.detail for e in c.events.ring if isinstance(e, WireRejected)]
+            details = await _refused(c, c.handles["a"].link.credentials, "b")
             assert any("a second connection" in d and "a's key" in d for d in details), details
             delivered = [e for e in c.events.ring if isinstance(e, MessageDelivered)]
             assert not any(e.msg_id.startswith("forged") for e in delivered)

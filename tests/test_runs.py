@@ -463,7 +463,8 @@ def test_ctrl_c_or_sigterm_tears_down_and_reports_what_finished(
     slow.write_text(PAUSED.format(name="slow").replace("pause: 1s", "pause: 30s"))
     report_dir = tmp_path / "r"
     script = Path(sys.executable).parent / "scenario-runner"
-    env = {**os.environ, "TMPDIR": str(private_tmp)}
+    # PYTHONFAULTHANDLER: should it not end, SIGABRT makes it print every thread's stack.
+    env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONFAULTHANDLER": "1"}
     command = [str(script), "run", str(files / "coin.yaml"), str(slow), "--report-dir",
                str(report_dir), "--seed", "1"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -477,7 +478,12 @@ def test_ctrl_c_or_sigterm_tears_down_and_reports_what_finished(
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.02)
         process.send_signal(sig)
-        _, err = process.communicate(timeout=30)
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            _, err = process.communicate(timeout=10)
+            raise AssertionError(f"no end 30 s after {sig.name}:\n{err.decode()[-8000:]}") from None
     finally:
         process.kill()
     assert process.returncode == code

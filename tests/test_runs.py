@@ -467,7 +467,13 @@ def test_ctrl_c_or_sigterm_tears_down_and_reports_what_finished(
     env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONFAULTHANDLER": "1"}
     command = [str(script), "run", str(files / "coin.yaml"), str(slow), "--report-dir",
                str(report_dir), "--seed", "1"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        # As a command in a terminal's foreground has it: a test run started in the
+        # background of a non-interactive shell inherits SIGINT ignored (POSIX), and so would
+        # this coordinator, which would then never see the Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         # Coin runs first; once its report is written, the slow run has its run directory
         # (and agents on the way) when the signal lands.

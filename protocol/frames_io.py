@@ -36,10 +36,7 @@ def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
 
 def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
     """Receive every part of the next message without blocking; raises zmq.Again if none."""
-    frames: list[bytes] = [_recv(sock, _LAST)]
-    while _get(sock, _RCVMORE):
-        frames.append(_recv(sock, _LAST))
-    return frames
+    return recv_rest(sock, [_recv(sock, _LAST)])
 
 
 def recv_part(sock: zmq.Socket[bytes]) -> bytes:
@@ -48,9 +45,8 @@ def recv_part(sock: zmq.Socket[bytes]) -> bytes:
     return part
 
 
-def recv_rest(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """The parts of the current message after those already taken."""
-    frames: list[bytes] = []
+def recv_rest(sock: zmq.Socket[bytes], frames: list[bytes]) -> list[bytes]:
+    """`frames` (the parts of the current message already taken) with the rest appended."""
     while _get(sock, _RCVMORE):
         frames.append(_recv(sock, _LAST))
     return frames

@@ -738,7 +738,7 @@ class Bus:
                 break
             rid = recv_part(sock)
             if rid in self._by_rid:
-                frames = [rid, *recv_rest(sock)]
+                frames = recv_rest(sock, [rid])
             else:  # a connection's first frame: whose key is it?
                 rest, user = recv_rest_with_user(sock)
                 frames = [rid, *rest]
